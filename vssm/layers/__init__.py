@@ -1,0 +1,1 @@
+"""Reusable mixers and blocks shared by the model families."""

@@ -1,0 +1,1 @@
+"""Model families; importing a family module registers its variants with timm."""

@@ -1,0 +1,225 @@
+"""The Mamba selective scan (S6): the sequential reference, a chunked PyTorch path, and the public dispatching op.
+
+Recurrence per batch b, channel d and state n (A real, negative in practice):
+
+    delta_t = softplus(delta_t + delta_bias)            (both optional)
+    h_t     = exp(delta_t * A[d, n]) * h_{t-1} + delta_t * B_t[n] * u_t
+    y_t     = sum_n C_t[n] * h_t[n] + D[d] * u_t        (D optional)
+    y_t     = y_t * silu(z_t)                           (z optional)
+
+Shapes follow ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``: u, delta, z are (batch, dim, L); A is
+(dim, N); B and C are (dim, N) time-invariant, (batch, N, L), or (batch, G, N, L) with G groups of dim / G channels;
+D and delta_bias are (dim,). State and accumulation are float32 (float64 when the inputs are float64); the output has
+u's dtype.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def check_float_tensor(name: str, t, ndims: tuple[int, ...], fn: str = "selective_scan") -> None:
+    """Raise TypeError/ValueError naming ``name`` unless ``t`` is a real floating tensor of one of ``ndims`` ranks."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_complex():
+        raise TypeError(f"{fn}: {name} must be real; complex dtype {t.dtype} is not supported")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{fn}: {name} must be float32, bfloat16, float16 or float64, got {t.dtype}")
+    if t.dim() not in ndims:
+        expected = " or ".join(str(n) for n in ndims)
+        raise ValueError(f"{fn}: {name} must have {expected} dimensions, got shape {tuple(t.shape)}")
+
+
+def check_scan_args(u, delta, A, B, C, D, z, delta_bias) -> tuple[int, int, int, int]:
+    """Validate selective_scan arguments. Returns (batch, dim, L, N)."""
+    check_float_tensor("u", u, (3,))
+    batch, dim, length = u.shape
+    if length < 1:
+        raise ValueError(f"selective_scan: u must have L >= 1, got shape {tuple(u.shape)}")
+    check_float_tensor("delta", delta, (3,))
+    if delta.shape != u.shape:
+        raise ValueError(f"selective_scan: delta must have u's shape {tuple(u.shape)} (batch, dim, L), "
+                         f"got {tuple(delta.shape)}")
+    check_float_tensor("A", A, (2,))
+    if A.shape[0] != dim:
+        raise ValueError(f"selective_scan: A must be (dim={dim}, N), got {tuple(A.shape)}")
+    n_state = A.shape[1]
+    if not 1 <= n_state <= 256:
+        raise ValueError(f"selective_scan: A's state size N must be in 1..256, got {n_state}")
+    for name, t in (("B", B), ("C", C)):
+        check_float_tensor(name, t, (2, 3, 4))
+        if t.dim() == 2 and t.shape != (dim, n_state):
+            raise ValueError(f"selective_scan: time-invariant {name} must be (dim, N) = {(dim, n_state)}, "
+                             f"got {tuple(t.shape)}")
+        if t.dim() == 3 and t.shape != (batch, n_state, length):
+            raise ValueError(f"selective_scan: {name} must be (batch, N, L) = {(batch, n_state, length)}, "
+                             f"got {tuple(t.shape)}")
+        if t.dim() == 4:
+            groups = t.shape[1]
+            if t.shape[0] != batch or t.shape[2:] != (n_state, length) or groups < 1:
+                raise ValueError(f"selective_scan: {name} must be (batch, G, N, L) = ({batch}, G, {n_state}, "
+                                 f"{length}), got {tuple(t.shape)}")
+            if dim % groups:
+                raise ValueError(f"selective_scan: dim={dim} is not divisible by the {groups} groups of {name}")
+    if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
+        raise ValueError(f"selective_scan: B and C must have the same number of groups, got {B.shape[1]} and "
+                         f"{C.shape[1]}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None:
+            check_float_tensor(name, t, (1,))
+            if t.shape != (dim,):
+                raise ValueError(f"selective_scan: {name} must be (dim,) = ({dim},), got {tuple(t.shape)}")
+    if z is not None:
+        check_float_tensor("z", z, (3,))
+        if z.shape != u.shape:
+            raise ValueError(f"selective_scan: z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+    devices = {t.device for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"selective_scan: all tensors must be on one device, got {sorted(map(str, devices))}")
+    return batch, dim, length, n_state
+
+
+def expand_bc(t: Tensor, batch: int, length: int) -> Tensor:
+    """B or C in any accepted layout -> (batch, G, N, L) (a view where possible)."""
+    if t.dim() == 2:  # (dim, N) time-invariant: one group per channel
+        return t.unsqueeze(0).unsqueeze(-1).expand(batch, *t.shape, length)
+    if t.dim() == 3:
+        return t.unsqueeze(1)
+    return t
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """Upcast to the compute dtype and apply bias + softplus. Returns (u, delta, A, B4, C4, D, z)."""
+    dtype = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    batch, _, length = u.shape
+    delta = delta.to(dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    B4 = expand_bc(B, batch, length).to(dtype)
+    C4 = expand_bc(C, batch, length).to(dtype)
+    return (u.to(dtype), delta, A.to(dtype), B4, C4, None if D is None else D.to(dtype),
+            None if z is None else z.to(dtype))
+
+
+def _per_channel(t4: Tensor, dim: int) -> Tensor:
+    """(batch, G, N, L) -> (batch, dim, N, L) by repeating each group over its dim / G channels."""
+    return t4.repeat_interleave(dim // t4.shape[1], dim=1)
+
+
+def _finish(y: Tensor, u: Tensor, D: Optional[Tensor], z: Optional[Tensor], out_dtype: torch.dtype) -> Tensor:
+    if D is not None:
+        y = y + D[:, None] * u
+    if z is not None:
+        y = y * F.silu(z)
+    return y.to(out_dtype)
+
+
+def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                       z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                       return_last_state: bool = False):
+    """The sequential definition: one step of the recurrence per token. Same signature as ``selective_scan``.
+
+    Returns y (batch, dim, L) in u's dtype, and the last state (batch, dim, N) in the compute dtype if asked.
+    """
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    out_dtype = u.dtype
+    u, delta, A, B4, C4, D, z = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    batch, dim, length = u.shape
+    B4, C4 = _per_channel(B4, dim), _per_channel(C4, dim)  # (batch, dim, N, L)
+    h = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    for t in range(length):
+        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * B4[..., t]
+        ys.append((h * C4[..., t]).sum(-1))
+    y = _finish(torch.stack(ys, dim=-1), u, D, z, out_dtype)
+    return (y, h) if return_last_state else y
+
+
+def _chunk_len(length: int, dim: int, n_state: int) -> int:
+    """Chunk length of the PyTorch path: the (batch, dim, T, T, N) decay tensor stays moderate."""
+    return max(1, min(length, 32 if dim * n_state <= 4096 else 16))
+
+
+def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                           z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
+                           delta_softplus: bool = False, return_last_state: bool = False,
+                           initial_state: Optional[Tensor] = None):
+    """Chunked PyTorch scan (CPU path): within a chunk of T tokens the state is a masked sum of decayed inputs.
+
+    h_t = exp(cs_t) h_0 + sum_{s <= t} exp(cs_t - cs_s) delta_s B_s u_s with cs the in-chunk cumulative sum of
+    delta * A; only differences cs_t - cs_s with s <= t are exponentiated, so nothing overflows. Same signature as
+    ``selective_scan`` plus ``initial_state`` (batch, dim, N).
+    """
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    out_dtype = u.dtype
+    u, delta, A, B4, C4, D, z = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    batch, dim, length = u.shape
+    n_state = A.shape[1]
+    groups = B4.shape[1]
+    h = u.new_zeros(batch, dim, n_state) if initial_state is None else initial_state.to(u.dtype)
+    chunk = _chunk_len(length, dim, n_state)
+    ys = []
+    for start in range(0, length, chunk):
+        stop = min(start + chunk, length)
+        T = stop - start
+        dt = delta[:, :, start:stop]  # (b, d, T)
+        cs = torch.cumsum(dt[..., None] * A[:, None, :], dim=2)  # (b, d, T, N)
+        seg = cs[:, :, :, None, :] - cs[:, :, None, :, :]  # (b, d, t, s, N)
+        causal = torch.ones(T, T, dtype=torch.bool, device=u.device).tril()
+        decay = torch.exp(seg.masked_fill(~causal[:, :, None], float("-inf")))
+        # (b, G, d/G, s, N): inputs of each group's channels times that group's B
+        x = (dt * u[:, :, start:stop]).view(batch, groups, dim // groups, T)
+        bx = x[..., None] * B4[..., start:stop].transpose(-1, -2)[:, :, None]
+        hs = torch.einsum("bdtsn,bdsn->bdtn", decay, bx.reshape(batch, dim, T, n_state))
+        hs = hs + torch.exp(cs) * h[:, :, None, :]
+        c = C4[..., start:stop].transpose(-1, -2)[:, :, None].expand(batch, groups, dim // groups, T, n_state)
+        ys.append((hs * c.reshape(batch, dim, T, n_state)).sum(-1))
+        h = hs[:, :, -1]
+    y = _finish(torch.cat(ys, dim=-1), u, D, z, out_dtype)
+    return (y, h) if return_last_state else y
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                   z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                   return_last_state: bool = False):
+    """Selective scan with mamba_ssm's ``selective_scan_fn`` semantics, on the fastest available backend.
+
+    Args:
+        u, delta: (batch, dim, L) inputs and step sizes.
+        A: (dim, N) real state matrix (diagonal per channel).
+        B, C: (dim, N), (batch, N, L) or (batch, G, N, L).
+        D, delta_bias: optional (dim,).
+        z: optional (batch, dim, L) gate, y * silu(z).
+        delta_softplus: apply softplus to delta + delta_bias.
+        return_last_state: also return the final state (batch, dim, N), float32.
+
+    Returns:
+        y (batch, dim, L) in u's dtype [, last_state (batch, dim, N)].
+    The backend is Triton for CUDA tensors (or anywhere under TRITON_INTERPRET=1 when forced), otherwise the
+    chunked PyTorch path; ``VSSM_SCAN_BACKEND=ref|torch|triton`` forces one. Differentiable in every tensor.
+    """
+    from .scan_core import scan_core
+
+    batch, dim, length, _ = check_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    B4 = expand_bc(B, batch, length).unsqueeze(1)  # (batch, K=1, G, N, L)
+    C4 = expand_bc(C, batch, length).unsqueeze(1)
+    y, last = scan_core(u.unsqueeze(1), delta.unsqueeze(1), A.unsqueeze(0), B4, C4,
+                        None if D is None else D.unsqueeze(0), z,
+                        None if delta_bias is None else delta_bias.unsqueeze(0),
+                        paths=None, delta_softplus=delta_softplus, merge=False, params_at_step=False)
+    y = y.squeeze(1)
+    return (y, last.squeeze(1)) if return_last_state else y

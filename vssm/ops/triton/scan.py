@@ -1,0 +1,427 @@
+"""Triton kernels of the canonical scan op (layout in ``vssm.ops.scan_core``), forward and backward.
+
+One program owns a [BLOCK_D channels x N states] slab of one (batch, direction) sequence and walks the sequence in
+chunks of CHUNK steps, keeping the state in registers: inside a chunk ``tl.associative_scan`` composes the affine
+steps h -> exp(delta A) h + delta B u, the carry passes between chunks. Tokens are read through the direction's path
+(any permutation of spatial positions, -1 = zero token) and written back at their spatial positions, summed over the
+directions with atomics when merging, so no per-direction copy of the feature map exists.
+
+Backward walks the chunks last to first: it recomputes the chunk's states from the chunk-start state saved by the
+forward, then runs the adjoint recurrence q_t = C_t dy_t + exp(delta_{t+1} A) q_{t+1} as a reverse associative scan
+(the summary of a segment carries its first decay separately, so no shifted loads are needed). a_t h_{t-1} is
+h_t - delta_t B_t u_t, so no division by a decay ever happens. dB/dC are reduced over the channel tile and added
+with fp32 atomics; dA, dD and d(delta_bias) are reduced over the chunk and added once per program.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+LOG2E = 1.4426950408889634
+
+
+def chunk_len(n_state: int) -> int:
+    """Steps per chunk (power of two). Also the granularity of the states saved for the backward."""
+    return 64 if n_state <= 4 else 32
+
+
+def chunk_count(steps: int, n_state: int) -> int:
+    return triton.cdiv(steps, chunk_len(n_state))
+
+
+def _block_n(n_state: int) -> int:
+    return triton.next_power_of_2(n_state)
+
+
+def _fwd_config(n_state: int, dim: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) of the forward: about 4096 live fp32 elements per [BLOCK_D, N, CHUNK] tensor."""
+    block_d = max(1, min(triton.next_power_of_2(dim), 4096 // (_block_n(n_state) * chunk_len(n_state))))
+    return block_d, 4
+
+
+def _bwd_config(n_state: int, dim: int) -> tuple[int, int]:
+    block_d = max(1, min(triton.next_power_of_2(dim), 2048 // (_block_n(n_state) * chunk_len(n_state))))
+    return block_d, 4
+
+
+@triton.jit
+def _affine_combine(a1, b1, a2, b2):
+    """Compose h -> a1 h + b1 (earlier) with h -> a2 h + b2 (later)."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _adjoint_combine(pex1, alast1, v1, pex2, alast2, v2):
+    """Segment summaries of q_t = c_t + a_{t+1} q_{t+1} scanned from the end (segment 1 is later in time).
+
+    (pex, alast, v): product of the decays except the segment's earliest, that earliest decay, and the segment's
+    adjoint at its earliest step with nothing flowing in from later.
+    """
+    return pex1 * alast1 * pex2, alast2, v2 + pex2 * alast1 * v1
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+
+@triton.jit
+def _load_chunk(u_ptr, dt_ptr, B_ptr, C_ptr, path_ptr, bias, g_tile, t, offs_d, offs_n, mask_d, mask_n, pid_k, L, Lp,
+                d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_PATH: tl.constexpr,
+                PARAMS_AT_STEP: tl.constexpr, TILE_ONE_GROUP: tl.constexpr):
+    """Load one chunk: u, raw delta, delta [BLOCK_D, CHUNK] and B, C as [BLOCK_D or 1, BLOCK_N, CHUNK] (fp32)."""
+    mask_t = t < Lp
+    if HAS_PATH:
+        pos = tl.load(path_ptr + pid_k * Lp + t, mask=mask_t, other=-1)
+        valid = mask_t & (pos >= 0)
+        pos = tl.where(valid, pos, 0)
+    else:
+        pos = t
+        valid = mask_t
+    if PARAMS_AT_STEP:
+        pidx = t
+        pvalid = mask_t
+    else:
+        pidx = pos
+        pvalid = valid
+    m_u = mask_d[:, None] & valid[None, :]
+    m_p = mask_d[:, None] & pvalid[None, :]
+    u = tl.load(u_ptr + offs_d[:, None] * su_d + pos[None, :] * su_l, mask=m_u, other=0.0).to(tl.float32)
+    raw = tl.load(dt_ptr + offs_d[:, None] * sdt_d + pidx[None, :] * sdt_l, mask=m_p, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    else:
+        dt = raw
+    dt = tl.where(mask_t[None, :], dt, 0.0)  # steps past the end are the identity (decay 1, input 0)
+    m_bc = mask_n[:, None] & pvalid[None, :]
+    if TILE_ONE_GROUP:
+        g = g_tile
+        Bt = tl.load(B_ptr + g * sB_g + offs_n[:, None] * sB_n + pidx[None, :] * sB_l, mask=m_bc, other=0.0)
+        Ct = tl.load(C_ptr + g * sC_g + offs_n[:, None] * sC_n + pidx[None, :] * sC_l, mask=m_bc, other=0.0)
+        Bt = Bt.to(tl.float32)[None, :, :]
+        Ct = Ct.to(tl.float32)[None, :, :]
+    else:
+        g = (offs_d // d_per_group)[:, None, None]
+        m3 = mask_d[:, None, None] & m_bc[None, :, :]
+        Bt = tl.load(B_ptr + g * sB_g + offs_n[None, :, None] * sB_n + pidx[None, None, :] * sB_l, mask=m3,
+                     other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + g * sC_g + offs_n[None, :, None] * sC_n + pidx[None, None, :] * sC_l, mask=m3,
+                     other=0.0).to(tl.float32)
+    return u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t
+
+
+@triton.jit
+def _scan_fwd_kernel(
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, path_ptr, y_ptr, last_ptr, states_ptr,
+        K, dim, L, Lp, N, d_per_group, n_chunks,
+        su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
+        sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
+        sz_b, sz_d, sz_l, sy_b, sy_k, sy_d, sy_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, MERGE_ATOMIC: tl.constexpr,
+        SAVE_STATES: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+    pid_d = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    pid_b = pid_bk // K
+    pid_k = pid_bk % K
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    kd = pid_k * dim + offs_d
+    A2 = tl.load(A_ptr + kd[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    u_base = u_ptr + pid_b * su_b + pid_k * su_k
+    dt_base = dt_ptr + pid_b * sdt_b + pid_k * sdt_k
+    B_base = B_ptr + pid_b * sB_b + pid_k * sB_k
+    C_base = C_ptr + pid_b * sC_b + pid_k * sC_k
+    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    state_base = states_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * (n_chunks * N) + offs_n[None, :]
+    last_col = tl.arange(0, CHUNK) == CHUNK - 1
+    for c in range(n_chunks):
+        t = c * CHUNK + tl.arange(0, CHUNK)
+        u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
+            u_base, dt_base, B_base, C_base, path_ptr, bias, pid_d * BLOCK_D // d_per_group, t, offs_d, offs_n, mask_d, mask_n, pid_k, L, Lp,
+            d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
+            HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
+        if SAVE_STATES:
+            tl.store(state_base + c * N, h, mask=mask_dn)
+        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        inp = (dt * u)[:, None, :] * Bt
+        acc_a, acc_b = tl.associative_scan((decay, inp), 2, _affine_combine)
+        hs = acc_a * h[:, :, None] + acc_b
+        y = tl.sum(hs * Ct, axis=1)
+        h = tl.sum(tl.where(last_col[None, None, :], hs, 0.0), axis=2)
+        if HAS_D:
+            y += Dv[:, None] * u
+        m_out = mask_d[:, None] & valid[None, :]
+        if HAS_Z:
+            zt = tl.load(z_ptr + pid_b * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l, mask=m_out,
+                         other=0.0).to(tl.float32)
+            y = y * zt * tl.sigmoid(zt)
+        if MERGE_ATOMIC:
+            tl.atomic_add(y_ptr + pid_b * sy_b + offs_d[:, None] * sy_d + pos[None, :] * sy_l, y, mask=m_out)
+        else:
+            tl.store(y_ptr + pid_b * sy_b + pid_k * sy_k + offs_d[:, None] * sy_d + pos[None, :] * sy_l,
+                     y.to(y_ptr.dtype.element_ty), mask=m_out)
+    tl.store(last_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * N + offs_n[None, :], h, mask=mask_dn)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, path_ptr, states_ptr, dy_ptr, dlast_ptr,
+        du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr,
+        K, dim, L, Lp, N, d_per_group, n_chunks,
+        su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
+        sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
+        sz_b, sz_d, sz_l, sdy_b, sdy_k, sdy_d, sdy_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, HAS_DLAST: tl.constexpr,
+        U_ATOMIC: tl.constexpr, DT_ATOMIC: tl.constexpr, Z_ATOMIC: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+    """Gradients; du/ddt/dz/dB/dC are written with the strides of u/delta/z/B/C (fp32 buffers where atomic)."""
+    pid_d = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    pid_b = pid_bk // K
+    pid_k = pid_bk % K
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    kd = pid_k * dim + offs_d
+    A = tl.load(A_ptr + kd[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    u_base = u_ptr + pid_b * su_b + pid_k * su_k
+    dt_base = dt_ptr + pid_b * sdt_b + pid_k * sdt_k
+    B_base = B_ptr + pid_b * sB_b + pid_k * sB_k
+    C_base = C_ptr + pid_b * sC_b + pid_k * sC_k
+    du_base = du_ptr + pid_b * su_b + pid_k * su_k
+    ddt_base = ddt_ptr + pid_b * sdt_b + pid_k * sdt_k
+    dB_base = dB_ptr + pid_b * sB_b + pid_k * sB_k
+    dC_base = dC_ptr + pid_b * sC_b + pid_k * sC_k
+    seq = (pid_b * K + pid_k) * dim + offs_d[:, None]
+    state_base = states_ptr + seq * (n_chunks * N) + offs_n[None, :]
+    if HAS_DLAST:
+        carry = tl.load(dlast_ptr + seq * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    first_col = tl.arange(0, CHUNK) == 0
+    for i in range(n_chunks):
+        c = n_chunks - 1 - i
+        t = c * CHUNK + tl.arange(0, CHUNK)
+        u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
+            u_base, dt_base, B_base, C_base, path_ptr, bias, pid_d * BLOCK_D // d_per_group, t, offs_d, offs_n, mask_d, mask_n, pid_k, L, Lp,
+            d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
+            HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
+        m_out = mask_d[:, None] & valid[None, :]
+        m_par = mask_d[:, None] & pvalid[None, :]
+        dy = tl.load(dy_ptr + pid_b * sdy_b + pid_k * sdy_k + offs_d[:, None] * sdy_d + pos[None, :] * sdy_l,
+                     mask=m_out, other=0.0).to(tl.float32)
+        # recompute the chunk's states from its saved start state
+        h0 = tl.load(state_base + c * N, mask=mask_dn, other=0.0)
+        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        inp = (dt * u)[:, None, :] * Bt
+        acc_a, acc_b = tl.associative_scan((decay, inp), 2, _affine_combine)
+        hs = acc_a * h0[:, :, None] + acc_b
+        if HAS_Z:
+            zp = z_ptr + pid_b * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l
+            zt = tl.load(zp, mask=m_out, other=0.0).to(tl.float32)
+            y_pre = tl.sum(hs * Ct, axis=1)
+            if HAS_D:
+                y_pre += Dv[:, None] * u
+            sig = tl.sigmoid(zt)
+            dz = dy * y_pre * sig * (1.0 + zt * (1.0 - sig))
+            dz_ptrs = dz_ptr + pid_b * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l
+            if Z_ATOMIC:
+                tl.atomic_add(dz_ptrs, dz, mask=m_out)
+            else:
+                tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty), mask=m_out)
+            dy = dy * zt * sig
+        du = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+        if HAS_D:
+            dD_acc += tl.sum(dy * u, axis=1)
+            du = dy * Dv[:, None]
+        # dC_t[n] = sum_d h_t dy_t over the tile
+        dC_part = hs * dy[:, None, :]
+        m_bc = mask_n[:, None] & pvalid[None, :]
+        # adjoint states q_t, scanned from the end of the chunk; carry = adjoint flowing in from the next chunk
+        cq = Ct * dy[:, None, :]
+        ones = tl.full(decay.shape, 1.0, tl.float32)
+        pex, _, v = tl.associative_scan((ones, decay, cq), 2, _adjoint_combine, reverse=True)
+        q = v + pex * carry[:, :, None]
+        qa = q * decay
+        carry = tl.sum(tl.where(first_col[None, None, :], qa, 0.0), axis=2)
+        # h_t - delta_t B_t u_t = a_t h_{t-1}
+        q_hprev = q * (hs - inp)
+        dB_part = q * (dt * u)[:, None, :]
+        qB = tl.sum(q * Bt, axis=1)
+        du += qB * dt
+        ddt = qB * u + tl.sum(q_hprev * A[:, :, None], axis=1)
+        dA_acc += tl.sum(q_hprev * dt[:, None, :], axis=2)
+        if TILE_ONE_GROUP:
+            g = (pid_d * BLOCK_D) // d_per_group
+            tl.atomic_add(dB_base + g * sB_g + offs_n[:, None] * sB_n + pidx[None, :] * sB_l,
+                          tl.sum(dB_part, axis=0), mask=m_bc)
+            tl.atomic_add(dC_base + g * sC_g + offs_n[:, None] * sC_n + pidx[None, :] * sC_l,
+                          tl.sum(dC_part, axis=0), mask=m_bc)
+        else:
+            g3 = (offs_d // d_per_group)[:, None, None]
+            m3 = mask_d[:, None, None] & m_bc[None, :, :]
+            tl.atomic_add(dB_base + g3 * sB_g + offs_n[None, :, None] * sB_n + pidx[None, None, :] * sB_l, dB_part,
+                          mask=m3)
+            tl.atomic_add(dC_base + g3 * sC_g + offs_n[None, :, None] * sC_n + pidx[None, None, :] * sC_l, dC_part,
+                          mask=m3)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(raw)
+        ddt = tl.where(mask_t[None, :], ddt, 0.0)
+        if HAS_BIAS:
+            dbias_acc += tl.sum(tl.where(mask_d[:, None], ddt, 0.0), axis=1)
+        du_ptrs = du_base + offs_d[:, None] * su_d + pos[None, :] * su_l
+        if U_ATOMIC:
+            tl.atomic_add(du_ptrs, du, mask=m_out)
+        else:
+            tl.store(du_ptrs, du.to(du_ptr.dtype.element_ty), mask=m_out)
+        ddt_ptrs = ddt_base + offs_d[:, None] * sdt_d + pidx[None, :] * sdt_l
+        if DT_ATOMIC:
+            tl.atomic_add(ddt_ptrs, ddt, mask=m_par)
+        else:
+            tl.store(ddt_ptrs, ddt.to(ddt_ptr.dtype.element_ty), mask=m_par)
+    tl.atomic_add(dA_ptr + kd[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
+    if HAS_D:
+        tl.atomic_add(dD_ptr + kd, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + kd, dbias_acc, mask=mask_d)
+
+
+def _check_dtypes(u: Tensor, *others) -> None:
+    for t in (u, *others):
+        if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"triton scan: tensors must be float32, bfloat16 or float16, got {t.dtype}")
+
+
+def _common(u, A, B, paths):
+    batch, _, dim, length = u.shape
+    k_total, _, n_state = A.shape
+    steps = B.shape[-1] if paths is None else paths.shape[1]
+    groups = B.shape[2]
+    d_per_group = dim // groups
+    return batch, dim, length, k_total, n_state, steps, d_per_group
+
+
+def _path_arg(paths: Tensor | None, u: Tensor) -> Tensor:
+    return u.new_empty(1, dtype=torch.int32) if paths is None else paths.to(torch.int32).contiguous()
+
+
+def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states):
+    """Launch the forward. Returns (y, last_state, chunk_start_states or empty)."""
+    _check_dtypes(u, delta, B, C, z)
+    batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
+    block_d, warps = _fwd_config(n_state, dim)
+    chunk = chunk_len(n_state)
+    n_chunks = triton.cdiv(steps, chunk)
+    merge_atomic = merge and k_total > 1
+    if merge_atomic:
+        y = torch.zeros(batch, 1, dim, length, device=u.device, dtype=torch.float32)
+    else:
+        y = torch.empty(batch, k_total, dim, length, device=u.device, dtype=u.dtype)
+    last = torch.empty(batch, k_total, dim, n_state, device=u.device, dtype=torch.float32)
+    states = torch.empty((batch, k_total, dim, n_chunks, n_state) if save_states else (1,), device=u.device,
+                         dtype=torch.float32)
+    A = A.float().contiguous()
+    D = D.float().contiguous() if D is not None else None
+    bias = delta_bias.float().contiguous() if delta_bias is not None else None
+    dummy = last
+    zs = z.stride() if z is not None else (0, 0, 0)
+    grid = (triton.cdiv(dim, block_d), batch * k_total)
+    _scan_fwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+        bias if bias is not None else dummy, _path_arg(paths, u), y, last, states,
+        k_total, dim, length, steps, n_state, d_per_group, n_chunks,
+        *_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(), *zs, *_k_strides(y),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=delta_softplus,
+        HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step, MERGE_ATOMIC=merge_atomic,
+        SAVE_STATES=save_states, TILE_ONE_GROUP=d_per_group % block_d == 0,
+        BLOCK_D=block_d, BLOCK_N=_block_n(n_state), CHUNK=chunk, num_warps=warps)
+    if merge:
+        y = y[:, 0].to(u.dtype)
+    return y, last, states if save_states else states.new_empty(0)
+
+
+def _k_strides(t: Tensor) -> tuple[int, int, int, int]:
+    """Strides (b, k, d, l) of a (batch, K, dim, L) tensor; a K of 1 reads with stride 0 (shared by directions)."""
+    sb, sk, sd, sl = t.stride()
+    return sb, (0 if t.shape[1] == 1 else sk), sd, sl
+
+
+def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
+                    params_at_step):
+    """Launch the backward. Returns grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None."""
+    _check_dtypes(u, delta, B, C, z)
+    batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
+    block_d, warps = _bwd_config(n_state, dim)
+    chunk = chunk_len(n_state)
+    n_chunks = triton.cdiv(steps, chunk)
+    if states.numel() != batch * k_total * dim * n_chunks * n_state:
+        raise RuntimeError("triton scan backward: the forward did not save its chunk states")
+    u_atomic = u.shape[1] != k_total
+    dt_atomic = delta.shape[1] != k_total
+    z_atomic = k_total > 1
+    f32 = torch.float32
+    # the grads share the strides of contiguous copies of the inputs
+    u, delta, B, C = (x.contiguous() for x in (u, delta, B, C))
+    z = z.contiguous() if z is not None else None
+    du = torch.zeros(u.shape, device=u.device, dtype=f32) if u_atomic else torch.empty_like(u)
+    ddt = torch.zeros(delta.shape, device=u.device, dtype=f32) if dt_atomic else torch.empty_like(delta)
+    dz = None
+    if z is not None:
+        dz = torch.zeros(z.shape, device=u.device, dtype=f32) if z_atomic else torch.empty_like(z)
+    dB = torch.zeros(B.shape, device=u.device, dtype=f32)
+    dC = torch.zeros(C.shape, device=u.device, dtype=f32)
+    dA = torch.zeros(A.shape, device=u.device, dtype=f32)
+    dD = torch.zeros(D.shape, device=u.device, dtype=f32) if D is not None else None
+    dbias = torch.zeros(delta_bias.shape, device=u.device, dtype=f32) if delta_bias is not None else None
+    if merge:
+        dy = dy.unsqueeze(1)
+    dy_strides = (dy.stride(0), 0 if dy.shape[1] == 1 else dy.stride(1), dy.stride(2), dy.stride(3))
+    dummy = dA
+    has_dlast = dlast is not None and dlast.numel() > 0
+    grid = (triton.cdiv(dim, block_d), batch * k_total)
+    _scan_bwd_kernel[grid](
+        u, delta, A.float().contiguous(), B, C,
+        D.float().contiguous() if D is not None else dummy, z if z is not None else dummy,
+        delta_bias.float().contiguous() if delta_bias is not None else dummy, _path_arg(paths, u), states, dy,
+        dlast.float().contiguous() if has_dlast else dummy,
+        du, ddt, dA, dB, dC, dD if dD is not None else dummy, dz if dz is not None else dummy,
+        dbias if dbias is not None else dummy,
+        k_total, dim, length, steps, n_state, d_per_group, n_chunks,
+        *_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
+        *(z.stride() if z is not None else (0, 0, 0)), *dy_strides,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step, HAS_DLAST=has_dlast,
+        U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, TILE_ONE_GROUP=d_per_group % block_d == 0,
+        BLOCK_D=block_d, BLOCK_N=_block_n(n_state), CHUNK=chunk, num_warps=warps)
+    return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            None if dD is None else dD.to(D.dtype), None if dz is None else dz.to(z.dtype),
+            None if dbias is None else dbias.to(delta_bias.dtype))
