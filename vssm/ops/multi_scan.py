@@ -14,11 +14,11 @@ there, and the K outputs are summed. Model quirks fit without kernel special cas
   direction): ``params_at_step=True``, then delta, B, C have length Lp and step j reads index j;
 - per-direction additive terms on B (PlainMamba's direction tokens): build B per direction, (batch, K, N, Lp).
 """
-from __future__ import annotations
 
 from typing import Optional
 
 import torch
+from timm.layers import register_notrace_function
 from torch import Tensor
 
 from .scan_core import scan_core
@@ -93,6 +93,8 @@ def _canonical(x, delta, A, B, C, paths, D, z, delta_bias, merge, params_at_step
     return x, delta, A, B, C, paths, D, z, delta_bias
 
 
+@register_notrace_function
+@torch.jit.ignore
 def multi_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, paths: Tensor, D: Optional[Tensor] = None,
                z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
                merge: str = "sum", params_at_step: bool = False, return_last_state: bool = False):

@@ -109,7 +109,7 @@ def scan_core_torch(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
         y = y * torch.nn.functional.silu(z.to(y.dtype if y.dtype == torch.float64 else torch.float32)).unsqueeze(1)
     if merge:
         y = y.sum(1) if k_total > 1 else y[:, 0]
-    return y.to(out_dtype), last.view(batch, k_total, dim, n_state)
+    return y.to(out_dtype).contiguous(), last.view(batch, k_total, dim, n_state)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def _scan_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: 
     else:
         grads = _scan_bwd_torch(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge,
                                 params_at_step, backend)
-    return [g if g is not None else u.new_empty(0) for g in grads]
+    return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
 
 
 def _scan_bwd_torch(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step,
@@ -197,7 +197,7 @@ def _zeros_if_none(g: Optional[Tensor], like: Tensor) -> Tensor:
 
 @_scan_bwd.register_fake
 def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge, params_at_step, backend):
-    return [torch.empty_like(t) if t is not None else u.new_empty(0) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    return [t.new_empty(t.shape) if t is not None else u.new_empty(0) for t in (u, delta, A, B, C, D, z, delta_bias)]
 
 
 def _setup_context(ctx, inputs, output):

@@ -12,12 +12,12 @@ Shapes follow ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``: u, d
 D and delta_bias are (dim,). State and accumulation are float32 (float64 when the inputs are float64); the output has
 u's dtype.
 """
-from __future__ import annotations
 
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import Tensor
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked"]
@@ -193,6 +193,8 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     return (y, h) if return_last_state else y
 
 
+@register_notrace_function
+@torch.jit.ignore
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                    z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
                    return_last_state: bool = False):

@@ -365,7 +365,7 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
         SAVE_STATES=save_states, TILE_ONE_GROUP=d_per_group % block_d == 0,
         BLOCK_D=block_d, BLOCK_N=_block_n(n_state), CHUNK=chunk, num_warps=warps)
     if merge:
-        y = y[:, 0].to(u.dtype)
+        y = y[:, 0].to(u.dtype).contiguous()
     return y, last, states if save_states else states.new_empty(0)
 
 
