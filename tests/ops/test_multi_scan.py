@@ -1,0 +1,103 @@
+"""multi_scan against its gather + selective_scan_ref + scatter reference, forward and backward, for every path kind,
+on the PyTorch and the Triton (interpreter on CPU) backends; bad input."""
+import pytest
+import torch
+
+from vssm.ops import multi_scan, multi_scan_ref, scan_paths
+
+from .scan_cases import backend, rel_err
+
+CASES = [
+    ("raster", (3, 5), {}),
+    ("bidirectional", (13,), {}),
+    ("cross", (3, 5), {}),
+    ("zigzag", (4, 3), {}),
+    ("local", (5, 3), dict(directions=("h", "v_flip", "w2", "w3_flip"))),
+    ("spatiotemporal", (2, 2, 3), {}),
+]
+
+
+def _inputs(paths, length, per_direction_x, params_at_step, n_state=3, batch=2, dim=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k_total, steps = paths.shape
+    ld = steps if params_at_step else length
+    x_shape = (batch, k_total, dim, length) if per_direction_x else (batch, dim, length)
+    return dict(x=torch.randn(*x_shape, generator=g), delta=torch.randn(batch, k_total, dim, ld, generator=g) * 0.5,
+                A=-torch.rand(k_total, dim, n_state, generator=g) - 0.2, B=torch.randn(batch, k_total, n_state, ld,
+                                                                                   generator=g),
+                C=torch.randn(batch, k_total, n_state, ld, generator=g), D=torch.randn(k_total, dim, generator=g),
+                z=torch.randn(batch, dim, length, generator=g), delta_bias=torch.randn(k_total, dim, generator=g))
+
+
+def _run(fn, inputs, paths, weights, to64, **kwargs):
+    leaves = {k: (v.double() if to64 else v.clone()).requires_grad_(True) for k, v in inputs.items()}
+    y, last = fn(**leaves, paths=paths, delta_softplus=True, return_last_state=True, **kwargs)
+    ((y.double() * weights).sum() + last.double().sum()).backward()
+    return y.detach(), last.detach(), {k: v.grad for k, v in leaves.items()}
+
+
+@pytest.mark.parametrize("name", ["torch", "triton"])
+@pytest.mark.parametrize("kind,shape,opts", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("per_direction_x,params_at_step,merge", [
+    (False, False, "sum"), (True, False, "none"), (False, True, "sum")])
+def test_multi_scan_matches_reference(name, kind, shape, opts, per_direction_x, params_at_step, merge):
+    paths = scan_paths.build(kind, shape, **opts)
+    length = int(torch.tensor(shape).prod())
+    inputs = _inputs(paths, length, per_direction_x, params_at_step)
+    out_shape = (2, 4, length) if merge == "sum" else (2, paths.shape[0], 4, length)
+    weights = torch.randn(out_shape, dtype=torch.float64)
+    y_ref, last_ref, g_ref = _run(multi_scan_ref, inputs, paths, weights, True, merge=merge,
+                                  params_at_step=params_at_step)
+    with backend(name):
+        y, last, grads = _run(multi_scan, inputs, paths, weights, False, merge=merge, params_at_step=params_at_step)
+    assert y.shape == out_shape and y.dtype == torch.float32
+    assert rel_err(y, y_ref) < 2e-5 and rel_err(last, last_ref) < 2e-5
+    for key, ref in g_ref.items():
+        assert grads[key].shape == ref.shape
+        assert rel_err(grads[key], ref) < 1e-4, key
+
+
+def test_reference_is_the_sum_of_single_direction_scans():
+    """Direction k of the reference equals a plain selective scan of the gathered sequence, scattered back."""
+    from vssm.ops import selective_scan_ref
+
+    paths = scan_paths.build("cross", (3, 4))
+    inputs = _inputs(paths, 12, False, False)
+    per_dir = multi_scan_ref(**inputs, paths=paths, delta_softplus=True, merge="none")
+    for k, path in enumerate(paths):
+        y = selective_scan_ref(inputs["x"][..., path], inputs["delta"][:, k][..., path], inputs["A"][k],
+                               inputs["B"][:, k][..., path], inputs["C"][:, k][..., path], inputs["D"][k],
+                               inputs["z"][..., path], inputs["delta_bias"][k], True)
+        torch.testing.assert_close(per_dir[:, k][..., path], y)
+    torch.testing.assert_close(per_dir.sum(1), multi_scan_ref(**inputs, paths=paths, delta_softplus=True))
+
+
+def test_padding_steps_are_zero_tokens():
+    """-1 steps of a local path are zero inputs that still decay the state (LocalVMamba's padded windows)."""
+    paths = scan_paths.build("local", (3, 3), directions=("w2",))  # 4x4 padded window grid, 7 padding steps
+    assert (paths < 0).sum() == 7
+    inputs = _inputs(paths, 9, False, False, seed=1)
+    with backend("torch"):
+        y = multi_scan(**inputs, paths=paths, delta_softplus=True)
+    torch.testing.assert_close(y, multi_scan_ref(**inputs, paths=paths, delta_softplus=True))
+    dense = scan_paths.build("raster", (9,))
+    assert not torch.allclose(y, multi_scan_ref(**inputs, paths=dense, delta_softplus=True))
+
+
+@pytest.mark.parametrize("change,exc,match", [
+    (dict(paths=torch.zeros(4, 12)), TypeError, "paths must be an integer tensor"),
+    (dict(x=torch.randn(2, 3, 4, 12)), ValueError, r"x must be \(batch, dim, L\) or \(batch, K=4"),
+    (dict(delta=torch.randn(2, 4, 4, 11)), ValueError, "delta must be"),
+    (dict(A=torch.randn(3, 4, 3)), ValueError, "A must be"),
+    (dict(B=torch.randn(2, 4, 3, 3, 12)), ValueError, "dim divisible by G"),
+    (dict(D=torch.randn(4, 5)), ValueError, "D must be"),
+    (dict(z=torch.randn(2, 4, 11)), ValueError, "z must be"),
+    (dict(merge="mean"), ValueError, "merge must be one of"),
+    (dict(x=torch.randn(2, 4, 12, dtype=torch.complex64)), TypeError, "x must be real"),
+])
+def test_bad_input_names_the_argument(change, exc, match):
+    paths = scan_paths.build("cross", (3, 4))
+    args = dict(_inputs(paths, 12, False, False), paths=paths)
+    args.update(change)
+    with pytest.raises(exc, match=match):
+        multi_scan(**args)
