@@ -41,15 +41,24 @@ def _block_n(n_state: int) -> int:
     return triton.next_power_of_2(n_state)
 
 
+# Launch-configuration overrides {"fwd"|"bwd": (elements per [BLOCK_D, N, CHUNK] tile, num_warps)} for tuning runs
+# (tools/benchmark_scan.py --sweep); empty in normal use.
+TILE_OVERRIDES: dict[str, tuple[int, int]] = {}
+
+
+def _tile_config(kind: str, n_state: int, dim: int, elements: int, warps: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) such that a [BLOCK_D, N, CHUNK] fp32 tile has about ``elements`` entries."""
+    elements, warps = TILE_OVERRIDES.get(kind, (elements, warps))
+    block_d = max(1, min(triton.next_power_of_2(dim), elements // (_block_n(n_state) * chunk_len(n_state))))
+    return block_d, warps
+
+
 def _fwd_config(n_state: int, dim: int) -> tuple[int, int]:
-    """(BLOCK_D, num_warps) of the forward: about 4096 live fp32 elements per [BLOCK_D, N, CHUNK] tensor."""
-    block_d = max(1, min(triton.next_power_of_2(dim), 4096 // (_block_n(n_state) * chunk_len(n_state))))
-    return block_d, 4
+    return _tile_config("fwd", n_state, dim, 4096, 4)
 
 
 def _bwd_config(n_state: int, dim: int) -> tuple[int, int]:
-    block_d = max(1, min(triton.next_power_of_2(dim), 2048 // (_block_n(n_state) * chunk_len(n_state))))
-    return block_d, 4
+    return _tile_config("bwd", n_state, dim, 2048, 4)
 
 
 @triton.jit

@@ -1,0 +1,268 @@
+"""Benchmark the selective scan and the fused multi-direction scan on a CUDA GPU.
+
+    python tools/benchmark_scan.py [--out results.json] [--sweep] [--skip-slow]
+
+First checks the Triton kernels against the float64 PyTorch path on fresh random inputs (forward and every gradient),
+then times the issue's cases (bf16 u/delta/B/C, fp32 A/D/delta_bias, softplus, B/C as (batch, 1, N, L)):
+forward and forward+backward medians (triton.testing.do_bench), forward effective GB/s (u, delta, B, C read once,
+y written once) against the copy bandwidth measured in the same run, and the speed-up over the chunked PyTorch path
+and the sequential reference timed in the same run. Then the fused 4-direction cross-scan (``multi_scan``) against
+gather + scan + scatter in PyTorch. Prints markdown tables; writes everything as JSON.
+"""
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vssm.ops import multi_scan, scan_paths, selective_scan, selective_scan_chunked  # noqa: E402
+from vssm.ops.triton import scan as triton_scan  # noqa: E402
+
+CASES = [(64, 768, 3136, 16), (64, 384, 3136, 1), (64, 768, 197, 16), (8, 768, 3137, 16), (2, 768, 12545, 16)]
+MAMBA_CUDA = {  # mamba_ssm 2.3 selective_scan_cuda on an H100 (issue #2): fwd ms, fwd+bwd ms
+    (64, 768, 3136, 16): (5.30, 25.4), (64, 384, 3136, 1): (0.535, 1.97), (64, 768, 197, 16): (0.378, 1.51),
+    (8, 768, 3137, 16): (0.689, 3.34), (2, 768, 12545, 16): (0.668, 3.21)}
+CROSS_CASES = [(64, 192, 56, 56, 1), (64, 192, 56, 56, 16)]
+
+
+def scan_inputs(batch, dim, length, n_state, dtype=torch.bfloat16, device="cuda", requires_grad=False):
+    g = torch.Generator(device=device).manual_seed(batch * 131 + length)
+
+    def rnd(*shape, dt=dtype, scale=1.0):
+        return (torch.randn(*shape, device=device, generator=g) * scale).to(dt).requires_grad_(requires_grad)
+
+    A = (-(torch.rand(dim, n_state, device=device, generator=g) * 4 + 0.5)).requires_grad_(requires_grad)
+    return dict(u=rnd(batch, dim, length), delta=rnd(batch, dim, length, scale=0.5), A=A,
+                B=rnd(batch, 1, n_state, length), C=rnd(batch, 1, n_state, length),
+                D=rnd(dim, dt=torch.float32), delta_bias=rnd(dim, dt=torch.float32, scale=0.5))
+
+
+def with_backend(name, fn):
+    import os
+
+    def run():
+        old = os.environ.get("VSSM_SCAN_BACKEND")
+        os.environ["VSSM_SCAN_BACKEND"] = name
+        try:
+            return fn()
+        finally:
+            os.environ.pop("VSSM_SCAN_BACKEND") if old is None else os.environ.__setitem__("VSSM_SCAN_BACKEND", old)
+    return run
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def check_correctness():
+    """Triton vs the float64 chunked PyTorch path: selective scan (fp32 and bf16) and multi_scan, fwd + grads."""
+    rows = []
+    for batch, dim, length, n_state, dtype in [(2, 64, 197, 16, torch.float32), (2, 96, 1000, 1, torch.float32),
+                                               (1, 48, 3137, 16, torch.bfloat16), (3, 40, 77, 64, torch.float32)]:
+        x = scan_inputs(batch, dim, length, n_state, dtype, requires_grad=True)
+        z = torch.randn(batch, dim, length, device="cuda").to(dtype).requires_grad_(True)
+        x["z"] = z
+        w = torch.randn(batch, dim, length, device="cuda", dtype=torch.float64)
+        y = with_backend("triton", lambda: selective_scan(**x, delta_softplus=True))()
+        grads = torch.autograd.grad((y.double() * w).sum(), list(x.values()))
+        x64 = {k: v.detach().double().requires_grad_(True) for k, v in x.items()}
+        y64 = selective_scan_chunked(**x64, delta_softplus=True)
+        grads64 = torch.autograd.grad((y64 * w).sum(), list(x64.values()))
+        errs = {"y": rel_err(y, y64)} | {k: rel_err(g, g64) for k, g, g64 in zip(x, grads, grads64)}
+        rows.append((f"selective_scan {batch}x{dim}x{length} N={n_state} {str(dtype)[6:]}", max(errs.values()), errs))
+    for kind, shape, opts in [("cross", (23, 17), {}), ("local", (14, 11), dict(directions=("h", "v_flip", "w7",
+                                                                                             "w2_flip"))),
+                              ("zigzag", (9, 12), {}), ("spatiotemporal", (3, 7, 5), {})]:
+        paths = scan_paths.build(kind, shape, device="cuda")
+        k_total, steps = paths.shape
+        length = int(torch.tensor(shape).prod())
+        batch, dim, n_state = 2, 32, 16
+        g = torch.Generator(device="cuda").manual_seed(7)
+        x = dict(x=torch.randn(batch, dim, length, device="cuda", generator=g),
+                 delta=torch.randn(batch, k_total, dim, length, device="cuda", generator=g) * 0.5,
+                 A=-torch.rand(k_total, dim, n_state, device="cuda", generator=g) - 0.3,
+                 B=torch.randn(batch, k_total, n_state, length, device="cuda", generator=g),
+                 C=torch.randn(batch, k_total, n_state, length, device="cuda", generator=g),
+                 D=torch.randn(k_total, dim, device="cuda", generator=g),
+                 z=torch.randn(batch, dim, length, device="cuda", generator=g),
+                 delta_bias=torch.randn(k_total, dim, device="cuda", generator=g))
+        x = {k: v.requires_grad_(True) for k, v in x.items()}
+        w = torch.randn(batch, dim, length, device="cuda", dtype=torch.float64)
+        y = with_backend("triton", lambda: multi_scan(**x, paths=paths, delta_softplus=True))()
+        grads = torch.autograd.grad((y.double() * w).sum(), list(x.values()))
+        x64 = {k: v.detach().double().requires_grad_(True) for k, v in x.items()}
+        y64 = with_backend("torch", lambda: multi_scan(**x64, paths=paths, delta_softplus=True))()
+        grads64 = torch.autograd.grad((y64 * w).sum(), list(x64.values()))
+        errs = {"y": rel_err(y, y64)} | {k: rel_err(g_, g64) for k, g_, g64 in zip(x, grads, grads64)}
+        rows.append((f"multi_scan {kind} {shape}", max(errs.values()), errs))
+    return rows
+
+
+def copy_bandwidth():
+    """Device-to-device copy of 2 GiB: GB/s counting bytes read plus written."""
+    src = torch.randn(2 ** 29, device="cuda")
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    return 2 * src.numel() * 4 / ms / 1e6
+
+
+def time_once(fn, reps=3):
+    """Median of a few runs with CUDA events (for slow baselines), after one warm-up."""
+    fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def fwd_bwd(fn, inputs):
+    leaves = [v for v in inputs.values() if v is not None and v.requires_grad]
+
+    def step():
+        y = fn()
+        torch.autograd.grad(y, leaves, torch.ones_like(y))
+    return step
+
+
+def bench_case(batch, dim, length, n_state, skip_slow):
+    x = scan_inputs(batch, dim, length, n_state, requires_grad=True)
+    fwd = lambda: selective_scan(**x, delta_softplus=True)  # noqa: E731
+    row = dict(case=(batch, dim, length, n_state))
+    with torch.no_grad():
+        row["triton_fwd_ms"] = do_bench(with_backend("triton", fwd), warmup=25, rep=200, return_mode="median")
+    row["triton_fwdbwd_ms"] = do_bench(with_backend("triton", fwd_bwd(fwd, x)), warmup=25, rep=200,
+                                       return_mode="median")
+    nbytes = 2 * (3 * batch * dim * length + 2 * batch * n_state * length)
+    row["fwd_GBps"] = nbytes / row["triton_fwd_ms"] / 1e6
+    torch_mem = batch * dim * 16 * 16 * n_state * 4 * 6  # decay tensors of one chunk, fp32
+    if not skip_slow and torch_mem < 20e9:
+        with torch.no_grad():
+            row["torch_fwd_ms"] = time_once(with_backend("torch", fwd))
+    if not skip_slow and batch * dim * length * n_state * 4 * 3 < 40e9:
+        with torch.no_grad():
+            row["ref_fwd_ms"] = time_once(with_backend("ref", fwd), reps=1)
+    torch.cuda.empty_cache()
+    return row
+
+
+def cross_inputs(batch, dim, height, width, n_state, requires_grad=True):
+    k_total, length = 4, height * width
+    g = torch.Generator(device="cuda").manual_seed(height)
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    x = dict(x=torch.randn(batch, dim, length, **bf), delta=torch.randn(batch, k_total, dim, length, **bf) * 0.5,
+             A=-torch.rand(k_total, dim, n_state, device="cuda", generator=g) - 0.5,
+             B=torch.randn(batch, k_total, n_state, length, **bf), C=torch.randn(batch, k_total, n_state, length, **bf),
+             D=torch.randn(k_total, dim, device="cuda"), delta_bias=torch.randn(k_total, dim, device="cuda"))
+    return {k: v.requires_grad_(requires_grad) for k, v in x.items()}
+
+
+def bench_cross(batch, dim, height, width, n_state):
+    x = cross_inputs(batch, dim, height, width, n_state)
+    paths = scan_paths.build("cross", (height, width), device="cuda")
+    fused = lambda: multi_scan(**x, paths=paths, delta_softplus=True)  # noqa: E731
+
+    def unfused():  # gather K copies, one grouped scan on (batch, K*dim, L), scatter back and sum, in PyTorch
+        k_total, length = paths.shape
+        xs = x["x"][..., paths].transpose(1, 2)  # (batch, K, dim, L)
+        ds = torch.gather(x["delta"], -1, paths[None, :, None, :].expand_as(x["delta"]))
+        Bs = torch.gather(x["B"], -1, paths[None, :, None, :].expand_as(x["B"]))
+        Cs = torch.gather(x["C"], -1, paths[None, :, None, :].expand_as(x["C"]))
+        y = selective_scan(xs.reshape(batch, k_total * dim, length), ds.reshape(batch, k_total * dim, length),
+                           x["A"].reshape(-1, n_state), Bs, Cs, x["D"].reshape(-1), None, x["delta_bias"].reshape(-1),
+                           True, False)
+        inv = torch.argsort(paths, dim=1)
+        y = torch.gather(y.view(batch, k_total, dim, length), -1, inv[None, :, None, :].expand(batch, k_total, dim,
+                                                                                               length))
+        return y.sum(1)
+
+    torch.testing.assert_close(fused().float(), unfused().float(), rtol=2e-2, atol=2e-2)
+    row = dict(case=(batch, dim, height, width, n_state))
+    for name, fn in (("fused", fused), ("unfused", unfused)):
+        with torch.no_grad():
+            row[f"{name}_fwd_ms"] = do_bench(fn, warmup=25, rep=200, return_mode="median")
+        row[f"{name}_fwdbwd_ms"] = do_bench(fwd_bwd(fn, x), warmup=25, rep=200, return_mode="median")
+    return row
+
+
+def sweep(cases):
+    """Time forward and fwd+bwd for a grid of tile sizes and warps; returns rows."""
+    rows = []
+    for case in cases:
+        x = scan_inputs(*case, requires_grad=True)
+        fwd = lambda: selective_scan(**x, delta_softplus=True)  # noqa: E731
+        for elements in (1024, 2048, 4096, 8192):
+            for warps in (2, 4, 8):
+                triton_scan.TILE_OVERRIDES.update(fwd=(elements, warps), bwd=(elements, warps))
+                try:
+                    with torch.no_grad():
+                        f = do_bench(with_backend("triton", fwd), warmup=10, rep=50, return_mode="median")
+                    fb = do_bench(with_backend("triton", fwd_bwd(fwd, x)), warmup=10, rep=50, return_mode="median")
+                except Exception as exc:  # out of resources for a tile: record and go on
+                    f = fb = float("nan")
+                    print(f"sweep {case} {elements} {warps}: {type(exc).__name__}", flush=True)
+                rows.append(dict(case=case, elements=elements, warps=warps, fwd_ms=f, fwdbwd_ms=fb))
+                print(f"sweep {case} tile={elements} warps={warps}: fwd {f:.3f} ms fwd+bwd {fb:.3f} ms", flush=True)
+        triton_scan.TILE_OVERRIDES.clear()
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="scan_benchmark.json")
+    parser.add_argument("--sweep", action="store_true", help="also sweep tile sizes / warps on two cases")
+    parser.add_argument("--skip-slow", action="store_true", help="skip the PyTorch and reference baselines")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("benchmark_scan.py needs a CUDA GPU")
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                python=platform.python_version(), date=str(date.today()), command=" ".join(sys.argv))
+    print(meta, flush=True)
+    t0 = time.time()
+    checks = check_correctness()
+    print("\n| correctness check (Triton vs float64 PyTorch) | max rel. error |\n|---|---|")
+    for name, worst, _ in checks:
+        print(f"| {name} | {worst:.2e} |")
+    bad = [c for c in checks if not c[1] < 2e-2]
+    if bad:
+        sys.exit(f"correctness check failed: {bad}")
+    sweep_rows = sweep([(64, 768, 3136, 16), (64, 384, 3136, 1)]) if args.sweep else []
+    copy_gbps = copy_bandwidth()
+    rows = [bench_case(*case, skip_slow=args.skip_slow) for case in CASES]
+    cross_rows = [bench_cross(*case) for case in CROSS_CASES]
+    print(f"\ncopy bandwidth: {copy_gbps:.0f} GB/s; total {time.time() - t0:.0f} s\n")
+    print("| (batch, dim, L, N) | fwd ms | fwd+bwd ms | mamba CUDA fwd / fwd+bwd ms | vs mamba fwd / fwd+bwd | fwd GB/s "
+          "(% copy) | torch fwd ms (speed-up) | ref fwd ms (speed-up) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        mf, mfb = MAMBA_CUDA[r["case"]]
+        tf = f"{r['torch_fwd_ms']:.1f} ({r['torch_fwd_ms'] / r['triton_fwd_ms']:.0f}x)" if "torch_fwd_ms" in r else "-"
+        rf = f"{r['ref_fwd_ms']:.0f} ({r['ref_fwd_ms'] / r['triton_fwd_ms']:.0f}x)" if "ref_fwd_ms" in r else "-"
+        print(f"| {r['case']} | {r['triton_fwd_ms']:.3f} | {r['triton_fwdbwd_ms']:.3f} | {mf} / {mfb} | "
+              f"{mf / r['triton_fwd_ms']:.2f}x / {mfb / r['triton_fwdbwd_ms']:.2f}x | {r['fwd_GBps']:.0f} "
+              f"({100 * r['fwd_GBps'] / copy_gbps:.0f}%) | {tf} | {rf} |")
+    print("\n| cross-scan (batch, dim, H, W, N) | fused fwd ms | unfused fwd ms | fused fwd+bwd ms | unfused fwd+bwd ms "
+          "| speed-up fwd / fwd+bwd |\n|---|---|---|---|---|---|")
+    for r in cross_rows:
+        print(f"| {r['case']} | {r['fused_fwd_ms']:.3f} | {r['unfused_fwd_ms']:.3f} | {r['fused_fwdbwd_ms']:.3f} | "
+              f"{r['unfused_fwdbwd_ms']:.3f} | {r['unfused_fwd_ms'] / r['fused_fwd_ms']:.2f}x / "
+              f"{r['unfused_fwdbwd_ms'] / r['fused_fwdbwd_ms']:.2f}x |")
+    Path(args.out).write_text(json.dumps(dict(meta=meta, copy_GBps=copy_gbps, checks=checks, cases=rows,
+                                              cross=cross_rows, sweep=sweep_rows), indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
