@@ -23,6 +23,11 @@ from torch import Tensor
 
 LOG2E = 1.4426950408889634
 
+# Launch-configuration overrides {"fwd"|"bwd": (elements per [BLOCK_D, N, CHUNK] tile, num_warps)} "chunk": steps,
+# "fwd_seq": True} for tuning runs (tools/benchmark_scan.py --sweep); empty in normal use.
+TILE_OVERRIDES: dict[str, object] = {}
+
+
 
 def chunk_len(n_state: int) -> int:
     """Steps per chunk (power of two), also the granularity of the states saved for the backward. Under
@@ -30,6 +35,8 @@ def chunk_len(n_state: int) -> int:
     put chunk carries inside the small test sequences."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return 8
+    if "chunk" in TILE_OVERRIDES:
+        return TILE_OVERRIDES["chunk"]
     return 64 if n_state <= 4 else 32
 
 
@@ -40,10 +47,6 @@ def chunk_count(steps: int, n_state: int) -> int:
 def _block_n(n_state: int) -> int:
     return triton.next_power_of_2(n_state)
 
-
-# Launch-configuration overrides {"fwd"|"bwd": (elements per [BLOCK_D, N, CHUNK] tile, num_warps)} for tuning runs
-# (tools/benchmark_scan.py --sweep); empty in normal use.
-TILE_OVERRIDES: dict[str, tuple[int, int]] = {}
 
 
 def _tile_config(kind: str, n_state: int, dim: int, elements: int, warps: int) -> tuple[int, int]:
@@ -191,6 +194,82 @@ def _scan_fwd_kernel(
         else:
             tl.store(y_ptr + pid_b * sy_b + pid_k * sy_k + offs_d[:, None] * sy_d + pos[None, :] * sy_l,
                      y.to(y_ptr.dtype.element_ty), mask=m_out)
+    tl.store(last_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * N + offs_n[None, :], h, mask=mask_dn)
+
+
+@triton.jit
+def _scan_fwd_seq_kernel(
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, path_ptr, y_ptr, last_ptr, states_ptr,
+        K, dim, L, Lp, N, d_per_group, n_chunks,
+        su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
+        sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
+        sz_b, sz_d, sz_l, sy_b, sy_k, sy_d, sy_l,
+        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, MERGE_ATOMIC: tl.constexpr,
+        SAVE_STATES: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+    """Forward, one step at a time: the [BLOCK_D, N] state stays in registers, each step loads one token."""
+    pid_d = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    pid_b = pid_bk // K
+    pid_k = pid_bk % K
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    kd = pid_k * dim + offs_d
+    A2 = tl.load(A_ptr + kd[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
+    g = (offs_d // d_per_group)[:, None]
+    u_base = u_ptr + pid_b * su_b + pid_k * su_k + offs_d * su_d
+    dt_base = dt_ptr + pid_b * sdt_b + pid_k * sdt_k + offs_d * sdt_d
+    B_base = B_ptr + pid_b * sB_b + pid_k * sB_k + g * sB_g + offs_n[None, :] * sB_n
+    C_base = C_ptr + pid_b * sC_b + pid_k * sC_k + g * sC_g + offs_n[None, :] * sC_n
+    y_base = y_ptr + pid_b * sy_b + pid_k * sy_k + offs_d * sy_d
+    z_base = z_ptr + pid_b * sz_b + offs_d * sz_d
+    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    state_base = states_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * (n_chunks * N) + offs_n[None, :]
+    for t in range(0, Lp):
+        if SAVE_STATES:
+            if t % CHUNK == 0:
+                tl.store(state_base + (t // CHUNK) * N, h, mask=mask_dn)
+        m_u = mask_d
+        m_p = mask_d
+        if HAS_PATH:
+            pos = tl.load(path_ptr + pid_k * Lp + t + offs_d * 0)  # the step's token, broadcast over channels
+            m_u = mask_d & (pos >= 0)
+            pos = tl.maximum(pos, 0)
+        else:
+            pos = t
+        if PARAMS_AT_STEP:
+            pidx = t
+        else:
+            pidx = pos
+            m_p = m_u
+        u = tl.load(u_base + pos * su_l, mask=m_u, other=0.0).to(tl.float32)
+        dt = tl.load(dt_base + pidx * sdt_l, mask=m_p, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        m_bc = m_p[:, None] & mask_n[None, :]
+        Bt = tl.load(B_base + pidx * sB_l, mask=m_bc, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + pidx * sC_l, mask=m_bc, other=0.0).to(tl.float32)
+        h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
+        y = tl.sum(h * Ct, axis=1)
+        if HAS_D:
+            y += Dv * u
+        if HAS_Z:
+            zt = tl.load(z_base + pos * sz_l, mask=m_u, other=0.0).to(tl.float32)
+            y = y * zt * tl.sigmoid(zt)
+        if MERGE_ATOMIC:
+            tl.atomic_add(y_base + pos * sy_l, y, mask=m_u)
+        else:
+            tl.store(y_base + pos * sy_l, y.to(y_ptr.dtype.element_ty), mask=m_u)
     tl.store(last_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * N + offs_n[None, :], h, mask=mask_dn)
 
 
@@ -370,7 +449,8 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     dummy = last
     zs = z.stride() if z is not None else (0, 0, 0)
     grid = (triton.cdiv(dim, block_d), batch * k_total)
-    _scan_fwd_kernel[grid](
+    kernel = _scan_fwd_seq_kernel if "fwd_seq" in TILE_OVERRIDES else _scan_fwd_kernel
+    kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         bias if bias is not None else dummy, _path_arg(paths, u), y, last, states,
         k_total, dim, length, steps, n_state, d_per_group, n_chunks,
