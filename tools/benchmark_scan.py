@@ -95,6 +95,10 @@ def check_correctness():
                  D=torch.randn(k_total, dim, device="cuda", generator=g),
                  z=torch.randn(batch, dim, length, device="cuda", generator=g),
                  delta_bias=torch.randn(k_total, dim, device="cuda", generator=g))
+        if kind in ("cross", "local"):  # channels-last views, as models hand them over
+            x["x"] = x["x"].transpose(1, 2).contiguous().transpose(1, 2)
+            for key in ("delta", "B", "C"):
+                x[key] = x[key].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
         x = {k: v.requires_grad_(True) for k, v in x.items()}
         w = torch.randn(batch, dim, length, device="cuda", dtype=torch.float64)
         y = with_backend("triton", lambda: multi_scan(**x, paths=paths, delta_softplus=True))()
@@ -160,18 +164,24 @@ def bench_case(batch, dim, length, n_state, skip_slow):
 
 
 def cross_inputs(batch, dim, height, width, n_state, requires_grad=True):
+    """Inputs in the layout a model produces them (token-major, channels-last): x from (batch, L, dim), delta, B and C
+    from per-direction projections (batch, L, K, .), viewed as the (batch, [K,] channels, L) the op expects."""
     k_total, length = 4, height * width
     g = torch.Generator(device="cuda").manual_seed(height)
     bf = dict(device="cuda", dtype=torch.bfloat16)
-    x = dict(x=torch.randn(batch, dim, length, **bf), delta=torch.randn(batch, k_total, dim, length, **bf) * 0.5,
-             A=-torch.rand(k_total, dim, n_state, device="cuda", generator=g) - 0.5,
-             B=torch.randn(batch, k_total, n_state, length, **bf), C=torch.randn(batch, k_total, n_state, length, **bf),
-             D=torch.randn(k_total, dim, device="cuda"), delta_bias=torch.randn(k_total, dim, device="cuda"))
-    return {k: v.requires_grad_(requires_grad) for k, v in x.items()}
+    leaves = dict(x=torch.randn(batch, length, dim, **bf), delta=torch.randn(batch, length, k_total, dim, **bf) * 0.5,
+                  A=-torch.rand(k_total, dim, n_state, device="cuda", generator=g) - 0.5,
+                  B=torch.randn(batch, length, k_total, n_state, **bf),
+                  C=torch.randn(batch, length, k_total, n_state, **bf),
+                  D=torch.randn(k_total, dim, device="cuda"), delta_bias=torch.randn(k_total, dim, device="cuda"))
+    leaves = {k: v.requires_grad_(requires_grad) for k, v in leaves.items()}
+    views = dict(leaves, x=leaves["x"].transpose(1, 2), delta=leaves["delta"].permute(0, 2, 3, 1),
+                 B=leaves["B"].permute(0, 2, 3, 1), C=leaves["C"].permute(0, 2, 3, 1))
+    return leaves, views
 
 
 def bench_cross(batch, dim, height, width, n_state):
-    x = cross_inputs(batch, dim, height, width, n_state)
+    leaves, x = cross_inputs(batch, dim, height, width, n_state)
     paths = scan_paths.build("cross", (height, width), device="cuda")
     fused = lambda: multi_scan(**x, paths=paths, delta_softplus=True)  # noqa: E731
 
@@ -196,20 +206,22 @@ def bench_cross(batch, dim, height, width, n_state):
     for name, fn in (("fused", fused), ("unfused", unfused)):
         with torch.no_grad():
             row[f"{name}_fwd_ms"] = do_bench(fn, warmup=25, rep=200, return_mode="median")
-        row[f"{name}_fwdbwd_ms"] = do_bench(fwd_bwd(fn, x), warmup=25, rep=200, return_mode="median")
+        row[f"{name}_fwdbwd_ms"] = do_bench(fwd_bwd(fn, leaves), warmup=25, rep=200, return_mode="median")
     return row
 
 
 def sweep_configs(n_state):
-    """Launch configurations to compare: chunk-parallel (associative scan) tiles and the step-by-step forward."""
-    bn = triton.next_power_of_2(n_state)
-    chunks = (16, 32) if n_state > 4 else (64, 128)
-    tiles = (1024, 2048) if n_state > 4 else (512, 1024)
-    configs = [dict(chunk=c, fwd=(t, w), bwd=(t, w)) for c in chunks for t in tiles for w in (2, 4)]
-    chunk = 32 if n_state > 4 else 64
-    for block_d in ((16, 32, 64) if n_state > 4 else (64, 128, 256)):
-        configs += [dict(chunk=chunk, fwd_seq=True, fwd=(block_d * bn * chunk, w), bwd=(2048, 4)) for w in (1, 2, 4)]
-    return configs
+    """Launch configurations to compare: step-by-step kernels (BLOCK_D, warps, chunk = backward recompute length)
+    and chunk-parallel associative-scan kernels (chunk, BLOCK_D, warps)."""
+    if n_state > 4:
+        seq = [dict(sequential=True, chunk=c, fwd=(bd, w), bwd=(bd, w)) for c in (32, 64) for bd in (16, 32, 64)
+               for w in (1, 2)]
+        par = [dict(sequential=False, chunk=c, fwd=(bd, 4), bwd=(bd, 4)) for c, bd in ((16, 4), (32, 2))]
+    else:
+        seq = [dict(sequential=True, chunk=64, fwd=(bd, w), bwd=(bd, w)) for bd in (128, 256) for w in (1, 2)]
+        par = [dict(sequential=False, chunk=c, fwd=(bd, w), bwd=(bd, w)) for c in (64, 128) for bd in (4, 8, 16)
+               for w in (2, 4)]
+    return seq + par
 
 
 def sweep(cases):
@@ -224,8 +236,7 @@ def sweep(cases):
             try:
                 with torch.no_grad():
                     f = do_bench(with_backend("triton", fwd), warmup=10, rep=50, return_mode="median")
-                fb = float("nan") if "fwd_seq" in config else do_bench(
-                    with_backend("triton", fwd_bwd(fwd, x)), warmup=10, rep=50, return_mode="median")
+                fb = do_bench(with_backend("triton", fwd_bwd(fwd, x)), warmup=10, rep=50, return_mode="median")
             except Exception as exc:  # out of resources for a tile: record and go on
                 f = fb = float("nan")
                 print(f"sweep {case} {config}: {type(exc).__name__}", flush=True)

@@ -84,6 +84,28 @@ def test_padding_steps_are_zero_tokens():
     assert not torch.allclose(y, multi_scan_ref(**inputs, paths=dense, delta_softplus=True))
 
 
+@pytest.mark.parametrize("name", ["torch", "triton"])
+@pytest.mark.parametrize("n_state", [2, 16])  # chunk-parallel and step-by-step Triton kernels
+@pytest.mark.parametrize("kind,shape,opts", [CASES[2], CASES[4]], ids=["cross", "local"])
+def test_channels_last_inputs(name, n_state, kind, shape, opts):
+    """(batch, L, dim) views transposed to (batch, dim, L), as models hand them over: same numbers, and the Triton
+    outputs and grads keep the channels-last layout."""
+    paths = scan_paths.build(kind, shape, **opts)
+    length = int(torch.tensor(shape).prod())
+    inputs = _inputs(paths, length, False, False, n_state=n_state, dim=6)
+    inputs["x"] = inputs["x"].transpose(1, 2).contiguous().transpose(1, 2)
+    inputs["delta"] = inputs["delta"].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+    weights = torch.randn(2, 6, length, dtype=torch.float64)
+    y_ref, last_ref, g_ref = _run(multi_scan_ref, inputs, paths, weights, True)
+    with backend(name):
+        y, last, grads = _run(multi_scan, inputs, paths, weights, False)
+    assert rel_err(y, y_ref) < 2e-5 and rel_err(last, last_ref) < 2e-5
+    for key, ref in g_ref.items():
+        assert rel_err(grads[key], ref) < 1e-4, key
+    if name == "triton":
+        assert y.stride(1) == 1 and grads["x"].stride(1) == 1 and grads["delta"].stride(2) == 1
+
+
 @pytest.mark.parametrize("change,exc,match", [
     (dict(paths=torch.zeros(4, 12)), TypeError, "paths must be an integer tensor"),
     (dict(x=torch.randn(2, 3, 4, 12)), ValueError, r"x must be \(batch, dim, L\) or \(batch, K=4"),

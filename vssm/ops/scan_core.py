@@ -140,7 +140,12 @@ def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Opti
 def _(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states, backend):
     k_total, dim, n_state = A.shape
     batch = u.shape[0]
-    y = u.new_empty(_y_shape(u, k_total, merge))
+    if backend == "triton":
+        from .triton.scan import empty_in_layout
+
+        y = empty_in_layout(u, _y_shape(u, k_total, merge), u.dtype)
+    else:
+        y = u.new_empty(_y_shape(u, k_total, merge))
     last = u.new_empty((batch, k_total, dim, n_state), dtype=_compute_dtype(u, delta, A, B, C, D, z, delta_bias))
     if backend == "triton" and save_states:
         from .triton.scan import chunk_count
@@ -159,10 +164,10 @@ def _scan_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: 
         from .triton.scan import scan_bwd_triton
 
         grads = scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
-                                params_at_step)
-    else:
-        grads = _scan_bwd_torch(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge,
-                                params_at_step, backend)
+                                params_at_step)  # in the layouts the fake announces
+        return [g if g is not None else u.new_empty(0) for g in grads]
+    grads = _scan_bwd_torch(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge,
+                            params_at_step, backend)
     return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
 
 
@@ -197,7 +202,15 @@ def _zeros_if_none(g: Optional[Tensor], like: Tensor) -> Tensor:
 
 @_scan_bwd.register_fake
 def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge, params_at_step, backend):
-    return [t.new_empty(t.shape) if t is not None else u.new_empty(0) for t in (u, delta, A, B, C, D, z, delta_bias)]
+    def grad_like(name, t):
+        if t is None:
+            return u.new_empty(0)
+        if backend == "triton" and name in "u delta B C z".split():  # the kernel writes grads in the input's layout
+            like = torch.empty_like(t)
+            return like if like.stride() == t.stride() else t.new_empty(t.shape)
+        return t.new_empty(t.shape)
+
+    return [grad_like(n, t) for n, t in zip("u delta A B C D z delta_bias".split(), (u, delta, A, B, C, D, z, delta_bias))]
 
 
 def _setup_context(ctx, inputs, output):
