@@ -1,0 +1,231 @@
+"""Mamba (S6) token mixer over a 1-D token sequence, scanned forward or forward and backward, and its residual block.
+
+The bidirectional mixer is Vim's bimamba "v2" (also VideoMamba's ``bimamba=True``): shared in/out projections, and per
+scan direction k a depthwise causal conv, x/dt projections, A and D of its own::
+
+    x, z = in_proj(tokens)                            (B, E, L) each, E = expand * dim
+    x_k = silu(conv_k(x))                             causal along direction k's scan order (k = 1: reversed)
+    dt_k, B_k, C_k = split(x_proj_k(x_k))             (R, N, N) rows
+    y = sum_k scan_k(x_k, dt_proj_k(dt_k), -exp(A_log_k), B_k, C_k, D_k) * silu(z)    (divided by K if merge='mean')
+    out = out_proj(y)
+
+Per-direction parameters are stacked on a leading K axis (``A_log`` is (K, E, N), ``x_proj_weight`` (K, R + 2N, E), ...)
+so that each projection is one batched matmul; ``stack_official_directions`` converts the official per-direction keys
+(``conv1d``/``conv1d_b``, ``A_log``/``A_b_log``, ...). The backward direction's conv is applied in spatial order as the
+mirror image of a causal conv (kernel flipped, padded on the right), so the scan reads both directions from one
+(B, K, E, L) tensor in spatial order and nothing is flipped or copied per direction (``vssm.ops.multi_scan``).
+"""
+import math
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, register_notrace_function
+from torch import Tensor, nn
+
+from ..ops import multi_scan, scan_paths
+
+__all__ = ["MambaMixer", "MambaBlock", "stack_official_directions"]
+
+# Official per-direction parameter names (Vim / VideoMamba forks of mamba_ssm) -> stacked name, and the suffix of the
+# backward direction's copy ('' for the forward one).
+_OFFICIAL_DIRECTION_KEYS = {
+    "conv1d.weight": "conv_weight",
+    "conv1d.bias": "conv_bias",
+    "x_proj.weight": "x_proj_weight",
+    "dt_proj.weight": "dt_proj_weight",
+    "dt_proj.bias": "dt_proj_bias",
+    "A_log": "A_log",
+    "D": "D",
+}
+_OFFICIAL_BACKWARD_KEYS = {
+    "conv1d.weight": "conv1d_b.weight",
+    "conv1d.bias": "conv1d_b.bias",
+    "x_proj.weight": "x_proj_b.weight",
+    "dt_proj.weight": "dt_proj_b.weight",
+    "dt_proj.bias": "dt_proj_b.bias",
+    "A_log": "A_b_log",
+    "D": "D_b",
+}
+
+
+@register_notrace_function
+@torch.jit.ignore
+def sequence_paths(num_directions: int, length: int, device: torch.device) -> Tensor:
+    """Scan paths (K, L) over a 1-D sequence: raster (K=1) or raster and its reverse (K=2); cached by the engine."""
+    kind = "bidirectional" if num_directions == 2 else "raster"
+    return scan_paths.build(kind, (length,), device=device)
+
+
+class MambaMixer(nn.Module):
+    """Mamba token mixer (B, L, dim) -> (B, L, dim), one direction or both (Vim bimamba v2 / VideoMamba)."""
+
+    def __init__(
+            self,
+            dim: int,
+            d_state: int = 16,
+            d_conv: int = 4,
+            expand: float = 2,
+            dt_rank: Optional[int] = None,
+            bidirectional: bool = True,
+            merge: str = "mean",
+            dt_min: float = 1e-3,
+            dt_max: float = 0.1,
+            dt_init_floor: float = 1e-4,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: Token width D.
+            d_state: SSM state size N.
+            d_conv: Depthwise conv kernel size.
+            expand: Inner width E = expand * dim.
+            dt_rank: Rank R of the delta projection; ceil(dim / 16) when None.
+            bidirectional: Scan forward and backward (K = 2) or forward only (K = 1, plain Mamba).
+            merge: How the K directions combine: 'mean' (Vim's (fwd + bwd) / 2) or 'sum' (VideoMamba).
+            dt_min, dt_max, dt_init_floor: Range of the initial softplus(dt_proj_bias) (Mamba's dt init).
+        """
+        super().__init__()
+        if merge not in ("mean", "sum"):
+            raise ValueError(f"MambaMixer: merge must be 'mean' or 'sum', got {merge!r}")
+        dd = {"device": device, "dtype": dtype}
+        self.d_inner = int(expand * dim)
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
+        self.num_directions = 2 if bidirectional else 1
+        self.merge = merge
+        self.dt_range = (dt_min, dt_max, dt_init_floor)
+        num_dirs, inner, rank = self.num_directions, self.d_inner, self.dt_rank
+
+        self.in_proj = nn.Linear(dim, 2 * inner, bias=False, **dd)
+        self.conv_weight = nn.Parameter(torch.empty(num_dirs, inner, d_conv, **dd))
+        self.conv_bias = nn.Parameter(torch.empty(num_dirs, inner, **dd))
+        self.x_proj_weight = nn.Parameter(torch.empty(num_dirs, rank + 2 * d_state, inner, **dd))
+        self.dt_proj_weight = nn.Parameter(torch.empty(num_dirs, inner, rank, **dd))
+        self.dt_proj_bias = nn.Parameter(torch.empty(num_dirs, inner, **dd))
+        # A_log and D stay float32 whatever the module dtype (the scan's state is float32)
+        self.A_log = nn.Parameter(torch.empty(num_dirs, inner, d_state, device=device, dtype=torch.float32))
+        self.D = nn.Parameter(torch.empty(num_dirs, inner, device=device, dtype=torch.float32))
+        self.out_proj = nn.Linear(inner, dim, bias=False, **dd)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Mamba's initialisation: PyTorch defaults for the conv and x_proj, dt_proj uniform in +-R^-0.5 with a bias
+        such that softplus(bias) is log-uniform in [dt_min, dt_max], A = -(1..N) per channel (S4D-real), D = 1."""
+        conv_bound = self.d_conv ** -0.5  # nn.Conv1d's default for a depthwise conv (fan_in = d_conv)
+        nn.init.uniform_(self.conv_weight, -conv_bound, conv_bound)
+        nn.init.uniform_(self.conv_bias, -conv_bound, conv_bound)
+        x_proj_bound = self.d_inner ** -0.5  # nn.Linear's default
+        nn.init.uniform_(self.x_proj_weight, -x_proj_bound, x_proj_bound)
+        dt_bound = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj_weight, -dt_bound, dt_bound)
+        dt_min, dt_max, dt_floor = self.dt_range
+        dt = torch.exp(torch.rand_like(self.dt_proj_bias, dtype=torch.float32) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_floor)
+        self.dt_proj_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+        states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+        self.A_log.copy_(torch.log(states).expand_as(self.A_log))
+        nn.init.ones_(self.D)
+
+    def _conv(self, x: Tensor) -> Tensor:
+        """(B, E, L) -> (B, K, E, L): direction k's depthwise conv, causal in its scan order, then SiLU."""
+        length = x.shape[-1]
+        pad = self.d_conv - 1
+        outs = []
+        for k in range(self.num_directions):
+            weight = self.conv_weight[k]
+            if k == 0:  # causal: output t sees inputs t-pad .. t
+                out = F.conv1d(x, weight.unsqueeze(1), self.conv_bias[k], 1, pad, 1, self.d_inner)[..., :length]
+            else:  # causal in reversed order = anti-causal with the kernel mirrored: output t sees t .. t+pad
+                out = F.conv1d(x, weight.flip(-1).unsqueeze(1), self.conv_bias[k], 1, pad, 1, self.d_inner)[..., pad:]
+            outs.append(out)
+        return F.silu(torch.stack(outs, dim=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, L, dim) -> (B, L, dim)."""
+        length = x.shape[1]
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2E, L)
+        x, z = xz.chunk(2, dim=1)  # (B, E, L) each
+        xs = self._conv(x)  # (B, K, E, L)
+        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (K, R+2N, E) @ (B, K, E, L) -> (B, K, R+2N, L)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        delta = torch.matmul(self.dt_proj_weight, dt)  # (B, K, E, L), bias and softplus applied in the scan
+        A = -torch.exp(self.A_log.float())  # (K, E, N)
+        paths = sequence_paths(self.num_directions, length, x.device)
+        # every argument positional: TorchScript does not apply the defaults of the ignored op
+        y = multi_scan(xs, delta, A, B, C, paths, self.D.float(), z, self.dt_proj_bias.float(), True, "sum", False,
+                       False)  # (B, E, L): sum over directions of scan * silu(z)
+        y = y.transpose(1, 2)  # (B, L, E)
+        if self.merge == "mean" and self.num_directions > 1:
+            y = y / self.num_directions
+        return self.out_proj(y)
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block x + drop_path(mixer(norm(x))) over a (B, L, dim) residual stream kept in float32.
+
+    This is the official "Add -> Norm -> Mixer" block (which carries (hidden, residual) pairs so that the add and the
+    norm fuse) re-associated: official layer i's add uses the drop-path rate of layer i, applied to the mixer output of
+    layer i - 1, and the final add before the last norm uses the full rate. So the mixer output of block j is dropped
+    with rate ``linspace(0, rate, depth)[j]``, the usual per-block schedule.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            norm_layer: Callable[..., nn.Module],
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+            **mixer_kwargs,
+    ):
+        """
+        Args:
+            dim: Token width.
+            norm_layer: Norm constructor, called as ``norm_layer(dim, device=..., dtype=...)``.
+            drop_path: Stochastic-depth rate of the mixer branch.
+            **mixer_kwargs: ``MambaMixer`` options (d_state, d_conv, expand, dt_rank, bidirectional, merge, ...).
+        """
+        super().__init__()
+        self.norm = norm_layer(dim, device=device, dtype=dtype)
+        self.mixer = MambaMixer(dim, device=device, dtype=dtype, **mixer_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, L, dim) float32 stream -> same; the norm runs in the parameters' dtype (float32 under autocast)."""
+        return x + self.drop_path(self.mixer(self.norm(x.to(self.norm.weight.dtype))))
+
+
+def stack_official_directions(state_dict: Dict[str, Tensor], num_directions: int) -> Dict[str, Tensor]:
+    """Official Mamba mixer keys (``<prefix>mixer.conv1d.weight``, ``...conv1d_b.weight``, ``A_b_log``, ...) ->
+    ``MambaMixer``'s stacked keys; every other key passes through unchanged.
+
+    Raises:
+        KeyError: A mixer misses its backward-direction parameters while ``num_directions == 2``.
+    """
+    out: Dict[str, Tensor] = {}
+    consumed = set()
+    for key, value in state_dict.items():
+        prefix, sep, name = key.rpartition("mixer.")
+        if not sep or name not in _OFFICIAL_DIRECTION_KEYS:
+            continue
+        base = prefix + "mixer."
+        tensors = [value]
+        if num_directions == 2:
+            backward_key = base + _OFFICIAL_BACKWARD_KEYS[name]
+            if backward_key not in state_dict:
+                raise KeyError(f"{backward_key} missing: a bidirectional mixer needs the backward-direction copy of "
+                               f"{key}")
+            tensors.append(state_dict[backward_key])
+            consumed.add(backward_key)
+        if name == "conv1d.weight":  # (E, 1, d_conv) depthwise Conv1d weight
+            tensors = [t.squeeze(1) for t in tensors]
+        out[base + _OFFICIAL_DIRECTION_KEYS[name]] = torch.stack(tensors)
+        consumed.add(key)
+    for key, value in state_dict.items():
+        if key not in consumed:
+            out[key] = value
+    return out
