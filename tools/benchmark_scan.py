@@ -216,7 +216,7 @@ def sweep_configs(n_state):
     if n_state > 4:
         seq = [dict(sequential=True, chunk=c, fwd=(bd, w), bwd=(bd, w)) for c in (32, 64) for bd in (16, 32, 64)
                for w in (1, 2)]
-        par = [dict(sequential=False, chunk=c, fwd=(bd, 4), bwd=(bd, 4)) for c, bd in ((16, 4), (32, 2))]
+        par = [dict(sequential=False, chunk=c, fwd=(bd, 4), bwd=(bd, 4)) for c, bd in ((16, 4), (32, 2), (64, 1))]
     else:
         seq = [dict(sequential=True, chunk=64, fwd=(bd, w), bwd=(bd, w)) for bd in (128, 256) for w in (1, 2)]
         par = [dict(sequential=False, chunk=c, fwd=(bd, w), bwd=(bd, w)) for c in (64, 128) for bd in (4, 8, 16)
@@ -249,7 +249,7 @@ def sweep(cases):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="scan_benchmark.json")
-    parser.add_argument("--sweep", action="store_true", help="also sweep tile sizes / warps on two cases")
+    parser.add_argument("--sweep", action="store_true", help="also sweep kernel kinds, tile sizes and warps")
     parser.add_argument("--sweep-only", action="store_true", help="stop after the sweep")
     parser.add_argument("--skip-slow", action="store_true", help="skip the PyTorch and reference baselines")
     args = parser.parse_args()
@@ -266,7 +266,7 @@ def main():
     bad = [c for c in checks if not c[1] < 2e-2]
     if bad:
         sys.exit(f"correctness check failed: {bad}")
-    sweep_rows = sweep([(64, 768, 3136, 16), (64, 384, 3136, 1)]) if args.sweep else []
+    sweep_rows = sweep(CASES) if args.sweep else []
     if args.sweep_only:
         return
     copy_gbps = copy_bandwidth()

@@ -10,12 +10,18 @@ FLOAT_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 @contextmanager
 def backend(name: str):
-    """Force VSSM_SCAN_BACKEND for the duration of the block."""
+    """Force VSSM_SCAN_BACKEND for the duration of the block; "triton-seq" is the Triton backend with its
+    step-by-step kernels forced (by default small problems take the chunk-parallel ones)."""
+    from vssm.ops.triton.scan import TILE_OVERRIDES
+
     old = os.environ.get("VSSM_SCAN_BACKEND")
-    os.environ["VSSM_SCAN_BACKEND"] = name
+    os.environ["VSSM_SCAN_BACKEND"] = "triton" if name == "triton-seq" else name
+    if name == "triton-seq":
+        TILE_OVERRIDES["sequential"] = True
     try:
         yield
     finally:
+        TILE_OVERRIDES.pop("sequential", None)
         if old is None:
             del os.environ["VSSM_SCAN_BACKEND"]
         else:

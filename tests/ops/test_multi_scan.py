@@ -36,7 +36,7 @@ def _run(fn, inputs, paths, weights, to64, **kwargs):
     return y.detach(), last.detach(), {k: v.grad for k, v in leaves.items()}
 
 
-@pytest.mark.parametrize("name", ["torch", "triton"])
+@pytest.mark.parametrize("name", ["torch", "triton", "triton-seq"])
 @pytest.mark.parametrize("kind,shape,opts", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("per_direction_x,params_at_step,merge", [
     (False, False, "sum"), (True, False, "none"), (False, True, "sum")])
@@ -84,8 +84,8 @@ def test_padding_steps_are_zero_tokens():
     assert not torch.allclose(y, multi_scan_ref(**inputs, paths=dense, delta_softplus=True))
 
 
-@pytest.mark.parametrize("name", ["torch", "triton"])
-@pytest.mark.parametrize("n_state", [2, 16])  # chunk-parallel and step-by-step Triton kernels
+@pytest.mark.parametrize("name", ["torch", "triton", "triton-seq"])
+@pytest.mark.parametrize("n_state", [2, 16])
 @pytest.mark.parametrize("kind,shape,opts", [CASES[2], CASES[4]], ids=["cross", "local"])
 def test_channels_last_inputs(name, n_state, kind, shape, opts):
     """(batch, L, dim) views transposed to (batch, dim, L), as models hand them over: same numbers, and the Triton
@@ -102,7 +102,7 @@ def test_channels_last_inputs(name, n_state, kind, shape, opts):
     assert rel_err(y, y_ref) < 2e-5 and rel_err(last, last_ref) < 2e-5
     for key, ref in g_ref.items():
         assert rel_err(grads[key], ref) < 1e-4, key
-    if name == "triton":
+    if name.startswith("triton"):
         assert y.stride(1) == 1 and grads["x"].stride(1) == 1 and grads["delta"].stride(2) == 1
 
 

@@ -74,7 +74,13 @@ def test_triton_backend_matches_reference(case):
     _check_backend_against_reference("triton", case)
 
 
-@pytest.mark.parametrize("name", ["torch", "triton"])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=shape_strategy)
+def test_triton_step_by_step_kernels_match_reference(case):
+    _check_backend_against_reference("triton-seq", case)
+
+
+@pytest.mark.parametrize("name", ["torch", "triton", "triton-seq"])
 @pytest.mark.parametrize("length,n_state", [(1, 16), (97, 1), (67, 16), (33, 64)])
 def test_backends_on_chunk_boundaries_and_extreme_sizes(name, length, n_state):
     case = dict(batch=1, dim=3, length=length, n_state=n_state, bc_layout="batch", has_d=True, has_z=True,
@@ -82,7 +88,7 @@ def test_backends_on_chunk_boundaries_and_extreme_sizes(name, length, n_state):
     _check_backend_against_reference(name, case)
 
 
-@pytest.mark.parametrize("name", ["torch", "triton"])
+@pytest.mark.parametrize("name", ["torch", "triton", "triton-seq"])
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3)])
 def test_low_precision_inputs(name, dtype, tol):
     """bf16/fp16 u, delta, B, C, z with fp32 A, D, bias: fp32 state, output in the input dtype."""

@@ -28,10 +28,15 @@ LOG2E = 1.4426950408889634
 TILE_OVERRIDES: dict[str, object] = {}
 
 
-def sequential(n_state: int) -> bool:
-    """Step-by-step kernels for larger N (exp/FMA bound: the state stays in registers, no scan tree); chunk-parallel
-    associative-scan kernels for small N (bandwidth bound: wide coalesced tiles)."""
-    return bool(TILE_OVERRIDES.get("sequential", n_state > 4))
+# Below this many independent sequences (batch * K * dim) step-by-step kernels leave the GPU idle: long sequences of
+# a small batch are better split into chunks scanned in parallel.
+SEQUENTIAL_MIN_ROWS = 16384
+
+
+def sequential(n_state: int, rows: int) -> bool:
+    """Step-by-step kernels for larger N over many sequences (exp/FMA bound: the state stays in registers, no scan
+    tree); chunk-parallel associative-scan kernels for small N (bandwidth bound: wide coalesced tiles) or few rows."""
+    return bool(TILE_OVERRIDES.get("sequential", n_state > 4 and rows >= SEQUENTIAL_MIN_ROWS))
 
 
 def chunk_len(n_state: int) -> int:
@@ -54,12 +59,12 @@ def _block_n(n_state: int) -> int:
 
 
 
-def _launch_config(kind: str, n_state: int, dim: int) -> tuple[int, int]:
+def _launch_config(kind: str, n_state: int, dim: int, rows: int) -> tuple[int, int]:
     """(BLOCK_D, num_warps) measured best on an H100 (BENCHMARKS.md): sequential kernels keep a [BLOCK_D, N] state
     of 512 fp32 in one warp; chunk-parallel ones a [BLOCK_D, N, CHUNK] tile of about 1024 in two warps."""
     if kind in TILE_OVERRIDES:
         block_d, warps = TILE_OVERRIDES[kind]
-    elif sequential(n_state):
+    elif sequential(n_state, rows):
         block_d, warps = max(1, 512 // _block_n(n_state)), 1
     else:
         block_d, warps = max(1, 1024 // (_block_n(n_state) * chunk_len(n_state))), 2
@@ -170,12 +175,18 @@ def _scan_fwd_kernel(
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     state_base = states_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * (n_chunks * N) + offs_n[None, :]
     last_col = tl.arange(0, CHUNK) == CHUNK - 1
+    g_tile = pid_d * BLOCK_D // d_per_group
+    u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
+        u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, tl.arange(0, CHUNK), offs_d, offs_n, mask_d, mask_n,
+        pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
+        HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
     for c in range(n_chunks):
-        t = c * CHUNK + tl.arange(0, CHUNK)
-        u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
-            u_base, dt_base, B_base, C_base, path_ptr, bias, pid_d * BLOCK_D // d_per_group, t, offs_d, offs_n, mask_d, mask_n, pid_k, L, Lp,
-            d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
-            HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
+        # issue the next chunk's loads first (all masked off after the last chunk): their latency hides behind this
+        # chunk's scan and stores
+        u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx = _load_chunk(
+            u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (c + 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
+            offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n,
+            sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
         if SAVE_STATES:
             tl.store(state_base + c * N, h, mask=mask_dn)
         decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
@@ -196,7 +207,37 @@ def _scan_fwd_kernel(
         else:
             tl.store(y_ptr + pid_b * sy_b + pid_k * sy_k + offs_d[:, None] * sy_d + pos[None, :] * sy_l,
                      y.to(y_ptr.dtype.element_ty), mask=m_out)
+        u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = (
+            u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
     tl.store(last_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * N + offs_n[None, :], h, mask=mask_dn)
+
+
+@triton.jit
+def _load_step(u_base, dt_base, B_base, C_base, path_row, t, Lp, offs_d, mask_d, mask_n, su_l, sdt_l, sB_l, sC_l,
+               HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr):
+    """Raw u, delta [BLOCK_D] and B, C [BLOCK_D, BLOCK_N] of step t (zeros for t >= Lp or a padding step), the
+    token position per channel and its mask."""
+    step = t + offs_d * 0  # the step index, broadcast over channels
+    in_range = mask_d & (step < Lp)
+    if HAS_PATH:
+        pos = tl.load(path_row + step, mask=in_range, other=-1)
+        m_u = in_range & (pos >= 0)
+        pos = tl.maximum(pos, 0)
+    else:
+        pos = step
+        m_u = in_range
+    if PARAMS_AT_STEP:
+        pidx = step
+        m_p = in_range
+    else:
+        pidx = pos
+        m_p = m_u
+    u = tl.load(u_base + pos * su_l, mask=m_u, other=0.0)
+    dt = tl.load(dt_base + pidx * sdt_l, mask=m_p, other=0.0)
+    m_bc = m_p[:, None] & mask_n[None, :]
+    Bt = tl.load(B_base + pidx[:, None] * sB_l, mask=m_bc, other=0.0)
+    Ct = tl.load(C_base + pidx[:, None] * sC_l, mask=m_bc, other=0.0)
+    return u, dt, Bt, Ct, pos, m_u
 
 
 @triton.jit
@@ -235,36 +276,26 @@ def _scan_fwd_seq_kernel(
     z_base = z_ptr + pid_b * sz_b + offs_d * sz_d
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     state_base = states_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * (n_chunks * N) + offs_n[None, :]
+    u, dt, Bt, Ct, pos, m_u = _load_step(u_base, dt_base, B_base, C_base, path_ptr + pid_k * Lp, 0, Lp, offs_d, mask_d,
+                                         mask_n, su_l, sdt_l, sB_l, sC_l, HAS_PATH, PARAMS_AT_STEP)
     for t in range(0, Lp):
+        # the next step's loads go out before this step's arithmetic (masked off past the end)
+        u_nx, dt_nx, B_nx, C_nx, pos_nx, m_u_nx = _load_step(
+            u_base, dt_base, B_base, C_base, path_ptr + pid_k * Lp, t + 1, Lp, offs_d, mask_d, mask_n, su_l, sdt_l,
+            sB_l, sC_l, HAS_PATH, PARAMS_AT_STEP)
         if SAVE_STATES:
             if t % CHUNK == 0:
                 tl.store(state_base + (t // CHUNK) * N, h, mask=mask_dn)
-        m_u = mask_d
-        m_p = mask_d
-        if HAS_PATH:
-            pos = tl.load(path_ptr + pid_k * Lp + t + offs_d * 0)  # the step's token, broadcast over channels
-            m_u = mask_d & (pos >= 0)
-            pos = tl.maximum(pos, 0)
-        else:
-            pos = t + offs_d * 0
-        if PARAMS_AT_STEP:
-            pidx = t + offs_d * 0
-        else:
-            pidx = pos
-            m_p = m_u
-        u = tl.load(u_base + pos * su_l, mask=m_u, other=0.0).to(tl.float32)
-        dt = tl.load(dt_base + pidx * sdt_l, mask=m_p, other=0.0).to(tl.float32)
+        uf = u.to(tl.float32)
+        dtf = dt.to(tl.float32)
         if HAS_BIAS:
-            dt = dt + bias
+            dtf = dtf + bias
         if SOFTPLUS:
-            dt = _softplus(dt)
-        m_bc = m_p[:, None] & mask_n[None, :]
-        Bt = tl.load(B_base + pidx[:, None] * sB_l, mask=m_bc, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + pidx[:, None] * sC_l, mask=m_bc, other=0.0).to(tl.float32)
-        h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
-        y = tl.sum(h * Ct, axis=1)
+            dtf = _softplus(dtf)
+        h = tl.exp2(dtf[:, None] * A2) * h + (dtf * uf)[:, None] * Bt.to(tl.float32)
+        y = tl.sum(h * Ct.to(tl.float32), axis=1)
         if HAS_D:
-            y += Dv * u
+            y += Dv * uf
         if HAS_Z:
             zt = tl.load(z_base + pos * sz_l, mask=m_u, other=0.0).to(tl.float32)
             y = y * zt * tl.sigmoid(zt)
@@ -272,6 +303,7 @@ def _scan_fwd_seq_kernel(
             tl.atomic_add(y_base + pos * sy_l, y, mask=m_u)
         else:
             tl.store(y_base + pos * sy_l, y.to(y_ptr.dtype.element_ty), mask=m_u)
+        u, dt, Bt, Ct, pos, m_u = u_nx, dt_nx, B_nx, C_nx, pos_nx, m_u_nx
     tl.store(last_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * N + offs_n[None, :], h, mask=mask_dn)
 
 
@@ -618,7 +650,7 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     """Launch the forward. Returns (y, last_state, chunk_start_states or empty)."""
     _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    block_d, warps = _launch_config("fwd", n_state, dim)
+    block_d, warps = _launch_config("fwd", n_state, dim, batch * k_total * dim)
     chunk = chunk_len(n_state)
     n_chunks = triton.cdiv(steps, chunk)
     merge_atomic = merge and k_total > 1
@@ -635,7 +667,7 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     dummy = last
     zs = z.stride() if z is not None else (0, 0, 0)
     grid = (triton.cdiv(dim, block_d), batch * k_total)
-    kernel = _scan_fwd_seq_kernel if sequential(n_state) else _scan_fwd_kernel
+    kernel = _scan_fwd_seq_kernel if sequential(n_state, batch * k_total * dim) else _scan_fwd_kernel
     kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         bias if bias is not None else dummy, _path_arg(paths, u), y, last, states,
@@ -661,7 +693,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     """Launch the backward. Returns grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None."""
     _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    block_d, warps = _launch_config("bwd", n_state, dim)
+    block_d, warps = _launch_config("bwd", n_state, dim, batch * k_total * dim)
     chunk = chunk_len(n_state)
     n_chunks = triton.cdiv(steps, chunk)
     if states.numel() != batch * k_total * dim * n_chunks * n_state:
@@ -690,7 +722,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     has_dlast = dlast is not None and dlast.numel() > 0
     grid = (triton.cdiv(dim, block_d), batch * k_total)
     kernel, extra = _scan_bwd_kernel, ()
-    if sequential(n_state):  # per-program slab for the recomputed states of one chunk
+    if sequential(n_state, batch * k_total * dim):  # per-program slab for the recomputed states of one chunk
         scratch = torch.empty(grid[0] * grid[1] * chunk * block_d * _block_n(n_state), device=u.device, dtype=f32)
         kernel, extra = _scan_bwd_seq_kernel, (scratch,)
     kernel[grid](

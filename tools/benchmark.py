@@ -1,0 +1,191 @@
+"""Throughput and peak memory of zoo models next to their attention / conv peers, measured in one run.
+
+    python tools/benchmark.py --suite vim [--out results.json]            # a preset table of the issues
+    python tools/benchmark.py --models vim_tiny_patch16_224 deit_tiny_patch16_224 --batch 128 --img-size 224
+
+Inference: eval forward under ``torch.no_grad``; training: forward, cross-entropy, backward and an SGD step. Both
+under bf16 autocast (``--amp``), images per second from CUDA-event timings of ``--iters`` steps after ``--warmup``
+steps, peak allocated memory from ``torch.cuda.max_memory_allocated``. A model that runs out of memory is reported as
+OOM. Video models take (batch, 3, frames, H, W); their attention peer is timm's VisionTransformer of the same width on
+the frames stacked along the height (joint space-time attention over the same tokens). Prints a markdown table per
+suite and writes all rows as JSON.
+"""
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import vssm  # noqa: E402,F401  (registers the zoo)
+
+
+@dataclass
+class Case:
+    """One model at one input size. ``frames`` > 0: a video input (batch, 3, frames, H, W)."""
+    model: str
+    batch: int = 128
+    img_size: int = 224
+    frames: int = 0
+    kwargs: dict = field(default_factory=dict)
+    label: str = ""
+
+
+def suites() -> dict[str, list[Case]]:
+    """The speed tables the model issues ask for (H100, bf16, batch 128 at 224 unless a table says otherwise)."""
+    vim = ["vim_tiny_patch16_224", "vim_tiny_patch16_stride8_224", "vim_small_patch16_224",
+           "vim_small_patch16_stride8_224", "vim_base_patch16_224",
+           "videomamba_tiny_image", "videomamba_small_image", "videomamba_middle_image", "videomamba_base_image"]
+    deit = ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224"]
+    swin = ["swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224"]
+    convnext = ["convnext_tiny", "convnext_small", "convnext_base"]
+    vmamba = ["vmamba_tiny", "vmamba_small", "vmamba_base", "vmamba_tiny_s2l5", "vmamba_small_s1l20",
+              "vmamba_base_s1l20", "vmamba_tiny_v0", "vmamba_small_v0", "vmamba_base_v0", "local_vmamba_tiny",
+              "local_vmamba_small", "local_vim_tiny", "local_vim_tiny_midcls", "local_vim_small"]
+    simba = ["simba_s", "simba_b", "simba_l", "simba_s_einfft", "simba_b_einfft", "simba_l_einfft", "simba_s_monarch",
+             "simba_b_monarch", "simba_l_monarch"]
+    plain = ["plainmamba_l1", "plainmamba_l2", "plainmamba_l3"]
+    video = []
+    for frames in (8, 16, 32, 64):
+        for mamba, vit in (("videomamba_tiny", "vit_tiny_patch16_224"), ("videomamba_small", "vit_small_patch16_224")):
+            video.append(Case(mamba, batch=4, frames=frames, kwargs=dict(num_frames=frames)))
+            video.append(Case(vit, batch=4, frames=frames, kwargs=dict(img_size=(frames * 224, 224)),
+                              label=f"{vit} joint space-time"))
+    return {
+        "vim": [Case(m) for m in vim + deit],
+        "vim_highres": [Case(m, batch=8, img_size=s, kwargs=dict(img_size=s)) for s in (512, 1024, 1248)
+                        for m in ("vim_tiny_patch16_224", "deit_tiny_patch16_224")],
+        "video": video,
+        "vmamba": [Case(m) for m in vmamba + swin + convnext],
+        "vmamba_res": [Case(m, batch=32, img_size=s, kwargs=dict(img_size=s)) for s in (224, 384, 512, 768)
+                       for m in ("vmamba_tiny", "swin_tiny_patch4_window7_224")],
+        "simba": [Case(m) for m in simba + plain + swin + convnext + deit],
+    }
+
+
+def _inputs(case: Case, device: str):
+    """A batch of random images (or clips) and labels for ``case``."""
+    if case.frames and "videomamba" not in case.model:  # attention peer: frames stacked along the height
+        shape = (case.batch, 3, case.frames * case.img_size, case.img_size)
+    elif case.frames:
+        shape = (case.batch, 3, case.frames, case.img_size, case.img_size)
+    else:
+        shape = (case.batch, 3, case.img_size, case.img_size)
+    return torch.randn(shape, device=device), torch.randint(0, 400 if case.frames else 1000, (case.batch,),
+                                                            device=device)
+
+
+def _timed(step, warmup: int, iters: int) -> float:
+    """Milliseconds per step (CUDA events around ``iters`` steps after ``warmup`` steps)."""
+    for _ in range(warmup):
+        step()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def measure(case: Case, args) -> dict:
+    """Inference and training images (clips) per second and peak memory (GiB) of one case."""
+    row = dict(asdict(case), name=case.label or case.model)
+    amp = dict(device_type="cuda", dtype=getattr(torch, args.amp), enabled=args.amp != "float32")
+    for mode in args.modes:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            model = timm.create_model(case.model, **case.kwargs).cuda()
+            if args.compile:
+                model = torch.compile(model)
+            row["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
+            x, target = _inputs(case, "cuda")
+            if mode == "infer":
+                model.eval()
+
+                def step():
+                    with torch.no_grad(), torch.autocast(**amp):
+                        model(x)
+            else:
+                model.train()
+                optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+                def step():
+                    with torch.autocast(**amp):
+                        loss = F.cross_entropy(model(x).float(), target)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            ms = _timed(step, args.warmup, args.iters)
+            row[f"{mode}_per_s"] = case.batch * 1000 / ms
+            row[f"{mode}_peak_GiB"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        except torch.OutOfMemoryError:
+            row[f"{mode}_per_s"] = "OOM"
+        except Exception as exc:  # a peer that cannot take the size: record why, go on with the table
+            row[f"{mode}_per_s"] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        finally:
+            model = x = optimizer = None  # noqa: F841  (free before the next case)
+        print(f"{row['name']} {case.batch}x{case.frames or ''}{case.img_size}: {mode} {row[f'{mode}_per_s']}",
+              flush=True)
+    return row
+
+
+def _fmt(value, digits=0):
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def print_table(suite: str, rows: list[dict]) -> None:
+    print(f"\n### {suite}\n\n| model | batch x [frames x] size | params (M) | infer /s | train /s | infer peak GiB | "
+          f"train peak GiB |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        size = f"{r['batch']} x {str(r['frames']) + ' x ' if r['frames'] else ''}{r['img_size']}"
+        print(f"| {r['name']} | {size} | {_fmt(r.get('params_M', '-'), 1)} | {_fmt(r.get('infer_per_s', '-'))} | "
+              f"{_fmt(r.get('train_per_s', '-'))} | {_fmt(r.get('infer_peak_GiB', '-'), 2)} | "
+              f"{_fmt(r.get('train_peak_GiB', '-'), 2)} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", nargs="*", default=[], choices=sorted(suites()), help="preset tables")
+    parser.add_argument("--models", nargs="*", default=[], help="timm model names (with --batch, --img-size)")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
+    parser.add_argument("--amp", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--out", default="benchmark.json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("benchmark.py needs a CUDA GPU")
+    unknown = [m for m in args.models if not timm.is_model(m)]
+    if unknown:
+        sys.exit(f"unknown model name(s): {', '.join(unknown)}")
+    tables = {name: suites()[name] for name in args.suite}
+    if args.models:
+        tables["models"] = [Case(m, batch=args.batch, img_size=args.img_size) for m in args.models]
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, timm=timm.__version__,
+                python=platform.python_version(), date=str(date.today()), command=" ".join(sys.argv))
+    print(meta, flush=True)
+    t0 = time.time()
+    results = {}
+    for suite, cases in tables.items():
+        results[suite] = [measure(case, args) for case in cases]
+        print_table(suite, results[suite])
+        Path(args.out).write_text(json.dumps(dict(meta=meta, results=results), indent=1))
+    print(f"\ntotal {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
