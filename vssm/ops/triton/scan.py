@@ -34,40 +34,48 @@ SEQUENTIAL_MIN_ROWS = 16384
 
 
 def sequential(n_state: int, rows: int) -> bool:
-    """Step-by-step kernels for larger N over many sequences (exp/FMA bound: the state stays in registers, no scan
-    tree); chunk-parallel associative-scan kernels for small N (bandwidth bound: wide coalesced tiles) or few rows."""
+    """Step-by-step forward for larger N over many sequences (exp/FMA bound: the state stays in registers, no scan
+    tree); chunk-parallel associative-scan kernels for small N (bandwidth bound: wide coalesced tiles), for few rows,
+    and for every backward (measured faster than a step-by-step adjoint, which recomputes states through memory)."""
     return bool(TILE_OVERRIDES.get("sequential", n_state > 4 and rows >= SEQUENTIAL_MIN_ROWS))
 
 
-def chunk_len(n_state: int) -> int:
-    """Steps per chunk (power of two), also the granularity of the states saved for the backward. Under
-    TRITON_INTERPRET=1 (CPU tests) chunks are 8 steps: the interpreter scans element by element, and short chunks
-    put chunk carries inside the small test sequences."""
+def chunk_len(n_state: int, training: bool) -> int:
+    """Steps per chunk of the chunk-parallel kernels (power of two), also the granularity of the states a training
+    forward saves for the backward; measured best on an H100 (BENCHMARKS.md): 64 for N <= 4, for larger N 16 when the
+    backward follows (its reverse scan carries three terms) and 32 for inference. Under TRITON_INTERPRET=1 (CPU tests)
+    chunks are 8 steps: the interpreter scans element by element, and short chunks put chunk carries inside the small
+    test sequences."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return 8
     if "chunk" in TILE_OVERRIDES:
         return TILE_OVERRIDES["chunk"]
-    return 128 if n_state <= 4 else 32
+    if n_state <= 4:
+        return 64
+    return 16 if training else 32
 
 
 def chunk_count(steps: int, n_state: int) -> int:
-    return triton.cdiv(steps, chunk_len(n_state))
+    """Number of chunk states a training forward saves."""
+    return triton.cdiv(steps, chunk_len(n_state, True))
 
 
 def _block_n(n_state: int) -> int:
     return triton.next_power_of_2(n_state)
 
 
-
-def _launch_config(kind: str, n_state: int, dim: int, rows: int) -> tuple[int, int]:
-    """(BLOCK_D, num_warps) measured best on an H100 (BENCHMARKS.md): sequential kernels keep a [BLOCK_D, N] state
-    of 512 fp32 in one warp; chunk-parallel ones a [BLOCK_D, N, CHUNK] tile of about 1024 in two warps."""
+def _launch_config(kind: str, n_state: int, dim: int, rows: int, chunk: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) measured best on an H100 (BENCHMARKS.md). The step-by-step forward keeps a [BLOCK_D, N]
+    state of 512 fp32 in one warp; chunk-parallel kernels take [BLOCK_D, N, CHUNK] tiles of 1024 (forward, and the
+    backward for larger N) or 256 (backward for N <= 4), in two warps, four for 16-step chunks."""
+    bn = _block_n(n_state)
     if kind in TILE_OVERRIDES:
         block_d, warps = TILE_OVERRIDES[kind]
-    elif sequential(n_state, rows):
-        block_d, warps = max(1, 512 // _block_n(n_state)), 1
+    elif kind == "fwd" and sequential(n_state, rows):
+        block_d, warps = max(1, 512 // bn), 1
     else:
-        block_d, warps = max(1, 1024 // (_block_n(n_state) * chunk_len(n_state))), 2
+        elements = 256 if kind == "bwd" and n_state <= 4 else 1024
+        block_d, warps = max(1, elements // (bn * chunk)), (4 if chunk <= 16 else 2)
     return max(1, min(triton.next_power_of_2(dim), block_d)), warps
 
 
@@ -97,8 +105,9 @@ def _load_chunk(u_ptr, dt_ptr, B_ptr, C_ptr, path_ptr, bias, g_tile, t, offs_d, 
                 d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_PATH: tl.constexpr,
                 PARAMS_AT_STEP: tl.constexpr, TILE_ONE_GROUP: tl.constexpr):
-    """Load one chunk: u, raw delta, delta [BLOCK_D, CHUNK] and B, C as [BLOCK_D or 1, BLOCK_N, CHUNK] (fp32)."""
-    mask_t = t < Lp
+    """Load one chunk: u, raw delta, delta [BLOCK_D, CHUNK] and B, C as [BLOCK_D or 1, BLOCK_N, CHUNK] (fp32); steps
+    outside [0, Lp) load nothing."""
+    mask_t = (t >= 0) & (t < Lp)
     if HAS_PATH:
         pos = tl.load(path_ptr + pid_k * Lp + t, mask=mask_t, other=-1)
         valid = mask_t & (pos >= 0)
@@ -356,13 +365,18 @@ def _scan_bwd_kernel(
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     first_col = tl.arange(0, CHUNK) == 0
+    g_tile = pid_d * BLOCK_D // d_per_group
+    u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
+        u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (n_chunks - 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
+        offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
+        HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
     for i in range(n_chunks):
         c = n_chunks - 1 - i
-        t = c * CHUNK + tl.arange(0, CHUNK)
-        u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
-            u_base, dt_base, B_base, C_base, path_ptr, bias, pid_d * BLOCK_D // d_per_group, t, offs_d, offs_n, mask_d, mask_n, pid_k, L, Lp,
-            d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
-            HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
+        # the previous chunk's loads go out first (all masked off before the first chunk)
+        u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx = _load_chunk(
+            u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (c - 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
+            offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n,
+            sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
         m_out = mask_d[:, None] & valid[None, :]
         m_par = mask_d[:, None] & pvalid[None, :]
         dy = tl.load(dy_ptr + pid_b * sdy_b + pid_k * sdy_k + offs_d[:, None] * sdy_d + pos[None, :] * sdy_l,
@@ -436,171 +450,8 @@ def _scan_bwd_kernel(
             tl.atomic_add(ddt_ptrs, ddt, mask=m_par)
         else:
             tl.store(ddt_ptrs, ddt.to(ddt_ptr.dtype.element_ty), mask=m_par)
-    tl.atomic_add(dA_ptr + kd[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
-    if HAS_D:
-        tl.atomic_add(dD_ptr + kd, dD_acc, mask=mask_d)
-    if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + kd, dbias_acc, mask=mask_d)
-
-
-@triton.jit
-def _scan_bwd_seq_kernel(
-        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, path_ptr, states_ptr, dy_ptr, dlast_ptr,
-        du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr, scratch_ptr,
-        K, dim, L, Lp, N, d_per_group, n_chunks,
-        su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
-        sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
-        sz_b, sz_d, sz_l, sdy_b, sdy_k, sdy_d, sdy_l,
-        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, HAS_DLAST: tl.constexpr,
-        U_ATOMIC: tl.constexpr, DT_ATOMIC: tl.constexpr, Z_ATOMIC: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
-    """Gradients one step at a time: per chunk (last to first) the states are recomputed forward into a per-program
-    scratch slab, then the adjoint runs backward step by step (a_{t+1} q_{t+1} is carried in registers)."""
-    pid_d = tl.program_id(0)
-    pid_bk = tl.program_id(1)
-    pid_b = pid_bk // K
-    pid_k = pid_bk % K
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < dim
-    mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    kd = pid_k * dim + offs_d
-    A = tl.load(A_ptr + kd[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
-    if HAS_D:
-        Dv = tl.load(D_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
-    g = (offs_d // d_per_group)[:, None]
-    u_off = pid_b * su_b + pid_k * su_k + offs_d * su_d
-    dt_off = pid_b * sdt_b + pid_k * sdt_k + offs_d * sdt_d
-    B_off = pid_b * sB_b + pid_k * sB_k + g * sB_g + offs_n[None, :] * sB_n
-    C_off = pid_b * sC_b + pid_k * sC_k + g * sC_g + offs_n[None, :] * sC_n
-    z_off = pid_b * sz_b + offs_d * sz_d
-    dy_base = dy_ptr + pid_b * sdy_b + pid_k * sdy_k + offs_d * sdy_d
-    seq = (pid_b * K + pid_k) * dim + offs_d[:, None]
-    state_base = states_ptr + seq * (n_chunks * N) + offs_n[None, :]
-    pid = pid_bk * tl.num_programs(0) + pid_d
-    scratch = scratch_ptr + pid.to(tl.int64) * (CHUNK * BLOCK_D * BLOCK_N) + (
-        tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + offs_n[None, :])
-    if HAS_DLAST:
-        carry = tl.load(dlast_ptr + seq * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    else:
-        carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for i in range(n_chunks):
-        c = n_chunks - 1 - i
-        start = c * CHUNK
-        stop = tl.minimum(start + CHUNK, Lp)
-        h = tl.load(state_base + c * N, mask=mask_dn, other=0.0)
-        for t in range(start, stop):  # recompute the chunk's states into the scratch slab
-            m_u = mask_d
-            m_p = mask_d
-            if HAS_PATH:
-                pos = tl.load(path_ptr + pid_k * Lp + t + offs_d * 0)
-                m_u = mask_d & (pos >= 0)
-                pos = tl.maximum(pos, 0)
-            else:
-                pos = t + offs_d * 0
-            if PARAMS_AT_STEP:
-                pidx = t + offs_d * 0
-            else:
-                pidx = pos
-                m_p = m_u
-            u = tl.load(u_ptr + u_off + pos * su_l, mask=m_u, other=0.0).to(tl.float32)
-            dt = tl.load(dt_ptr + dt_off + pidx * sdt_l, mask=m_p, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt = dt + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            Bt = tl.load(B_ptr + B_off + pidx[:, None] * sB_l, mask=m_p[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
-            tl.store(scratch + (t - start) * (BLOCK_D * BLOCK_N), h)
-        for j in range(start, stop):  # adjoint, last step first
-            t = stop - 1 - (j - start)
-            m_u = mask_d
-            m_p = mask_d
-            if HAS_PATH:
-                pos = tl.load(path_ptr + pid_k * Lp + t + offs_d * 0)
-                m_u = mask_d & (pos >= 0)
-                pos = tl.maximum(pos, 0)
-            else:
-                pos = t + offs_d * 0
-            if PARAMS_AT_STEP:
-                pidx = t + offs_d * 0
-            else:
-                pidx = pos
-                m_p = m_u
-            u = tl.load(u_ptr + u_off + pos * su_l, mask=m_u, other=0.0).to(tl.float32)
-            raw = tl.load(dt_ptr + dt_off + pidx * sdt_l, mask=m_p, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                raw = raw + bias
-            if SOFTPLUS:
-                dt = _softplus(raw)
-            else:
-                dt = raw
-            m_bc = m_p[:, None] & mask_n[None, :]
-            Bt = tl.load(B_ptr + B_off + pidx[:, None] * sB_l, mask=m_bc, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + C_off + pidx[:, None] * sC_l, mask=m_bc, other=0.0).to(tl.float32)
-            dy = tl.load(dy_base + pos * sdy_l, mask=m_u, other=0.0).to(tl.float32)
-            h = tl.load(scratch + (t - start) * (BLOCK_D * BLOCK_N))
-            if HAS_Z:
-                zt = tl.load(z_ptr + z_off + pos * sz_l, mask=m_u, other=0.0).to(tl.float32)
-                y_pre = tl.sum(h * Ct, axis=1)
-                if HAS_D:
-                    y_pre += Dv * u
-                sig = tl.sigmoid(zt)
-                dz = dy * y_pre * sig * (1.0 + zt * (1.0 - sig))
-                if Z_ATOMIC:
-                    tl.atomic_add(dz_ptr + z_off + pos * sz_l, dz, mask=m_u)
-                else:
-                    tl.store(dz_ptr + z_off + pos * sz_l, dz.to(dz_ptr.dtype.element_ty), mask=m_u)
-                dy = dy * zt * sig
-            du = tl.zeros([BLOCK_D], dtype=tl.float32)
-            if HAS_D:
-                dD_acc += dy * u
-                du = dy * Dv
-            decay = tl.exp2(dt[:, None] * A2)
-            inp = (dt * u)[:, None] * Bt
-            q = Ct * dy[:, None] + carry
-            carry = q * decay
-            q_hprev = q * (h - inp)
-            qB = tl.sum(q * Bt, axis=1)
-            du += qB * dt
-            ddt = qB * u + tl.sum(q_hprev * A, axis=1)
-            dA_acc += q_hprev * dt[:, None]
-            if TILE_ONE_GROUP:
-                m_n = mask_n
-                pidx_n = t
-                if HAS_PATH:
-                    if not PARAMS_AT_STEP:
-                        pn = tl.load(path_ptr + pid_k * Lp + t + offs_n * 0)
-                        m_n = mask_n & (pn >= 0)
-                        pidx_n = tl.maximum(pn, 0)
-                gt = (pid_d * BLOCK_D) // d_per_group
-                tl.atomic_add(dB_ptr + pid_b * sB_b + pid_k * sB_k + gt * sB_g + offs_n * sB_n + pidx_n * sB_l,
-                              tl.sum(tl.where(mask_dn, q * (dt * u)[:, None], 0.0), axis=0), mask=m_n)
-                tl.atomic_add(dC_ptr + pid_b * sC_b + pid_k * sC_k + gt * sC_g + offs_n * sC_n + pidx_n * sC_l,
-                              tl.sum(tl.where(mask_dn, h * dy[:, None], 0.0), axis=0), mask=m_n)
-            else:
-                tl.atomic_add(dB_ptr + B_off + pidx[:, None] * sB_l, q * (dt * u)[:, None], mask=m_bc)
-                tl.atomic_add(dC_ptr + C_off + pidx[:, None] * sC_l, h * dy[:, None], mask=m_bc)
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(raw)
-            if HAS_BIAS:
-                dbias_acc += tl.where(mask_d, ddt, 0.0)
-            if U_ATOMIC:
-                tl.atomic_add(du_ptr + u_off + pos * su_l, du, mask=m_u)
-            else:
-                tl.store(du_ptr + u_off + pos * su_l, du.to(du_ptr.dtype.element_ty), mask=m_u)
-            if DT_ATOMIC:
-                tl.atomic_add(ddt_ptr + dt_off + pidx * sdt_l, ddt, mask=m_p)
-            else:
-                tl.store(ddt_ptr + dt_off + pidx * sdt_l, ddt.to(ddt_ptr.dtype.element_ty), mask=m_p)
+        u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = (
+            u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
     tl.atomic_add(dA_ptr + kd[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
     if HAS_D:
         tl.atomic_add(dD_ptr + kd, dD_acc, mask=mask_d)
@@ -650,8 +501,8 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     """Launch the forward. Returns (y, last_state, chunk_start_states or empty)."""
     _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    block_d, warps = _launch_config("fwd", n_state, dim, batch * k_total * dim)
-    chunk = chunk_len(n_state)
+    chunk = chunk_len(n_state, save_states)
+    block_d, warps = _launch_config("fwd", n_state, dim, batch * k_total * dim, chunk)
     n_chunks = triton.cdiv(steps, chunk)
     merge_atomic = merge and k_total > 1
     if merge_atomic:
@@ -693,8 +544,8 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     """Launch the backward. Returns grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None."""
     _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    block_d, warps = _launch_config("bwd", n_state, dim, batch * k_total * dim)
-    chunk = chunk_len(n_state)
+    chunk = chunk_len(n_state, True)
+    block_d, warps = _launch_config("bwd", n_state, dim, batch * k_total * dim, chunk)
     n_chunks = triton.cdiv(steps, chunk)
     if states.numel() != batch * k_total * dim * n_chunks * n_state:
         raise RuntimeError("triton scan backward: the forward did not save its chunk states")
@@ -721,17 +572,13 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     dummy = dA
     has_dlast = dlast is not None and dlast.numel() > 0
     grid = (triton.cdiv(dim, block_d), batch * k_total)
-    kernel, extra = _scan_bwd_kernel, ()
-    if sequential(n_state, batch * k_total * dim):  # per-program slab for the recomputed states of one chunk
-        scratch = torch.empty(grid[0] * grid[1] * chunk * block_d * _block_n(n_state), device=u.device, dtype=f32)
-        kernel, extra = _scan_bwd_seq_kernel, (scratch,)
-    kernel[grid](
+    _scan_bwd_kernel[grid](
         u, delta, A.float().contiguous(), B, C,
         D.float().contiguous() if D is not None else dummy, z if z is not None else dummy,
         delta_bias.float().contiguous() if delta_bias is not None else dummy, _path_arg(paths, u), states, dy,
         dlast.float().contiguous() if has_dlast else dummy,
         du, ddt, dA, dB, dC, dD if dD is not None else dummy, dz if dz is not None else dummy,
-        dbias if dbias is not None else dummy, *extra,
+        dbias if dbias is not None else dummy,
         k_total, dim, length, steps, n_state, d_per_group, n_chunks,
         *_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
         *(z.stride() if z is not None else (0, 0, 0)), *dy_strides,
