@@ -156,8 +156,9 @@ class MambaMixer(nn.Module):
         A = -torch.exp(self.A_log.float())  # (K, E, N)
         paths = sequence_paths(self.num_directions, length, x.device)
         # every argument positional: TorchScript does not apply the defaults of the ignored op
-        y = multi_scan(xs, delta, A, B, C, paths, self.D.float(), z, self.dt_proj_bias.float(), True, "sum", False,
-                       False)  # (B, E, L): sum over directions of scan * silu(z)
+        # z in the layout of xs (channels-first): the kernels then read every operand along time
+        y = multi_scan(xs, delta, A, B, C, paths, self.D.float(), z.contiguous(), self.dt_proj_bias.float(), True,
+                       "sum", False, False)  # (B, E, L): sum over directions of scan * silu(z)
         y = y.transpose(1, 2)  # (B, L, E)
         if self.merge == "mean" and self.num_directions > 1:
             y = y / self.num_directions

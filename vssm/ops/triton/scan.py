@@ -40,24 +40,21 @@ def sequential(n_state: int, rows: int) -> bool:
     return bool(TILE_OVERRIDES.get("sequential", n_state > 4 and rows >= SEQUENTIAL_MIN_ROWS))
 
 
-def chunk_len(n_state: int, training: bool) -> int:
+def chunk_len(n_state: int) -> int:
     """Steps per chunk of the chunk-parallel kernels (power of two), also the granularity of the states a training
-    forward saves for the backward; measured best on an H100 (BENCHMARKS.md): 64 for N <= 4, for larger N 16 when the
-    backward follows (its reverse scan carries three terms) and 32 for inference. Under TRITON_INTERPRET=1 (CPU tests)
-    chunks are 8 steps: the interpreter scans element by element, and short chunks put chunk carries inside the small
-    test sequences."""
+    forward saves for the backward; measured best on an H100 (BENCHMARKS.md): 64 for N <= 4, 16 for larger N. Under
+    TRITON_INTERPRET=1 (CPU tests) chunks are 8 steps: the interpreter scans element by element, and short chunks put
+    chunk carries inside the small test sequences."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return 8
     if "chunk" in TILE_OVERRIDES:
         return TILE_OVERRIDES["chunk"]
-    if n_state <= 4:
-        return 64
-    return 16 if training else 32
+    return 64 if n_state <= 4 else 16
 
 
 def chunk_count(steps: int, n_state: int) -> int:
     """Number of chunk states a training forward saves."""
-    return triton.cdiv(steps, chunk_len(n_state, True))
+    return triton.cdiv(steps, chunk_len(n_state))
 
 
 def _block_n(n_state: int) -> int:
@@ -66,16 +63,16 @@ def _block_n(n_state: int) -> int:
 
 def _launch_config(kind: str, n_state: int, dim: int, rows: int, chunk: int) -> tuple[int, int]:
     """(BLOCK_D, num_warps) measured best on an H100 (BENCHMARKS.md). The step-by-step forward keeps a [BLOCK_D, N]
-    state of 512 fp32 in one warp; chunk-parallel kernels take [BLOCK_D, N, CHUNK] tiles of 1024 (forward, and the
-    backward for larger N) or 256 (backward for N <= 4), in two warps, four for 16-step chunks."""
+    state of 512 fp32 in one warp; chunk-parallel kernels take [BLOCK_D, N, CHUNK] tiles of 1024 (512 for the backward
+    with N <= 4) in two warps."""
     bn = _block_n(n_state)
     if kind in TILE_OVERRIDES:
         block_d, warps = TILE_OVERRIDES[kind]
     elif kind == "fwd" and sequential(n_state, rows):
         block_d, warps = max(1, 512 // bn), 1
     else:
-        elements = 256 if kind == "bwd" and n_state <= 4 else 1024
-        block_d, warps = max(1, elements // (bn * chunk)), (4 if chunk <= 16 else 2)
+        elements = 512 if kind == "bwd" and n_state <= 4 else 1024
+        block_d, warps = max(1, elements // (bn * chunk)), 2
     return max(1, min(triton.next_power_of_2(dim), block_d)), warps
 
 
@@ -488,6 +485,13 @@ def empty_in_layout(u: Tensor, shape: tuple[int, ...], dtype: torch.dtype, zero:
     return make(*shape, device=u.device, dtype=dtype)
 
 
+def _in_layout_of(x: Tensor, u: Tensor) -> Tensor:
+    """x (..., dim, L) channels-last if u (batch, K, dim, L) is, else contiguous (a copy only when it differs)."""
+    if channels_last(u):
+        return x if x.stride(-2) == 1 else x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return x.contiguous()
+
+
 def _dense(x: Tensor) -> Tensor:
     """x itself if its strides describe a dense, non-overlapping tensor (grads can share them), else a copy."""
     return x if torch.empty_like(x).stride() == x.stride() else x.contiguous()
@@ -501,7 +505,7 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     """Launch the forward. Returns (y, last_state, chunk_start_states or empty)."""
     _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    chunk = chunk_len(n_state, save_states)
+    chunk = chunk_len(n_state)
     block_d, warps = _launch_config("fwd", n_state, dim, batch * k_total * dim, chunk)
     n_chunks = triton.cdiv(steps, chunk)
     merge_atomic = merge and k_total > 1
@@ -544,7 +548,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     """Launch the backward. Returns grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None."""
     _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    chunk = chunk_len(n_state, True)
+    chunk = chunk_len(n_state)
     block_d, warps = _launch_config("bwd", n_state, dim, batch * k_total * dim, chunk)
     n_chunks = triton.cdiv(steps, chunk)
     if states.numel() != batch * k_total * dim * n_chunks * n_state:
@@ -566,6 +570,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     dA = torch.zeros(A.shape, device=u.device, dtype=f32)
     dD = torch.zeros(D.shape, device=u.device, dtype=f32) if D is not None else None
     dbias = torch.zeros(delta_bias.shape, device=u.device, dtype=f32) if delta_bias is not None else None
+    dy = _in_layout_of(dy, u)  # an incoming gradient often arrives transposed: read it like u
     if merge:
         dy = dy.unsqueeze(1)
     dy_strides = (dy.stride(0), 0 if dy.shape[1] == 1 else dy.stride(1), dy.stride(2), dy.stride(3))
