@@ -1,0 +1,110 @@
+"""SiMBA's token mixer: the stock ``mamba_ssm.Mamba`` (v1) over raster-order tokens, one causal scan.
+
+    x, z = in_proj(tokens)                          (E = expand * C channels each; no bias)
+    u    = silu(causal depthwise conv1d(x))         (width d_conv, with bias, left-padded)
+    dt, B, C = split(x_proj(u))                     (dt_rank, d_state, d_state)
+    y    = selective_scan(u, W_dt dt, -exp(A_log), B, C, D, z, b_dt, softplus)     (dt bias applied once, in the scan)
+    out  = out_proj(y)
+
+Every scan input is handed over as a channels-last view of a (B, L, E) or (B, L, N) tensor (the causal conv runs as
+a channels-last 2-D depthwise conv on a 1 x L map), so the Triton scan reads whole rows of channels per token.
+"""
+import math
+from typing import Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ops import selective_scan
+
+__all__ = ["CausalMambaMixer", "init_dt_projection"]
+
+
+def init_dt_projection(dt_proj: nn.Linear, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4):
+    """Mamba's step-size initialisation: weight U(+-rank^-0.5), bias = softplus^-1 of log-uniform [dt_min, dt_max]."""
+    std = dt_proj.in_features ** -0.5
+    with torch.no_grad():
+        dt_proj.weight.uniform_(-std, std)
+        dt = torch.exp(torch.rand_like(dt_proj.bias) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
+def s4d_real_A_log(d_inner: int, d_state: int, device=None) -> Tensor:
+    """A_log of Mamba's S4D-real initialisation: log(1..N) for every channel, (E, N) float32."""
+    states = torch.arange(1, d_state + 1, dtype=torch.float32, device=device)
+    return states.log().repeat(d_inner, 1)
+
+
+class CausalMambaMixer(nn.Module):
+    """Mamba (v1) token mixer: one causal selective scan along the token order.
+
+    Parameter names follow ``mamba_ssm.Mamba``: in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            d_state: int = 16,
+            d_conv: int = 4,
+            expand: int = 2,
+            dt_rank: Union[int, str] = "auto",
+            bias: bool = False,
+            conv_bias: bool = True,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            dim: Model channels C.
+            d_state: SSM state size N (SiMBA: 64).
+            d_conv: Causal depthwise conv width.
+            expand: Inner channels E = expand * C.
+            dt_rank: Rank of the step-size projection ('auto' = ceil(C / 16)).
+            bias: Bias of in_proj / out_proj.
+            conv_bias: Bias of the causal conv.
+        """
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.d_inner = int(expand * dim)
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=bias, **dd)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, padding=d_conv - 1, groups=self.d_inner,
+                                bias=conv_bias, **dd)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **dd)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **dd)
+        init_dt_projection(self.dt_proj)
+        self.A_log = nn.Parameter(s4d_real_A_log(self.d_inner, d_state, device))
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=bias, **dd)
+
+    def _causal_conv(self, x: Tensor) -> Tensor:
+        """Causal depthwise conv, channels-last: (B, L, E) -> (B, E, L) view of a (B, L, E) tensor."""
+        length = x.shape[1]
+        x = x.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)  # (B, E, 1, L)
+        x = F.conv2d(x, self.conv1d.weight.unsqueeze(2), self.conv1d.bias, 1, (0, self.d_conv - 1), 1,
+                     self.d_inner)  # (B, E, 1, L + d_conv - 1), left part is causal
+        return x[:, :, 0, :length]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Mix tokens causally.
+
+        Args:
+            x: (B, L, C) tokens in scan order.
+
+        Returns:
+            (B, L, C).
+        """
+        u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
+        u = F.silu(self._causal_conv(u))  # (B, E, L), channels-last
+        dt, B, C = torch.split(self.x_proj(u.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # (B, L, E); the bias goes into the scan
+        A = -torch.exp(self.A_log.float())  # (E, N)
+        # every argument positional: TorchScript does not apply the defaults of the ignored op
+        y = selective_scan(u, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
+                           z.transpose(1, 2), self.dt_proj.bias.float(), True, False)  # (B, E, L)
+        return self.out_proj(y.transpose(1, 2))
