@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train a timm-registered model (any vssm zoo model included) from an mmengine config.
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--overwrite] [--cfg-options KEY=VALUE ...]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--overwrite] [--trust-checkpoint]
+                          [--cfg-options KEY=VALUE ...]
     torchrun --nproc_per_node N tools/train.py CONFIG ...    # DDP: NCCL on GPUs, gloo on CPU; fsdp=True for FSDP2
 
 Multi-node: torchrun's own rendezvous flags (--nnodes, --node_rank, --rdzv_endpoint, ...). Every key is documented in
@@ -21,7 +22,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="output folder (default: the config's work_dir, else work_dirs/<name>)")
     parser.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
                         help="continue from CKPT, or from the work dir's last.pth when no path is given")
-    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in the work dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the outputs of an earlier run in the work dir")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow pickled Python objects in model.pretrained_file (some official checkpoints hold "
+                             "them; only for files from a trusted source)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
                         help="override config keys, e.g. epochs=10 optimizer.lr_base=1e-3 model.drop_path_rate=0.1")
     return parser.parse_args(argv)
@@ -35,7 +40,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.cfg_options)
         name = os.path.splitext(os.path.basename(args.config))[0]
         work_dir = args.work_dir or cfg.work_dir or os.path.join("work_dirs", name)
-        train(cfg, work_dir, resume=args.resume, overwrite=args.overwrite)
+        train(cfg, work_dir, resume=args.resume, overwrite=args.overwrite, trust=args.trust_checkpoint)
     except USER_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2

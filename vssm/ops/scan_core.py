@@ -222,7 +222,9 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dlast, dstates):
     u, delta, A, B, C, D, z, delta_bias, paths, states = ctx.saved_tensors
     delta_softplus, merge, params_at_step, backend = ctx.flags
-    grads = torch.ops.vssm.scan_bwd(dy.contiguous(), dlast, u, delta, A, B, C, D, z, delta_bias, paths, states,
+    if torch.empty_like(dy).stride() != dy.stride():  # an expanded or overlapping gradient: make it dense
+        dy = dy.contiguous()
+    grads = torch.ops.vssm.scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states,
                                     delta_softplus, merge, params_at_step, backend)
     present = (u, delta, A, B, C, D, z, delta_bias)
     grads = [g if t is not None else None for g, t in zip(grads, present)]

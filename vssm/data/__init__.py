@@ -1,0 +1,9 @@
+"""Image datasets that timm lacks: a real dataset shipped inside an installed package (scikit-learn's handwritten
+digits, for the quick start), a synthetic one for smoke tests and benchmarks, and an image folder that names the file
+of a corrupt image instead of skipping it."""
+from .digits import DigitsDataset
+from .errors import DataError
+from .folder import StrictImageFolder
+from .synthetic import SyntheticDataset
+
+__all__ = ["DataError", "DigitsDataset", "StrictImageFolder", "SyntheticDataset"]

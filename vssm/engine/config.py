@@ -1,0 +1,232 @@
+"""The training configuration: every key a config file may set, its default and meaning; loading through mmengine.
+
+A config is an mmengine Python file with ``_base_`` inheritance, overridden from the command line with
+``--cfg-options key=value`` (dotted keys for nested values: ``optimizer.lr_base=1e-3``). Every key is declared below
+and a key that is not declared is an error, so a typo never passes silently. ``model`` is the one open section: besides
+``name``, ``pretrained`` and ``pretrained_file``, its keys are keyword arguments of ``timm.create_model`` (for example
+``drop_path_rate``), checked by the model itself.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import UserError
+
+AMP_DTYPES = (None, "bf16", "fp16")
+BEST_METRICS = ("eval_top1", "eval_top5")
+EMA_BEST_METRICS = ("ema_eval_top1", "ema_eval_top5")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are evaluated (timm's create_dataset / create_transform)."""
+    dataset: str = "imagefolder"  # 'imagefolder' (root/<split>/<class>/<image>), 'digits', 'synthetic', or a timm
+    #                               create_dataset name such as 'torch/cifar10' (read from root, never downloaded)
+    root: Optional[str] = None  # folder holding the splits (imagefolder, timm datasets)
+    train_split: str = "train"
+    val_split: str = "val"
+    num_classes: Optional[int] = None  # None: the number of classes in the training split (synthetic: 10)
+    img_size: Optional[int | tuple] = None  # side (or (height, width)); None: model.img_size if the config sets
+    #                                         it, else the model's pretrained cfg input size
+    crop_pct: Optional[float] = None  # evaluation centre-crop fraction; None: the model's pretrained cfg
+    interpolation: Optional[str] = None  # evaluation resize interpolation; None: the model's pretrained cfg
+    mean: Optional[tuple] = None  # None: the model's pretrained cfg
+    std: Optional[tuple] = None
+    workers: int = 4  # data-loading worker processes per rank (0: load in the training process)
+    pin_memory: bool = True  # (CUDA only)
+    repeated_aug: int = 1  # repeated augmentation: each image appears this many times per epoch, with different
+    #                        augmentations on different ranks (DeiT's RASampler uses 3); the epoch length is unchanged
+    digits_size: int = 32  # digits: side the 8x8 images are upsampled to before augmentation
+    synthetic_train_size: int = 1024  # synthetic: number of training images
+    synthetic_val_size: int = 256  # synthetic: number of validation images
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation, as timm's create_transform takes it."""
+    no_aug: bool = False  # only resize and centre-crop, as in evaluation
+    scale: tuple = (0.08, 1.0)  # RandomResizedCrop area range
+    ratio: tuple = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
+    hflip: float = 0.5
+    vflip: float = 0.0
+    color_jitter: float = 0.4  # ignored by timm when auto_augment is set
+    auto_augment: Optional[str] = None  # 'rand-m9-mstd0.5-inc1' (RandAugment), 'v0' (AutoAugment), ...
+    interpolation: str = "random"  # training resize interpolation ('random' picks bilinear or bicubic per image)
+    re_prob: float = 0.0  # random-erasing probability
+    re_mode: str = "pixel"
+    re_count: int = 1
+
+
+@dataclass
+class MixupConfig:
+    """Mixup / CutMix (timm's Mixup, batch-level); off while both alphas are 0. Label smoothing: ``smoothing``."""
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    cutmix_minmax: Optional[tuple] = None
+    prob: float = 1.0  # probability of mixing a batch at all
+    switch_prob: float = 0.5  # probability of CutMix instead of Mixup when both are on
+    mode: str = "batch"  # 'batch', 'pair' or 'elem'
+
+
+@dataclass
+class OptimizerConfig:
+    """timm's create_optimizer_v2; ``model.no_weight_decay()`` and 1-D parameters are excluded from weight decay."""
+    opt: str = "adamw"  # any name in timm.optim.list_optimizers()
+    lr: Optional[float] = None  # absolute learning rate; None: lr_base scaled by the global batch size
+    lr_base: float = 5e-4  # learning rate at a global batch of lr_base_size ...
+    lr_base_size: int = 512
+    lr_base_scale: str = "linear"  # ... scaled 'linear'ly or by 'sqrt' to batch_size * world_size * grad_accum_steps
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # (SGD-like optimizers)
+    eps: Optional[float] = None  # None: the optimizer's default
+    betas: Optional[tuple] = None
+    layer_decay: Optional[float] = None  # layer-wise lr decay through model.group_matcher()
+    no_weight_decay: Optional[tuple] = None  # parameter-name patterns (fnmatch) without weight decay, besides 1-D
+    #                                          parameters and biases; None: model.no_weight_decay() (timm's default).
+    #                                          Official recipes that decay A_log list only their own exclusions here
+    kwargs: dict = field(default_factory=dict)  # further optimizer keyword arguments
+
+
+@dataclass
+class SchedulerConfig:
+    """timm's create_scheduler_v2. The run lasts ``epochs + cooldown_epochs`` epochs, as in timm's train.py."""
+    sched: str = "cosine"  # 'cosine', 'step', 'multistep', 'plateau', 'poly', 'tanh', 'wsd', ...
+    on_updates: bool = True  # update the lr after every optimizer step (False: once per epoch)
+    warmup_epochs: int = 5
+    warmup_lr: float = 1e-6  # lr at the start of warm-up
+    warmup_prefix: bool = False  # count the decay from the end of warm-up
+    min_lr: float = 1e-5
+    cooldown_epochs: int = 0  # epochs at min_lr after the decay
+    decay_epochs: float = 90  # ('step')
+    decay_milestones: tuple = (90, 180, 270)  # ('multistep')
+    decay_rate: float = 0.1  # ('step', 'multistep', 'plateau')
+    patience_epochs: int = 10  # ('plateau')
+
+
+@dataclass
+class EmaConfig:
+    """An exponential moving average of the weights (timm's ModelEmaV3), evaluated beside the model."""
+    enable: bool = False
+    decay: float = 0.9998
+    warmup: bool = False  # ramp the decay up over the first steps
+    force_cpu: bool = False  # keep the average on the CPU to save accelerator memory
+
+
+@dataclass
+class TrainConfig:
+    """A training run; sections are the dataclasses above, the rest are plain top-level keys."""
+    model: dict = field(default_factory=dict)  # name=<timm model name>, pretrained=False, pretrained_file=None, and
+    #   timm.create_model kwargs. pretrained / pretrained_file start from the model's published weights / a local
+    #   (official or vssm) checkpoint, converted as for pretrained=True; the classifier is re-initialised when
+    #   data.num_classes differs from the pretrained cfg's (fine-tuning)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    epochs: int = 300  # training epochs, followed by scheduler.cooldown_epochs
+    batch_size: int = 128  # per process (GPU); the global batch is batch_size * world_size * grad_accum_steps
+    grad_accum_steps: int = 1  # micro-batches accumulated before each optimizer step
+    smoothing: float = 0.1  # label smoothing (also of Mixup's soft targets)
+    clip_grad: Optional[float] = None  # gradient clipping threshold; None: off
+    clip_mode: str = "norm"  # 'norm', 'value' or 'agc'
+    amp: Optional[str] = None  # mixed precision: None (float32), 'bf16', or 'fp16' (with loss scaling)
+    channels_last: bool = False  # NHWC memory format for model and inputs
+    compile: Optional[str] = None  # torch.compile backend ('inductor'); None: eager
+    grad_checkpointing: bool = False  # recompute activations in backward (model.set_grad_checkpointing)
+    fsdp: bool = False  # multi-process: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
+    seed: int = 42
+    deterministic: bool = False  # torch.use_deterministic_algorithms (warning about ops without a deterministic
+    #                              kernel); slower on GPU. CPU runs are reproducible without it
+    device: Optional[str] = None  # None: CUDA (the local rank's GPU) if available, else CPU
+    cpu_threads: Optional[int] = None  # intra-op CPU threads per process (torch.set_num_threads); None: torch's
+    #                                    default (OMP_NUM_THREADS, which torchrun sets to 1, else one per core)
+    log_interval: int = 50  # optimizer steps between log lines
+    best_metric: str = "eval_top1"  # accuracy column of summary.csv that selects best.pth (and drives the 'plateau'
+    #                                 schedule): 'eval_top1', 'eval_top5', and with EMA 'ema_eval_top1', 'ema_eval_top5'
+    work_dir: Optional[str] = None  # None: work_dirs/<config file name>; the command line's --work-dir wins
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    """Instantiate dataclass ``cls`` from ``values``, recursing into nested sections; unknown keys raise."""
+    if not isinstance(values, dict):
+        raise UserError(f"config key '{prefix.rstrip('.')}' must be a dict, got {values!r}")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f"in '{prefix.rstrip('.')}'" if prefix else "at the top level"
+        raise UserError(f"unknown config key '{prefix}{unknown[0]}' (known {where}: {', '.join(fields)})")
+    sections = _SECTIONS.get(cls, {})
+    kwargs = {}
+    for name, value in values.items():
+        if name in sections:
+            kwargs[name] = _build(sections[name], value, f"{prefix}{name}.")
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+_SECTIONS = {
+    TrainConfig: {"data": DataConfig, "augment": AugmentConfig, "mixup": MixupConfig, "optimizer": OptimizerConfig,
+                  "scheduler": SchedulerConfig, "ema": EmaConfig},
+}
+
+
+def _check(cfg: TrainConfig) -> None:
+    """Value checks that need no model or data."""
+    name = cfg.model.get("name")
+    if not isinstance(name, str) or not name:
+        raise UserError("config key 'model.name' must name a timm model")
+    if cfg.amp not in AMP_DTYPES:
+        raise UserError(f"config key 'amp' must be one of {AMP_DTYPES}, got {cfg.amp!r}")
+    for key in ("epochs", "batch_size", "grad_accum_steps", "log_interval"):
+        if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
+            raise UserError(f"config key '{key}' must be a positive integer, got {getattr(cfg, key)!r}")
+    if cfg.cpu_threads is not None and (not isinstance(cfg.cpu_threads, int) or cfg.cpu_threads < 1):
+        raise UserError(f"config key 'cpu_threads' must be a positive integer or None, got {cfg.cpu_threads!r}")
+    if cfg.data.repeated_aug < 1:
+        raise UserError(f"config key 'data.repeated_aug' must be >= 1, got {cfg.data.repeated_aug!r}")
+    metrics = BEST_METRICS + (EMA_BEST_METRICS if cfg.ema.enable else ())
+    if cfg.best_metric not in metrics:
+        raise UserError(f"config key 'best_metric' must be one of {', '.join(metrics)}, got {cfg.best_metric!r}")
+    if cfg.fsdp and cfg.ema.enable:
+        raise UserError("config keys 'fsdp' and 'ema.enable' cannot both be set (the EMA copy would not be sharded)")
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    """Build and check a TrainConfig from a plain dict (an mmengine config's ``to_dict()``)."""
+    values = {k: v for k, v in values.items() if not k.startswith("_")}  # mmengine bookkeeping such as _base_
+    cfg = _build(TrainConfig, values)
+    _check(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """The fully resolved config (every default filled in) as a plain dict."""
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str, options: Optional[dict[str, Any]] = None) -> TrainConfig:
+    """Read an mmengine config file, apply ``--cfg-options`` overrides, and check every key.
+
+    Args:
+        path: Config file (``.py``); its ``_base_`` files are merged first.
+        options: Dotted-key overrides, as mmengine's DictAction parses them.
+    """
+    from mmengine.config import Config
+
+    try:
+        mm_cfg = Config.fromfile(path)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except Exception as error:  # syntax errors and bad _base_ references surface as various types
+        raise UserError(f"cannot read config {path}: {error}") from None
+    if options:
+        try:
+            mm_cfg.merge_from_dict(options)
+        except Exception as error:  # e.g. a dotted key below a non-dict value
+            raise UserError(f"cannot apply --cfg-options {options}: {error}") from None
+    return config_from_dict(mm_cfg.to_dict())

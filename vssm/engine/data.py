@@ -1,0 +1,260 @@
+"""Datasets, transforms and loaders for training and evaluation, seeded so that a run is reproducible.
+
+Each sample a loader reads is named by a ``SampleKey``: its dataset index and the seed of its augmentation. The
+samplers decide the keys in the main process; ``SeededSamples`` reseeds Python's, NumPy's and torch's CPU generator
+from the key's seed around each sample's transform (restoring them after). So what a sample looks like depends only on
+(run seed, epoch, position in the epoch): not on the number of workers or ranks, and not on the loader's history,
+which is what makes an interrupted and resumed run end where the uninterrupted run ends.
+
+Sharding: a training epoch is one seeded permutation cut into global batches of ``batch_size * world_size``; rank r
+reads every world_size-th sample of each global batch, so the samples of a global batch are the same for any number of
+ranks. Evaluation shards are padded to equal length with keys marked as padding (their target becomes -1, and the
+metrics skip them), so every rank runs the same number of forward passes (which FSDP needs).
+"""
+import contextlib
+import math
+import os
+import random
+from typing import Iterator, NamedTuple, Optional
+
+import numpy as np
+import torch
+from timm.data import create_dataset, create_transform, resolve_data_config
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vssm.data import DataError, DigitsDataset, StrictImageFolder, SyntheticDataset
+
+from .config import DataConfig, TrainConfig
+from .errors import UserError
+
+SYNTHETIC_NUM_CLASSES = 10  # classes of the synthetic dataset when data.num_classes is not set
+_SYNTHETIC_VAL_SEED_OFFSET = 1  # the synthetic validation split is generated from seed + 1
+
+
+class SampleKey(NamedTuple):
+    """What a loader asks a dataset for: ``index`` in the dataset, ``seed`` of its augmentation, and ``padding``
+    (a filler that evens out evaluation shards; its target is reported as -1)."""
+    index: int
+    seed: int
+    padding: bool = False
+
+
+@contextlib.contextmanager
+def _seeded_cpu_rngs(seed: int):
+    """Seed Python's, NumPy's and torch's CPU generators for the duration of the block, then restore them."""
+    saved = random.getstate(), np.random.get_state(), torch.random.default_generator.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.random.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.random.default_generator.set_state(saved[2])
+
+
+class SeededSamples(Dataset):
+    """Wraps a (image, target, ...) dataset so that ``dataset[SampleKey]`` is a function of the key alone."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: SampleKey):
+        with _seeded_cpu_rngs(key.seed):
+            image, target = self.dataset[key.index][:2]
+        return image, -1 if key.padding else target
+
+
+class TrainSampler(Sampler):
+    """This rank's training keys for one epoch (call ``set_epoch`` before each epoch).
+
+    Args:
+        num_samples: Length of the dataset.
+        batch_size: Per-rank batch size.
+        world_size: Number of ranks.
+        rank: This rank.
+        seed: Run seed.
+        repeats: Repeated augmentation: each image of the permutation appears this many times in a row (landing on
+            different ranks), the stream is cut back to ``num_samples``.
+        steps_multiple: The number of steps per epoch is rounded down to a multiple of this (gradient accumulation).
+    """
+
+    def __init__(
+            self,
+            num_samples: int,
+            batch_size: int,
+            world_size: int,
+            rank: int,
+            seed: int,
+            repeats: int = 1,
+            steps_multiple: int = 1,
+    ):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.world_size = world_size
+        self.rank = rank
+        self.seed = seed
+        self.repeats = repeats
+        global_batch = batch_size * world_size
+        self.steps = num_samples // global_batch // steps_multiple * steps_multiple
+        if self.steps == 0:
+            raise UserError(f"the training set has {num_samples} images, fewer than one optimizer step needs "
+                            f"(batch_size {batch_size} x {world_size} processes x {steps_multiple} accumulation steps)")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps * self.batch_size
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator)
+        if self.repeats > 1:
+            order = order.repeat_interleave(self.repeats)[:self.num_samples]
+        order = order.tolist()
+        epoch_seed = (self.seed * 1_000_003 + self.epoch) * self.num_samples
+        global_batch = self.batch_size * self.world_size
+        for step in range(self.steps):
+            for position in range(step * global_batch + self.rank, (step + 1) * global_batch, self.world_size):
+                yield SampleKey(order[position], (epoch_seed + position) % 2 ** 63)
+
+
+class EvalSampler(Sampler):
+    """This rank's evaluation keys: positions rank, rank + world_size, ..., padded to ceil(N / world_size) keys."""
+
+    def __init__(self, num_samples: int, world_size: int, rank: int):
+        self.num_samples = num_samples
+        self.world_size = world_size
+        self.rank = rank
+        self.per_rank = math.ceil(num_samples / world_size)
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        for position in range(self.rank, self.per_rank * self.world_size, self.world_size):
+            padding = position >= self.num_samples
+            yield SampleKey(self.num_samples - 1 if padding else position, position, padding)
+
+
+def open_train_set(data: DataConfig, required: bool = True) -> Optional[Dataset]:
+    """The training split without transforms; None for 'synthetic' (built once the input size is known), and when
+    ``required`` is False, also for an image folder without its training split (evaluation needs only validation)."""
+    if data.dataset == "synthetic":
+        return None
+    if not required and data.dataset == "imagefolder" and data.root is not None:
+        if not os.path.isdir(os.path.join(data.root, data.train_split)):
+            return None
+    return _open(data, data.train_split, training=True)
+
+
+def open_val_set(data: DataConfig, train_set: Optional[Dataset]) -> Dataset:
+    """The validation split without transforms, class indices agreeing with ``train_set`` (when given)."""
+    return _open(data, data.val_split, training=False, class_map=class_map_of(train_set))
+
+
+def open_synthetic(data: DataConfig, num_classes: int, input_size: tuple, seed: int, training: bool) -> Dataset:
+    """The synthetic training or validation split at ``input_size`` (C, H, W)."""
+    in_chans, height, width = input_size
+    if height != width:
+        raise UserError(f"the synthetic dataset makes square images, the model wants {height}x{width}")
+    size = data.synthetic_train_size if training else data.synthetic_val_size
+    split_seed = seed if training else seed + _SYNTHETIC_VAL_SEED_OFFSET
+    return SyntheticDataset(size, num_classes, height, in_chans, split_seed)
+
+
+def _open(data: DataConfig, split: str, training: bool, class_map: Optional[dict] = None) -> Dataset:
+    if data.dataset == "digits":
+        return DigitsDataset(split, size=data.digits_size)
+    if data.dataset == "imagefolder":
+        if not data.root:
+            raise UserError("config key 'data.root' must name the dataset folder (root/<split>/<class>/<image>)")
+        if not os.path.isdir(data.root):
+            raise DataError(f"data directory not found: {data.root}")
+        return StrictImageFolder(os.path.join(data.root, split), class_map=class_map)
+    try:
+        return create_dataset(data.dataset, root=data.root, split=split, is_training=training, class_map=class_map,
+                              download=False)
+    except (OSError, RuntimeError, ValueError, AssertionError) as error:
+        raise DataError(f"cannot open dataset {data.dataset!r} split {split!r} at {data.root}: {error}") from None
+
+
+def class_map_of(dataset: Optional[Dataset]) -> Optional[dict]:
+    """Class-name -> index mapping of a folder dataset (None for others)."""
+    reader = getattr(dataset, "reader", None)
+    return getattr(reader, "class_to_idx", None)
+
+
+def count_classes(dataset: Dataset) -> int:
+    """Number of classes of a training split (for the model's head when the config does not say)."""
+    if getattr(dataset, "num_classes", None):
+        return dataset.num_classes
+    class_map = class_map_of(dataset)
+    if class_map:
+        return len(class_map)
+    raise UserError("cannot tell the number of classes of this dataset; set config key 'data.num_classes'")
+
+
+def resolve_input_config(cfg: TrainConfig, model: torch.nn.Module) -> dict:
+    """Input size, interpolation, mean, std, crop: the config's values where set, else the model's pretrained cfg.
+
+    The input size is ``data.img_size``, else the model's own ``model.img_size`` argument, else the pretrained cfg's.
+    """
+    in_chans = cfg.model.get("in_chans", 3)
+    img_size = cfg.data.img_size if cfg.data.img_size is not None else cfg.model.get("img_size")
+    if isinstance(img_size, int):
+        img_size = (img_size, img_size)
+    overrides = dict(input_size=None if img_size is None else (in_chans, *img_size), crop_pct=cfg.data.crop_pct,
+                     interpolation=cfg.data.interpolation, mean=cfg.data.mean, std=cfg.data.std, in_chans=in_chans)
+    return resolve_data_config(args=overrides, model=model)
+
+
+def build_transforms(cfg: TrainConfig, input_config: dict):
+    """timm's training and evaluation transforms: (train_transform, eval_transform)."""
+    aug = cfg.augment
+    train_transform = create_transform(
+        input_config["input_size"],
+        is_training=True,
+        no_aug=aug.no_aug,
+        scale=aug.scale,
+        ratio=aug.ratio,
+        hflip=aug.hflip,
+        vflip=aug.vflip,
+        color_jitter=aug.color_jitter,
+        auto_augment=aug.auto_augment,
+        interpolation=aug.interpolation,
+        mean=input_config["mean"],
+        std=input_config["std"],
+        re_prob=aug.re_prob,
+        re_mode=aug.re_mode,
+        re_count=aug.re_count,
+    )
+    eval_transform = create_transform(
+        input_config["input_size"],
+        is_training=False,
+        interpolation=input_config["interpolation"],
+        mean=input_config["mean"],
+        std=input_config["std"],
+        crop_pct=input_config["crop_pct"],
+        crop_mode=input_config.get("crop_mode"),
+    )
+    return train_transform, eval_transform
+
+
+def build_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader over ``SeededSamples(dataset)`` that leaves the global random generators alone."""
+    return DataLoader(
+        SeededSamples(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        generator=torch.Generator(),  # the workers' base seed would otherwise be drawn from the global generator
+    )

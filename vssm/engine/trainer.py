@@ -1,0 +1,554 @@
+"""The training and evaluation loops, assembled from timm's pieces.
+
+``train(cfg, work_dir)`` runs one process's part of a run: create the model (timm.create_model), the data
+(create_dataset / create_transform, Mixup), the optimizer (create_optimizer_v2: weight-decay exclusions from
+``model.no_weight_decay()``, layer decay from ``model.group_matcher()``), the schedule (create_scheduler_v2), the EMA
+(ModelEmaV3) and the loss (timm's cross-entropies); wrap the model for DDP or FSDP2 and optionally torch.compile it;
+then alternate a training epoch (AMP, gradient accumulation, clipping) and an evaluation, writing ``summary.csv``,
+the ``last.pth`` / ``best.pth`` checkpoints, the log and the curve plot into the work dir.
+"""
+import contextlib
+import dataclasses
+import difflib
+import functools
+import logging
+import math
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.config import Config
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import load_pretrained
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad, random_seed
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+)
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from vssm.data import SyntheticDataset
+
+from . import checkpoint as ckpt
+from . import report
+from .config import TrainConfig, config_to_dict
+from .data import (
+    SYNTHETIC_NUM_CLASSES, EvalSampler, TrainSampler, build_loader, build_transforms, count_classes, open_synthetic,
+    open_train_set, open_val_set, resolve_input_config,
+)
+from .distributed import DistContext
+from .errors import UserError
+
+WORK_DIR_OUTPUTS = ("config.py", "train.log", "summary.csv", "curves.png", "last.pth", "best.pth")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_FSDP_BLOCK_LISTS = ("blocks", "layers")  # FSDP2 shards each element of ModuleLists/Sequentials with these names
+
+
+def build_model(cfg: TrainConfig, num_classes: int, trust: bool = False) -> nn.Module:
+    """``timm.create_model`` from the config's ``model`` section.
+
+    ``model.pretrained_file`` (a training or an official checkpoint) is read here, so that a bad file is a one-line
+    error, then loaded by timm's ``load_pretrained`` exactly as ``pretrained=True`` weights are: converted by the
+    model's ``checkpoint_filter_fn``, the classifier re-initialised when the class count differs from the pretrained
+    cfg's, the stem adapted to ``in_chans``. ``trust`` allows pickled Python objects in that file.
+    """
+    import vssm  # noqa: F401  (registers the zoo with timm)
+
+    kwargs = dict(cfg.model)
+    name = kwargs.pop("name")
+    pretrained_file = kwargs.pop("pretrained_file", None)
+    pretrained = kwargs.pop("pretrained", False) and pretrained_file is None
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.75)
+        raise UserError(f"unknown model {name!r}" + (f" (similar: {', '.join(close)})" if close else ""))
+    state_dict = None
+    if pretrained_file is not None:
+        state_dict = ckpt.state_dict_of(ckpt.read_checkpoint(pretrained_file, trust=trust), pretrained_file)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except TypeError as error:  # an unknown keyword argument
+        raise UserError(f"model {name!r}: {error}") from None
+    if state_dict is not None:
+        convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+        try:
+            load_pretrained(model, {**model.pretrained_cfg, "state_dict": state_dict}, num_classes,
+                            kwargs.get("in_chans", 3), filter_fn=convert)
+        except (KeyError, RuntimeError, ValueError) as error:
+            detail = " ".join(str(error).split())
+            raise UserError(f"checkpoint {pretrained_file} does not fit model {name!r}: {detail[:300]}") from None
+    return model
+
+
+def _shard(model: nn.Module) -> None:
+    """FSDP2: shard each block (an element of a ModuleList/Sequential named 'blocks' or 'layers'), then the rest."""
+    from torch.distributed.fsdp import fully_shard
+
+    for name, module in reversed(list(model.named_modules())):  # inner blocks before the blocks holding them
+        parts = name.split(".")
+        if len(parts) >= 2 and parts[-2] in _FSDP_BLOCK_LISTS and parts[-1].isdigit():
+            fully_shard(module)
+    fully_shard(model)
+
+
+@contextlib.contextmanager
+def _process_settings(cfg: TrainConfig):
+    """Run the block with the config's intra-op CPU threads and deterministic-algorithm setting, then restore both."""
+    saved_threads = torch.get_num_threads()
+    saved_deterministic = (torch.are_deterministic_algorithms_enabled(),
+                           torch.is_deterministic_algorithms_warn_only_enabled())
+    if cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
+        torch.use_deterministic_algorithms(True, warn_only=True)  # warn about ops that have no deterministic kernel
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved_threads)
+        torch.use_deterministic_algorithms(saved_deterministic[0], warn_only=saved_deterministic[1])
+
+
+def _autocast(device: torch.device, amp: Optional[str]):
+    return torch.autocast(device.type, dtype=_AMP_DTYPES.get(amp, torch.float32), enabled=amp is not None)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, ctx: DistContext, amp: Optional[str] = None, channels_last: bool = False,
+             num_classes: int = 1000) -> dict:
+    """Cross-entropy loss, top-1 and top-5 accuracy (%) over the loader's dataset, summed exactly over all ranks."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    correct = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+    count = 0
+    top_k = (1, min(5, num_classes))
+    for images, targets in loader:
+        images = images.to(ctx.device, non_blocking=True)
+        targets = targets.to(ctx.device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(ctx.device, amp):
+            output = model(images)
+        valid = targets >= 0  # padding of uneven shards has target -1
+        output, targets = output[valid].float(), targets[valid]
+        if targets.numel() == 0:
+            continue
+        loss_sum += F.cross_entropy(output, targets, reduction="sum")
+        correct += torch.stack(accuracy(output, targets, topk=top_k)).double() * targets.numel() / 100
+        count += targets.numel()
+    loss_total, top1, top5, total = ctx.sum([loss_sum.item(), *correct.tolist(), count])
+    return {"loss": loss_total / total, "top1": 100 * top1 / total, "top5": 100 * top5 / total}
+
+
+def evaluate_checkpoint(cfg: TrainConfig, path: str, use_ema: bool = False, trust: bool = False) -> dict:
+    """Evaluate a checkpoint (a training checkpoint or an official one) on the config's validation split.
+
+    Runs in one process or under torchrun (each rank evaluates its shard; the metrics are exact sums). An image
+    folder's class indices come from its training split when there is one, else from the validation split's folders.
+    """
+    ctx = DistContext(cfg.device)
+    try:
+        with _process_settings(cfg):
+            checkpoint = ckpt.read_checkpoint(path, trust=trust)
+            train_set = open_train_set(cfg.data, required=False)
+            val_set = None if cfg.data.dataset == "synthetic" else open_val_set(cfg.data, train_set)
+            num_classes = _num_classes(cfg, train_set if train_set is not None else val_set)
+            model = build_model(cfg, num_classes, trust=trust)
+            ckpt.load_model_weights(model, checkpoint, path, use_ema=use_ema)
+            input_config = resolve_input_config(cfg, model)
+            if val_set is None:
+                val_set = open_synthetic(cfg.data, num_classes, input_config["input_size"], cfg.seed, training=False)
+            else:
+                val_set.transform = build_transforms(cfg, input_config)[1]
+            loader = build_loader(val_set, EvalSampler(len(val_set), ctx.world_size, ctx.rank), cfg.batch_size,
+                                  cfg.data.workers, cfg.data.pin_memory and ctx.device.type == "cuda")
+            model.to(ctx.device)
+            if cfg.channels_last:
+                model.to(memory_format=torch.channels_last)
+            metrics = evaluate(model, loader, ctx, cfg.amp, cfg.channels_last, num_classes)
+            metrics["num_samples"] = len(val_set)
+            return metrics
+    finally:
+        ctx.close()
+
+
+def _num_classes(cfg: TrainConfig, dataset: Optional[Dataset]) -> int:
+    """The config's data.num_classes, else the dataset's class count (synthetic: SYNTHETIC_NUM_CLASSES)."""
+    if cfg.data.num_classes:
+        return cfg.data.num_classes
+    return count_classes(dataset) if dataset is not None else SYNTHETIC_NUM_CLASSES
+
+
+def train(
+        cfg: TrainConfig,
+        work_dir: str,
+        resume: Optional[str] = None,
+        overwrite: bool = False,
+        trust: bool = False,
+        on_epoch_end: Optional[Callable[[int, dict], None]] = None,
+) -> dict:
+    """Train as ``cfg`` says; the process's part of a run (one process, or one rank under torchrun).
+
+    Args:
+        cfg: The resolved config.
+        work_dir: Output folder. An existing, non-empty one is refused unless ``resume`` or ``overwrite`` is given.
+        resume: A checkpoint to continue from, or 'auto' for ``work_dir/last.pth``.
+        overwrite: Replace the outputs of an earlier run in ``work_dir``.
+        trust: Allow pickled Python objects in ``model.pretrained_file`` (only for files from a trusted source).
+        on_epoch_end: Called as ``on_epoch_end(epoch, metrics)`` after each epoch's checkpoint is written (epochs
+            count from 1).
+
+    Returns:
+        The last epoch's summary row, plus ``best`` (the best value of ``cfg.best_metric`` and its epoch).
+    """
+    ctx = DistContext(cfg.device)
+    try:
+        with _process_settings(cfg):
+            return _Trainer(cfg, ctx, work_dir, resume, overwrite, trust).run(on_epoch_end)
+    finally:
+        report.close_logging(logging.getLogger(report.LOGGER_NAME))
+        ctx.close()
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (nested dicts compared key by key)."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+class _Trainer:
+    """One run's state: model (raw and wrapped), optimizer, scheduler, EMA, scaler, loaders and progress."""
+
+    def __init__(
+            self,
+            cfg: TrainConfig,
+            ctx: DistContext,
+            work_dir: str,
+            resume: Optional[str],
+            overwrite: bool,
+            trust: bool,
+    ):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.work_dir = work_dir
+        self.resume_path = os.path.join(work_dir, "last.pth") if resume == "auto" else resume
+        self._check_work_dir(overwrite)
+        checkpoint = ckpt.read_checkpoint(self.resume_path) if self.resume_path else None
+        if checkpoint is not None and not ckpt.is_training_checkpoint(checkpoint):
+            raise UserError(f"{self.resume_path} is not a training checkpoint of this trainer (use "
+                            "model.pretrained_file to start from other weights)")
+
+        random_seed(cfg.seed)  # the same initial weights on every rank (FSDP does not broadcast them)
+        train_set = open_train_set(cfg.data)
+        self.num_classes = _num_classes(cfg, train_set)
+        self.model = build_model(cfg, self.num_classes, trust)
+        self._build_data(train_set)
+        self._build_training()
+
+        self._prepare_work_dir(overwrite)  # only now: a bad config leaves the work dir untouched
+        self.logger = report.setup_logging(os.path.join(work_dir, "train.log"), ctx.is_main)
+        self.start_epoch, self.num_updates, self.best = 0, 0, {"metric": cfg.best_metric, "value": None, "epoch": None}
+        random_seed(cfg.seed, ctx.rank)  # per-rank generators for dropout, drop path, Mixup
+        if checkpoint is not None:
+            self._load_state(checkpoint)
+        if ctx.is_main:
+            Config(config_to_dict(cfg)).dump(os.path.join(work_dir, "config.py"))
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # set-up
+
+    def _check_work_dir(self, overwrite: bool) -> None:
+        """Refuse to write into an earlier run's work dir unless resuming or overwriting; agree on all ranks."""
+        problem = None
+        if self.ctx.is_main:
+            if self.resume_path is not None and not os.path.isfile(self.resume_path):
+                problem = f"nothing to resume: checkpoint not found: {self.resume_path}"
+            elif self.resume_path is None and not overwrite and os.path.isdir(self.work_dir) and os.listdir(
+                    self.work_dir):
+                problem = (f"work dir {self.work_dir} already holds a run; pass --resume to continue it or "
+                           "--overwrite to start over")
+        problem = self.ctx.broadcast(problem)
+        if problem:
+            raise UserError(problem)
+
+    def _prepare_work_dir(self, overwrite: bool) -> None:
+        """Create the work dir; with ``overwrite`` (and no resume), remove an earlier run's outputs (rank 0)."""
+        if self.ctx.is_main:
+            os.makedirs(self.work_dir, exist_ok=True)
+            if overwrite and self.resume_path is None:
+                for name in WORK_DIR_OUTPUTS:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(self.work_dir, name))
+        self.ctx.barrier()
+
+    def _build_data(self, train_set) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        self.input_config = resolve_input_config(cfg, self.model)
+        input_size = self.input_config["input_size"]
+        if cfg.data.dataset == "synthetic":
+            train_set = open_synthetic(cfg.data, self.num_classes, input_size, cfg.seed, training=True)
+            val_set = open_synthetic(cfg.data, self.num_classes, input_size, cfg.seed, training=False)
+        else:
+            val_set = open_val_set(cfg.data, train_set)
+            train_set.transform, val_set.transform = build_transforms(cfg, self.input_config)
+        mixing = cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0 or cfg.mixup.cutmix_minmax is not None
+        if mixing and cfg.batch_size % 2:
+            raise UserError(f"Mixup/CutMix needs an even batch_size, got {cfg.batch_size}")
+        self.mixup = Mixup(**dataclasses.asdict(cfg.mixup), label_smoothing=cfg.smoothing,
+                           num_classes=self.num_classes) if mixing else None
+        pin_memory = cfg.data.pin_memory and ctx.device.type == "cuda"
+        train_sampler = TrainSampler(len(train_set), cfg.batch_size, ctx.world_size, ctx.rank, cfg.seed,
+                                     cfg.data.repeated_aug, cfg.grad_accum_steps)
+        self.train_loader = build_loader(train_set, train_sampler, cfg.batch_size, cfg.data.workers, pin_memory)
+        self.val_loader = build_loader(val_set, EvalSampler(len(val_set), ctx.world_size, ctx.rank), cfg.batch_size,
+                                       cfg.data.workers, pin_memory)
+        self.num_train, self.num_val = len(train_set), len(val_set)
+        self.synthetic = isinstance(train_set, SyntheticDataset)
+
+    def _build_training(self) -> None:
+        cfg, ctx, model = self.cfg, self.ctx, self.model
+        model.to(ctx.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if cfg.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        if ctx.distributed and cfg.fsdp:
+            _shard(model)  # before the optimizer and the EMA: sharding replaces the parameters by DTensors
+
+        opt = cfg.optimizer
+        global_batch = cfg.batch_size * ctx.world_size * cfg.grad_accum_steps
+        ratio = global_batch / opt.lr_base_size
+        self.lr = opt.lr if opt.lr is not None else opt.lr_base * (math.sqrt(ratio) if opt.lr_base_scale == "sqrt"
+                                                                    else ratio)
+        extra = {k: v for k, v in (("eps", opt.eps), ("betas", opt.betas)) if v is not None}
+        if opt.no_weight_decay is not None:  # the recipe's own exclusions instead of model.no_weight_decay()
+            extra["param_group_fn"] = functools.partial(
+                param_groups_weight_decay if opt.layer_decay is None else param_groups_layer_decay,
+                weight_decay=opt.weight_decay, no_weight_decay_list=opt.no_weight_decay,
+                **({} if opt.layer_decay is None else {"layer_decay": opt.layer_decay}))
+        try:
+            self.optimizer = create_optimizer_v2(model, opt=opt.opt, lr=self.lr, weight_decay=opt.weight_decay,
+                                                 momentum=opt.momentum, layer_decay=opt.layer_decay,
+                                                 **extra, **opt.kwargs)
+        except (AssertionError, ValueError, TypeError) as error:
+            raise UserError(f"optimizer {opt.opt!r}: {error}") from None
+        self.ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup,
+                              device=torch.device("cpu") if cfg.ema.force_cpu else None) if cfg.ema.enable else None
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
+
+        self.train_model, self.ddp = model, None
+        if ctx.distributed and not cfg.fsdp:
+            self.train_model = self.ddp = nn.parallel.DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model, backend=cfg.compile)
+
+        sched = cfg.scheduler
+        self.updates_per_epoch = len(self.train_loader) // cfg.grad_accum_steps
+        self.scheduler, self.total_epochs = create_scheduler_v2(
+            self.optimizer, sched=sched.sched, num_epochs=cfg.epochs, decay_epochs=sched.decay_epochs,
+            decay_milestones=sched.decay_milestones, cooldown_epochs=sched.cooldown_epochs,
+            patience_epochs=sched.patience_epochs, decay_rate=sched.decay_rate, min_lr=sched.min_lr,
+            warmup_lr=sched.warmup_lr, warmup_epochs=sched.warmup_epochs, warmup_prefix=sched.warmup_prefix,
+            step_on_epochs=not sched.on_updates, updates_per_epoch=self.updates_per_epoch)
+        if self.mixup is not None:
+            self.train_loss = SoftTargetCrossEntropy()
+        elif cfg.smoothing:
+            self.train_loss = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+        else:
+            self.train_loss = nn.CrossEntropyLoss()
+        self.train_loss = self.train_loss.to(ctx.device)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # checkpoints
+
+    def _state(self, epoch: int) -> Optional[dict]:
+        """The checkpoint after ``epoch`` epochs (collective under FSDP; None on ranks other than 0)."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(self.model, options=options)
+        optimizer_state = get_optimizer_state_dict(self.model, self.optimizer, options=options)
+        rng = self.ctx.gather(ckpt.capture_rng())
+        if not self.ctx.is_main:
+            return None
+        return {
+            "format": ckpt.FORMAT,
+            "epoch": epoch,
+            "num_updates": self.num_updates,
+            "model": model_state,
+            "model_ema": {k: v.cpu() for k, v in self.ema.module.state_dict().items()} if self.ema else None,
+            "optimizer": optimizer_state,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best": dict(self.best),
+            "rng": rng,
+            "config": config_to_dict(self.cfg),
+        }
+
+    def _load_state(self, checkpoint: dict) -> None:
+        """Continue from a training checkpoint: weights, optimizer, schedule, EMA, scaler, epoch, generators."""
+        options = StateDictOptions(full_state_dict=True)
+        try:
+            set_model_state_dict(self.model, checkpoint["model"], options=options)
+            set_optimizer_state_dict(self.model, self.optimizer, checkpoint["optimizer"], options=options)
+        except (RuntimeError, KeyError, ValueError) as error:
+            detail = " ".join(str(error).split())
+            raise UserError(f"checkpoint {self.resume_path} does not fit this run: {detail[:300]}") from None
+        if self.ema is not None:
+            if checkpoint.get("model_ema") is None:
+                raise UserError(f"checkpoint {self.resume_path} has no EMA weights but config key 'ema.enable' is set")
+            self.ema.module.load_state_dict(checkpoint["model_ema"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.start_epoch = checkpoint["epoch"]
+        self.num_updates = checkpoint["num_updates"]
+        self.best = checkpoint["best"]
+        if self.cfg.scheduler.on_updates:
+            self.scheduler.step_update(self.num_updates)
+        else:
+            self.scheduler.step(self.start_epoch)
+        state = ckpt.rank_rng(checkpoint["rng"], self.ctx.rank)
+        if state is not None:
+            ckpt.restore_rng(state)
+        else:  # resumed on more ranks than saved: fresh but reproducible generators for the new ranks
+            random_seed(self.cfg.seed + self.start_epoch, self.ctx.rank)
+        self.logger.info(f"resumed from {self.resume_path} after epoch {self.start_epoch}")
+        changed = _changed_keys(checkpoint.get("config") or {}, config_to_dict(self.cfg))
+        if changed:
+            self.logger.warning(f"the config differs from the checkpoint's in {', '.join(changed)} (the optimizer and "
+                                "schedule continue from the checkpoint's state)")
+
+    def _save(self, epoch: int, is_best: bool) -> None:
+        state = self._state(epoch)
+        if state is None:
+            return
+        last = os.path.join(self.work_dir, "last.pth")
+        ckpt.save_atomic(state, last)
+        if is_best:
+            ckpt.save_atomic(state, os.path.join(self.work_dir, "best.pth"))
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # loops
+
+    def _grad_sync(self, sync: bool):
+        """Skip the gradient reduction on micro-batches that do not end an accumulation."""
+        if self.cfg.fsdp and self.ctx.distributed:
+            self.model.set_requires_gradient_sync(sync)
+        if sync or self.ddp is None:
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
+
+    def _train_epoch(self, epoch: int) -> dict:
+        cfg, ctx, model = self.cfg, self.ctx, self.train_model
+        model.train()
+        self.train_loader.sampler.set_epoch(epoch)
+        steps = len(self.train_loader)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        seen = 0
+        progress = tqdm(self.train_loader, total=steps, desc=f"epoch {epoch + 1}/{self.total_epochs}",
+                        disable=None if ctx.is_main else True, leave=False, unit="batch", dynamic_ncols=True)
+        interval_start, interval_seen, epoch_start = time.perf_counter(), 0, time.perf_counter()
+        for step, (images, targets) in enumerate(progress):
+            last_micro_step = (step + 1) % cfg.grad_accum_steps == 0
+            images = images.to(ctx.device, non_blocking=True)
+            targets = targets.to(ctx.device, non_blocking=True)
+            if self.mixup is not None:
+                images, targets = self.mixup(images, targets)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with self._grad_sync(last_micro_step):
+                with _autocast(ctx.device, cfg.amp):
+                    loss = self.train_loss(model(images), targets)
+                self.scaler.scale(loss / cfg.grad_accum_steps).backward()
+            if last_micro_step:
+                self._optimizer_step()
+            loss_sum += loss.detach().double() * images.shape[0]
+            seen += images.shape[0]
+            interval_seen += images.shape[0]
+            if last_micro_step and (self.num_updates % cfg.log_interval == 0 or step == steps - 1):
+                now = time.perf_counter()
+                rate = interval_seen * ctx.world_size / (now - interval_start)
+                eta = (now - epoch_start) / (step + 1) * (steps - step - 1)
+                lr = self._lr()
+                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+                memory = (f" peak mem {torch.cuda.max_memory_allocated(ctx.device) / 2 ** 30:.2f} GiB"
+                          if ctx.device.type == "cuda" else "")
+                self.logger.info(f"epoch {epoch + 1}/{self.total_epochs} step {step + 1}/{steps} loss {loss.item():.4f}"
+                                 f" lr {lr:.3e} {rate:.1f} img/s{memory} eta {report.format_duration(eta)}")
+                interval_start, interval_seen = now, 0
+        progress.close()
+        total_loss, total_seen = ctx.sum([loss_sum.item(), seen])
+        return {"loss": total_loss / total_seen, "time": time.perf_counter() - epoch_start}
+
+    def _optimizer_step(self) -> None:
+        cfg = self.cfg
+        if cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            dispatch_clip_grad(self.model.parameters(), cfg.clip_grad, mode=cfg.clip_mode)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.num_updates += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.num_updates)
+        self.scheduler.step_update(num_updates=self.num_updates)
+
+    def _lr(self) -> float:
+        groups = self.optimizer.param_groups
+        return sum(group["lr"] for group in groups) / len(groups)
+
+    def _evaluate(self, model: nn.Module) -> dict:
+        return evaluate(model, self.val_loader, self.ctx, self.cfg.amp, self.cfg.channels_last, self.num_classes)
+
+    def run(self, on_epoch_end: Optional[Callable[[int, dict], None]]) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        summary_path = os.path.join(self.work_dir, "summary.csv")
+        rows = [row for row in report.read_summary(summary_path) if int(row["epoch"]) <= self.start_epoch]
+        params = sum(p.numel() for p in self.model.parameters()) / 1e6
+        self.logger.info(
+            f"model {cfg.model['name']} ({params:.2f}M params), {self.num_classes} classes, input "
+            f"{tuple(self.input_config['input_size'])}; {self.num_train} training / {self.num_val} validation images; "
+            f"{ctx.world_size} process(es) on {ctx.device.type}{' (FSDP)' if cfg.fsdp and ctx.distributed else ''}; "
+            f"global batch {cfg.batch_size * ctx.world_size * cfg.grad_accum_steps}, lr {self.lr:.3e}, "
+            f"{self.total_epochs} epochs x {self.updates_per_epoch} steps; work dir {self.work_dir}")
+        row = rows[-1] if rows else {}
+        run_start = time.perf_counter()
+        for epoch in range(self.start_epoch, self.total_epochs):
+            train_metrics = self._train_epoch(epoch)
+            eval_metrics = self._evaluate(self.model)  # the unwrapped model (sharded in place under FSDP)
+            row = {"epoch": epoch + 1, "train_loss": train_metrics["loss"], "lr": self._lr(),
+                   **{f"eval_{k}": v for k, v in eval_metrics.items()}}
+            if self.ema is not None:
+                row.update({f"ema_eval_{k}": v for k, v in self._evaluate(self.ema.module).items()})
+            self.scheduler.step(epoch + 1, row[cfg.best_metric])
+            is_best = self.best["value"] is None or row[cfg.best_metric] > self.best["value"]
+            if is_best:
+                self.best = {"metric": cfg.best_metric, "value": row[cfg.best_metric], "epoch": epoch + 1}
+            self._save(epoch + 1, is_best)
+            if ctx.is_main:
+                rows.append(row)
+                report.write_summary(summary_path, rows, with_ema=self.ema is not None)
+                report.plot_curves(rows, os.path.join(self.work_dir, "curves.png"))
+            ema_note = f" ema_top1 {row['ema_eval_top1']:.2f}" if self.ema is not None else ""
+            per_epoch = (time.perf_counter() - run_start) / (epoch + 1 - self.start_epoch)
+            self.logger.info(
+                f"epoch {epoch + 1}/{self.total_epochs} train_loss {row['train_loss']:.4f} eval_loss "
+                f"{row['eval_loss']:.4f} top1 {row['eval_top1']:.2f} top5 {row['eval_top5']:.2f}{ema_note} "
+                f"({train_metrics['time']:.0f} s training; best {self.best['metric']} {self.best['value']:.2f} "
+                f"at epoch {self.best['epoch']}; run eta "
+                f"{report.format_duration(per_epoch * (self.total_epochs - epoch - 1))})")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, row)
+        return {**row, "best": dict(self.best)}
