@@ -121,18 +121,20 @@ def check_forward_intermediates(name, size=96, **kwargs):
 
 
 def check_fx(name, size=64, frames=None, **kwargs):
-    """timm's FX feature extraction: the traced graph computes exactly the eager output, and backward works."""
+    """timm's FX feature extraction: the traced graph computes exactly the eager output, and the train-mode graph
+    gives every parameter a gradient."""
     from timm.models._features_fx import create_feature_extractor, get_graph_node_names
 
     model = timm.create_model(name, **kwargs).eval()
     x = input_for(model, size, 1, frames)
-    _, eval_nodes = get_graph_node_names(model)
+    train_nodes, eval_nodes = get_graph_node_names(model)
     fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
     with torch.no_grad():
         assert torch.equal(next(iter(fx_model(x).values())), model(x))
-    fx_model.train()
-    out = next(iter(fx_model(input_for(model, size, 2, frames)).values()))
-    out.mean().backward()
+    fx_model = create_feature_extractor(model.train(), return_nodes=[train_nodes[-1]])
+    next(iter(fx_model(input_for(model, size, 2, frames)).values())).mean().backward()
+    missing = [n for n, p in fx_model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient through FX: {missing}"
 
 
 def check_torchscript(name, size=64, frames=None, **kwargs):

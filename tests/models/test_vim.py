@@ -12,7 +12,7 @@ import timm.optim
 import torch
 import torch.nn.functional as F
 from .contract import (
-    check_backward, check_default_cfg, check_features_only, check_forward, check_forward_intermediates,
+    check_backward, check_default_cfg, check_features_only, check_forward, check_forward_intermediates, check_fx,
     check_param_count, check_torchscript, fixture_dir, input_for, load_case, load_manifest,
 )
 from safetensors.torch import load_file
@@ -38,26 +38,6 @@ def single_thread():
 
 def small_kwargs(name):
     return dict(img_size=SIZE) if name == "test_vim" else dict(SMALL)
-
-
-def check_fx(name, size, frames=None, **kwargs):
-    """FX feature extraction computes exactly the eager output; the train-mode graph gives every parameter a grad.
-
-    NOTE: ``contract.check_fx`` passes ``train_return_nodes`` to timm 1.0.31's ``create_feature_extractor``, which
-    only takes ``return_nodes``; use the contract's check once it is fixed.
-    """
-    from timm.models._features_fx import create_feature_extractor, get_graph_node_names
-
-    model = timm.create_model(name, **kwargs).eval()
-    train_nodes, eval_nodes = get_graph_node_names(model)
-    fx_model = create_feature_extractor(model, [eval_nodes[-1]])
-    x = input_for(model, size, 1, frames)
-    with torch.no_grad():
-        assert torch.equal(next(iter(fx_model(x).values())), model(x))
-    fx_model = create_feature_extractor(model.train(), [train_nodes[-1]])
-    next(iter(fx_model(input_for(model, size, 2, frames)).values())).mean().backward()
-    missing = [n for n, p in fx_model.named_parameters() if p.grad is None]
-    assert not missing, f"parameters without gradient through FX: {missing}"
 
 
 def official_activations(model, x):
