@@ -142,7 +142,8 @@ def fwd_bwd(fn, inputs):
     return step
 
 
-def bench_case(batch, dim, length, n_state, skip_slow):
+def bench_case(batch, dim, length, n_state):
+    """Triton forward (no grad) and forward+backward medians, forward GB/s."""
     x = scan_inputs(batch, dim, length, n_state, requires_grad=True)
     fwd = lambda: selective_scan(**x, delta_softplus=True)  # noqa: E731
     row = dict(case=(batch, dim, length, n_state))
@@ -152,15 +153,22 @@ def bench_case(batch, dim, length, n_state, skip_slow):
                                        return_mode="median")
     nbytes = 2 * (3 * batch * dim * length + 2 * batch * n_state * length)
     row["fwd_GBps"] = nbytes / row["triton_fwd_ms"] / 1e6
+    return row
+
+
+def bench_baselines(row):
+    """Add the chunked PyTorch and reference forward times to a ``bench_case`` row (run after every Triton timing,
+    so that their large allocations do not disturb those)."""
+    batch, dim, length, n_state = row["case"]
+    x = scan_inputs(batch, dim, length, n_state)
+    fwd = lambda: selective_scan(**x, delta_softplus=True)  # noqa: E731
     torch_mem = batch * dim * 16 * 16 * n_state * 4 * 6  # decay tensors of one chunk, fp32
-    if not skip_slow and torch_mem < 20e9:
-        with torch.no_grad():
+    with torch.no_grad():
+        if torch_mem < 20e9:
             row["torch_fwd_ms"] = time_once(with_backend("torch", fwd))
-    if not skip_slow and batch * dim * length * n_state * 4 * 3 < 40e9:
-        with torch.no_grad():
+        if batch * dim * length * n_state * 4 * 3 < 40e9:
             row["ref_fwd_ms"] = time_once(with_backend("ref", fwd), reps=1)
     torch.cuda.empty_cache()
-    return row
 
 
 def cross_inputs(batch, dim, height, width, n_state, requires_grad=True):
@@ -211,14 +219,13 @@ def bench_cross(batch, dim, height, width, n_state):
 
 
 def sweep_configs(n_state):
-    """Launch configurations to compare: the forward kernel kind and tile, the chunk length and the backward tile."""
+    """Launch configurations to compare: the forward kernel kind, the chunk length and the (BLOCK_D, warps) tiles."""
+    bn = triton.next_power_of_2(n_state)
+    tiles = [(max(1, 32 * w // bn), w) for w in (1, 2, 4)]
+    fwd = [dict(sequential=False, chunk=c, fwd=t) for c in (16, 32) for t in tiles[:2]]
     if n_state > 4:
-        fwd = [dict(sequential=True, chunk=16, fwd=(bd, 1)) for bd in (16, 32, 64)]
-        fwd += [dict(sequential=False, chunk=c, fwd=(1024 // (16 * c), w)) for c in (16, 32) for w in (2, 4)]
-        bwd = [dict(chunk=c, bwd=(bd, w)) for c in (8, 16, 32) for bd in (2, 4, 8) for w in (2, 4)]
-    else:
-        fwd = [dict(chunk=c, fwd=(bd, w)) for c in (64, 128) for bd in (8, 16) for w in (2, 4)]
-        bwd = [dict(chunk=c, bwd=(bd, w)) for c in (64, 128) for bd in (2, 4, 8) for w in (2, 4)]
+        fwd += [dict(sequential=True, chunk=16, fwd=(bd, 1)) for bd in (8, 16, 32)]
+    bwd = [dict(chunk=16, bwd=t) for t in tiles] + [dict(chunk=8, bwd=tiles[0])]
     return fwd + bwd
 
 
@@ -248,7 +255,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="scan_benchmark.json")
     parser.add_argument("--sweep", action="store_true", help="also sweep kernel kinds, tile sizes and warps")
-    parser.add_argument("--sweep-only", action="store_true", help="stop after the sweep")
+    parser.add_argument("--sweep-only", action="store_true", help="sweep, then stop")
+    parser.add_argument("--sweep-cases", default="2,1,3", help="indices into CASES to sweep (default: %(default)s)")
     parser.add_argument("--skip-slow", action="store_true", help="skip the PyTorch and reference baselines")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -264,12 +272,15 @@ def main():
     bad = [c for c in checks if not c[1] < 2e-2]
     if bad:
         sys.exit(f"correctness check failed: {bad}")
-    sweep_rows = sweep([CASES[0], CASES[1], CASES[3]]) if args.sweep else []
+    sweep_rows = sweep([CASES[int(i)] for i in args.sweep_cases.split(',')]) if args.sweep or args.sweep_only else []
     if args.sweep_only:
         return
     copy_gbps = copy_bandwidth()
-    rows = [bench_case(*case, skip_slow=args.skip_slow) for case in CASES]
+    rows = [bench_case(*case) for case in CASES]
     cross_rows = [bench_cross(*case) for case in CROSS_CASES]
+    if not args.skip_slow:
+        for row in rows:
+            bench_baselines(row)
     print(f"\ncopy bandwidth: {copy_gbps:.0f} GB/s; total {time.time() - t0:.0f} s\n")
     print("| (batch, dim, L, N) | fwd ms | fwd+bwd ms | mamba CUDA fwd / fwd+bwd ms | vs mamba fwd / fwd+bwd | fwd GB/s "
           "(% copy) | torch fwd ms (speed-up) | ref fwd ms (speed-up) |")

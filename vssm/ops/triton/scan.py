@@ -1,16 +1,20 @@
 """Triton kernels of the canonical scan op (layout in ``vssm.ops.scan_core``), forward and backward.
 
 One program owns a [BLOCK_D channels x N states] slab of one (batch, direction) sequence and walks the sequence in
-chunks of CHUNK steps, keeping the state in registers: inside a chunk ``tl.associative_scan`` composes the affine
-steps h -> exp(delta A) h + delta B u, the carry passes between chunks. Tokens are read through the direction's path
-(any permutation of spatial positions, -1 = zero token) and written back at their spatial positions, summed over the
-directions with atomics when merging, so no per-direction copy of the feature map exists.
+chunks of CHUNK steps. Chunk tiles are [CHUNK, BLOCK_D, N] with the step axis first, so each thread holds the whole
+chunk of its (channel, state) pairs: ``tl.associative_scan`` over the steps composes the affine steps
+h -> exp(delta A) h + delta B u sequentially in registers, and the carry passes between chunks. Tokens are read
+through the direction's path (any permutation of spatial positions, -1 = zero token) and written back at their
+spatial positions, summed over the directions with atomics when merging, so no per-direction copy of the feature map
+exists. For short sequences of large N over many rows a step-by-step forward (one token per step) is faster.
 
 Backward walks the chunks last to first: it recomputes the chunk's states from the chunk-start state saved by the
 forward, then runs the adjoint recurrence q_t = C_t dy_t + exp(delta_{t+1} A) q_{t+1} as a reverse associative scan
 (the summary of a segment carries its first decay separately, so no shifted loads are needed). a_t h_{t-1} is
-h_t - delta_t B_t u_t, so no division by a decay ever happens. dB/dC are reduced over the channel tile and added
-with fp32 atomics; dA, dD and d(delta_bias) are reduced over the chunk and added once per program.
+h_t - delta_t B_t u_t, so no division by a decay ever happens. dB/dC are reduced over the channel tile (inside one
+warp) and added with relaxed fp32 atomics into buffers whose states are contiguous; dA, dD and d(delta_bias) are
+reduced over the chunks and added once per program. Programs of different sequences run side by side, so concurrent
+atomics rarely meet on one address.
 """
 from __future__ import annotations
 
@@ -28,28 +32,36 @@ LOG2E = 1.4426950408889634
 TILE_OVERRIDES: dict[str, object] = {}
 
 
-# Below this many independent sequences (batch * K * dim) step-by-step kernels leave the GPU idle: long sequences of
-# a small batch are better split into chunks scanned in parallel.
+# The step-by-step forward wins only for short sequences of large N over many rows (measured on an H100,
+# BENCHMARKS.md): there the chunk-parallel kernel's per-chunk overhead is not amortised.
 SEQUENTIAL_MIN_ROWS = 16384
+SEQUENTIAL_MAX_STEPS = 512
 
 
-def sequential(n_state: int, rows: int) -> bool:
-    """Step-by-step forward for larger N over many sequences (exp/FMA bound: the state stays in registers, no scan
-    tree); chunk-parallel associative-scan kernels for small N (bandwidth bound: wide coalesced tiles), for few rows,
-    and for every backward (measured faster than a step-by-step adjoint, which recomputes states through memory)."""
-    return bool(TILE_OVERRIDES.get("sequential", n_state > 4 and rows >= SEQUENTIAL_MIN_ROWS))
+def sequential(n_state: int, rows: int, steps: int) -> bool:
+    """Step-by-step forward (the [BLOCK_D, N] state in registers, one token per step) or the chunk-parallel one."""
+    default = n_state > 4 and rows >= SEQUENTIAL_MIN_ROWS and steps <= SEQUENTIAL_MAX_STEPS
+    return bool(TILE_OVERRIDES.get("sequential", default))
 
 
 def chunk_len(n_state: int) -> int:
     """Steps per chunk of the chunk-parallel kernels (power of two), also the granularity of the states a training
-    forward saves for the backward; measured best on an H100 (BENCHMARKS.md): 64 for N <= 4, 16 for larger N. Under
+    forward saves for the backward. Each thread scans a whole chunk in its registers, so chunks are short. Under
     TRITON_INTERPRET=1 (CPU tests) chunks are 8 steps: the interpreter scans element by element, and short chunks put
     chunk carries inside the small test sequences."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return 8
     if "chunk" in TILE_OVERRIDES:
         return TILE_OVERRIDES["chunk"]
-    return 64 if n_state <= 4 else 16
+    return 16
+
+
+def inference_chunk_len(n_state: int, rows: int) -> int:
+    """Steps per chunk of a forward that saves no states: 32 where the loads in flight of longer chunks pay (small N,
+    or fewer than 4096 rows to spread over the GPU), else the training chunk (measured on an H100, BENCHMARKS.md)."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1" or "chunk" in TILE_OVERRIDES:
+        return chunk_len(n_state)
+    return 32 if n_state <= 4 or rows < 4096 else chunk_len(n_state)
 
 
 def chunk_count(steps: int, n_state: int) -> int:
@@ -61,18 +73,21 @@ def _block_n(n_state: int) -> int:
     return triton.next_power_of_2(n_state)
 
 
-def _launch_config(kind: str, n_state: int, dim: int, rows: int, chunk: int) -> tuple[int, int]:
-    """(BLOCK_D, num_warps) measured best on an H100 (BENCHMARKS.md). The step-by-step forward keeps a [BLOCK_D, N]
-    state of 512 fp32 in one warp; chunk-parallel kernels take [BLOCK_D, N, CHUNK] tiles of 1024 (512 for the backward
-    with N <= 4) in two warps."""
+def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chunk: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps), measured best on an H100 (BENCHMARKS.md). The step-by-step forward keeps a [BLOCK_D, N]
+    state of 256 fp32 in one warp. The chunk-parallel kernels give each thread one (channel, state) pair: one warp
+    (BLOCK_D * N = 32) for the backward, whose reductions over channels then stay inside the warp; two warps for the
+    forward with larger N; for small N, 8 steps per thread, the rest of the warp splitting the chunk (more programs,
+    more loads in flight)."""
     bn = _block_n(n_state)
     if kind in TILE_OVERRIDES:
         block_d, warps = TILE_OVERRIDES[kind]
-    elif kind == "fwd" and sequential(n_state, rows):
-        block_d, warps = max(1, 512 // bn), 1
+    elif kind == "fwd" and sequential(n_state, rows, steps):
+        block_d, warps = max(1, 256 // bn), 1
+    elif kind == "fwd":
+        block_d, warps = (max(1, 64 // bn), 2) if n_state > 4 else (max(1, 256 // (chunk * bn)), 1)
     else:
-        elements = 512 if kind == "bwd" and n_state <= 4 else 1024
-        block_d, warps = max(1, elements // (bn * chunk)), 2
+        block_d, warps = max(1, 32 // bn), 1
     return max(1, min(triton.next_power_of_2(dim), block_d)), warps
 
 
@@ -102,7 +117,7 @@ def _load_chunk(u_ptr, dt_ptr, B_ptr, C_ptr, path_ptr, bias, g_tile, t, offs_d, 
                 d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_PATH: tl.constexpr,
                 PARAMS_AT_STEP: tl.constexpr, TILE_ONE_GROUP: tl.constexpr):
-    """Load one chunk: u, raw delta, delta [BLOCK_D, CHUNK] and B, C as [BLOCK_D or 1, BLOCK_N, CHUNK] (fp32); steps
+    """Load one chunk: u, raw delta, delta [CHUNK, BLOCK_D] and B, C as [CHUNK, BLOCK_D or 1, BLOCK_N] (fp32); steps
     outside [0, Lp) load nothing."""
     mask_t = (t >= 0) & (t < Lp)
     if HAS_PATH:
@@ -118,30 +133,30 @@ def _load_chunk(u_ptr, dt_ptr, B_ptr, C_ptr, path_ptr, bias, g_tile, t, offs_d, 
     else:
         pidx = pos
         pvalid = valid
-    m_u = mask_d[:, None] & valid[None, :]
-    m_p = mask_d[:, None] & pvalid[None, :]
-    u = tl.load(u_ptr + offs_d[:, None] * su_d + pos[None, :] * su_l, mask=m_u, other=0.0).to(tl.float32)
-    raw = tl.load(dt_ptr + offs_d[:, None] * sdt_d + pidx[None, :] * sdt_l, mask=m_p, other=0.0).to(tl.float32)
+    m_u = valid[:, None] & mask_d[None, :]
+    m_p = pvalid[:, None] & mask_d[None, :]
+    u = tl.load(u_ptr + pos[:, None] * su_l + offs_d[None, :] * su_d, mask=m_u, other=0.0).to(tl.float32)
+    raw = tl.load(dt_ptr + pidx[:, None] * sdt_l + offs_d[None, :] * sdt_d, mask=m_p, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        raw = raw + bias[:, None]
+        raw = raw + bias[None, :]
     if SOFTPLUS:
         dt = _softplus(raw)
     else:
         dt = raw
-    dt = tl.where(mask_t[None, :], dt, 0.0)  # steps past the end are the identity (decay 1, input 0)
-    m_bc = mask_n[:, None] & pvalid[None, :]
+    dt = tl.where(mask_t[:, None], dt, 0.0)  # steps past the end are the identity (decay 1, input 0)
+    m_bc = pvalid[:, None] & mask_n[None, :]
     if TILE_ONE_GROUP:
         g = g_tile
-        Bt = tl.load(B_ptr + g * sB_g + offs_n[:, None] * sB_n + pidx[None, :] * sB_l, mask=m_bc, other=0.0)
-        Ct = tl.load(C_ptr + g * sC_g + offs_n[:, None] * sC_n + pidx[None, :] * sC_l, mask=m_bc, other=0.0)
-        Bt = Bt.to(tl.float32)[None, :, :]
-        Ct = Ct.to(tl.float32)[None, :, :]
+        Bt = tl.load(B_ptr + g * sB_g + pidx[:, None] * sB_l + offs_n[None, :] * sB_n, mask=m_bc, other=0.0)
+        Ct = tl.load(C_ptr + g * sC_g + pidx[:, None] * sC_l + offs_n[None, :] * sC_n, mask=m_bc, other=0.0)
+        Bt = Bt.to(tl.float32)[:, None, :]
+        Ct = Ct.to(tl.float32)[:, None, :]
     else:
-        g = (offs_d // d_per_group)[:, None, None]
-        m3 = mask_d[:, None, None] & m_bc[None, :, :]
-        Bt = tl.load(B_ptr + g * sB_g + offs_n[None, :, None] * sB_n + pidx[None, None, :] * sB_l, mask=m3,
+        g = (offs_d // d_per_group)[None, :, None]
+        m3 = m_bc[:, None, :] & mask_d[None, :, None]
+        Bt = tl.load(B_ptr + g * sB_g + pidx[:, None, None] * sB_l + offs_n[None, None, :] * sB_n, mask=m3,
                      other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + g * sC_g + offs_n[None, :, None] * sC_n + pidx[None, None, :] * sC_l, mask=m3,
+        Ct = tl.load(C_ptr + g * sC_g + pidx[:, None, None] * sC_l + offs_n[None, None, :] * sC_n, mask=m3,
                      other=0.0).to(tl.float32)
     return u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t
 
@@ -180,7 +195,7 @@ def _scan_fwd_kernel(
     C_base = C_ptr + pid_b * sC_b + pid_k * sC_k
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     state_base = states_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * (n_chunks * N) + offs_n[None, :]
-    last_col = tl.arange(0, CHUNK) == CHUNK - 1
+    last_step = tl.arange(0, CHUNK) == CHUNK - 1
     g_tile = pid_d * BLOCK_D // d_per_group
     u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
         u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, tl.arange(0, CHUNK), offs_d, offs_n, mask_d, mask_n,
@@ -195,23 +210,26 @@ def _scan_fwd_kernel(
             sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
         if SAVE_STATES:
             tl.store(state_base + c * N, h, mask=mask_dn)
-        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
-        inp = (dt * u)[:, None, :] * Bt
-        acc_a, acc_b = tl.associative_scan((decay, inp), 2, _affine_combine)
-        hs = acc_a * h[:, :, None] + acc_b
-        y = tl.sum(hs * Ct, axis=1)
-        h = tl.sum(tl.where(last_col[None, None, :], hs, 0.0), axis=2)
+        # [CHUNK, BLOCK_D, BLOCK_N] tiles with the step axis first: each thread holds whole chunks of its (d, n)
+        # pairs, so the scan runs sequentially in registers
+        decay = tl.exp2(dt[:, :, None] * A2[None, :, :])
+        inp = (dt * u)[:, :, None] * Bt
+        acc_a, acc_b = tl.associative_scan((decay, inp), 0, _affine_combine)
+        hs = acc_a * h[None, :, :] + acc_b
+        y = tl.sum(hs * Ct, axis=2)
+        h = tl.sum(tl.where(last_step[:, None, None], hs, 0.0), axis=0)
         if HAS_D:
-            y += Dv[:, None] * u
-        m_out = mask_d[:, None] & valid[None, :]
+            y += u * Dv[None, :]
+        m_out = valid[:, None] & mask_d[None, :]
         if HAS_Z:
-            zt = tl.load(z_ptr + pid_b * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l, mask=m_out,
+            zt = tl.load(z_ptr + pid_b * sz_b + pos[:, None] * sz_l + offs_d[None, :] * sz_d, mask=m_out,
                          other=0.0).to(tl.float32)
             y = y * zt * tl.sigmoid(zt)
         if MERGE_ATOMIC:
-            tl.atomic_add(y_ptr + pid_b * sy_b + offs_d[:, None] * sy_d + pos[None, :] * sy_l, y, mask=m_out)
+            tl.atomic_add(y_ptr + pid_b * sy_b + pos[:, None] * sy_l + offs_d[None, :] * sy_d, y, mask=m_out,
+                          sem="relaxed")
         else:
-            tl.store(y_ptr + pid_b * sy_b + pid_k * sy_k + offs_d[:, None] * sy_d + pos[None, :] * sy_l,
+            tl.store(y_ptr + pid_b * sy_b + pid_k * sy_k + pos[:, None] * sy_l + offs_d[None, :] * sy_d,
                      y.to(y_ptr.dtype.element_ty), mask=m_out)
         u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = (
             u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
@@ -306,7 +324,7 @@ def _scan_fwd_seq_kernel(
             zt = tl.load(z_base + pos * sz_l, mask=m_u, other=0.0).to(tl.float32)
             y = y * zt * tl.sigmoid(zt)
         if MERGE_ATOMIC:
-            tl.atomic_add(y_base + pos * sy_l, y, mask=m_u)
+            tl.atomic_add(y_base + pos * sy_l, y, mask=m_u, sem="relaxed")
         else:
             tl.store(y_base + pos * sy_l, y.to(y_ptr.dtype.element_ty), mask=m_u)
         u, dt, Bt, Ct, pos, m_u = u_nx, dt_nx, B_nx, C_nx, pos_nx, m_u_nx
@@ -320,14 +338,15 @@ def _scan_bwd_kernel(
         K, dim, L, Lp, N, d_per_group, n_chunks,
         su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
         sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
-        sz_b, sz_d, sz_l, sdy_b, sdy_k, sdy_d, sdy_l,
+        sz_b, sz_d, sz_l, sdy_b, sdy_k, sdy_d, sdy_l, sdB_b, sdB_k, sdB_g, sdB_n, sdB_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, HAS_DLAST: tl.constexpr,
         U_ATOMIC: tl.constexpr, DT_ATOMIC: tl.constexpr, Z_ATOMIC: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
-    """Gradients; du/ddt/dz/dB/dC are written with the strides of u/delta/z/B/C (fp32 buffers where atomic)."""
-    pid_d = tl.program_id(0)
-    pid_bk = tl.program_id(1)
+    """Gradients; du/ddt/dz are written with the strides of u/delta/z (fp32 buffers where atomic). dB and dC are fp32
+    buffers of equal strides (sdB_*) with N contiguous, so that the atomics of a warp cover whole rows of states."""
+    pid_bk = tl.program_id(0)  # sequences vary fastest: programs running together hit different dB/dC rows
+    pid_d = tl.program_id(1)
     pid_b = pid_bk // K
     pid_k = pid_bk % K
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -350,8 +369,8 @@ def _scan_bwd_kernel(
     C_base = C_ptr + pid_b * sC_b + pid_k * sC_k
     du_base = du_ptr + pid_b * su_b + pid_k * su_k
     ddt_base = ddt_ptr + pid_b * sdt_b + pid_k * sdt_k
-    dB_base = dB_ptr + pid_b * sB_b + pid_k * sB_k
-    dC_base = dC_ptr + pid_b * sC_b + pid_k * sC_k
+    dB_base = dB_ptr + pid_b * sdB_b + pid_k * sdB_k
+    dC_base = dC_ptr + pid_b * sdB_b + pid_k * sdB_k
     seq = (pid_b * K + pid_k) * dim + offs_d[:, None]
     state_base = states_ptr + seq * (n_chunks * N) + offs_n[None, :]
     if HAS_DLAST:
@@ -361,7 +380,7 @@ def _scan_bwd_kernel(
     dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    first_col = tl.arange(0, CHUNK) == 0
+    first_step = tl.arange(0, CHUNK) == 0
     g_tile = pid_d * BLOCK_D // d_per_group
     u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
         u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (n_chunks - 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
@@ -374,86 +393,85 @@ def _scan_bwd_kernel(
             u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (c - 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
             offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n,
             sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
-        m_out = mask_d[:, None] & valid[None, :]
-        m_par = mask_d[:, None] & pvalid[None, :]
-        dy = tl.load(dy_ptr + pid_b * sdy_b + pid_k * sdy_k + offs_d[:, None] * sdy_d + pos[None, :] * sdy_l,
+        m_out = valid[:, None] & mask_d[None, :]
+        m_par = pvalid[:, None] & mask_d[None, :]
+        dy = tl.load(dy_ptr + pid_b * sdy_b + pid_k * sdy_k + pos[:, None] * sdy_l + offs_d[None, :] * sdy_d,
                      mask=m_out, other=0.0).to(tl.float32)
-        # recompute the chunk's states from its saved start state
+        # recompute the chunk's states from its saved start state; [CHUNK, BLOCK_D, BLOCK_N] tiles with the step axis
+        # first, so both scans run sequentially in each thread's registers
         h0 = tl.load(state_base + c * N, mask=mask_dn, other=0.0)
-        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
-        inp = (dt * u)[:, None, :] * Bt
-        acc_a, acc_b = tl.associative_scan((decay, inp), 2, _affine_combine)
-        hs = acc_a * h0[:, :, None] + acc_b
+        decay = tl.exp2(dt[:, :, None] * A2[None, :, :])
+        inp = (dt * u)[:, :, None] * Bt
+        acc_a, acc_b = tl.associative_scan((decay, inp), 0, _affine_combine)
+        hs = acc_a * h0[None, :, :] + acc_b
         if HAS_Z:
-            zp = z_ptr + pid_b * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l
+            zp = z_ptr + pid_b * sz_b + pos[:, None] * sz_l + offs_d[None, :] * sz_d
             zt = tl.load(zp, mask=m_out, other=0.0).to(tl.float32)
-            y_pre = tl.sum(hs * Ct, axis=1)
+            y_pre = tl.sum(hs * Ct, axis=2)
             if HAS_D:
-                y_pre += Dv[:, None] * u
+                y_pre += u * Dv[None, :]
             sig = tl.sigmoid(zt)
             dz = dy * y_pre * sig * (1.0 + zt * (1.0 - sig))
-            dz_ptrs = dz_ptr + pid_b * sz_b + offs_d[:, None] * sz_d + pos[None, :] * sz_l
+            dz_ptrs = dz_ptr + pid_b * sz_b + pos[:, None] * sz_l + offs_d[None, :] * sz_d
             if Z_ATOMIC:
-                tl.atomic_add(dz_ptrs, dz, mask=m_out)
+                tl.atomic_add(dz_ptrs, dz, mask=m_out, sem="relaxed")
             else:
                 tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty), mask=m_out)
             dy = dy * zt * sig
-        du = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+        du = tl.zeros([CHUNK, BLOCK_D], dtype=tl.float32)
         if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=1)
-            du = dy * Dv[:, None]
+            dD_acc += tl.sum(dy * u, axis=0)
+            du = dy * Dv[None, :]
         # dC_t[n] = sum_d h_t dy_t over the tile
-        dC_part = hs * dy[:, None, :]
-        m_bc = mask_n[:, None] & pvalid[None, :]
+        dC_part = hs * dy[:, :, None]
+        m_bc = pvalid[:, None] & mask_n[None, :]
         # adjoint states q_t, scanned from the end of the chunk; carry = adjoint flowing in from the next chunk
-        cq = Ct * dy[:, None, :]
+        cq = Ct * dy[:, :, None]
         ones = tl.full(decay.shape, 1.0, tl.float32)
-        pex, _, v = tl.associative_scan((ones, decay, cq), 2, _adjoint_combine, reverse=True)
-        q = v + pex * carry[:, :, None]
+        pex, _, v = tl.associative_scan((ones, decay, cq), 0, _adjoint_combine, reverse=True)
+        q = v + pex * carry[None, :, :]
         qa = q * decay
-        carry = tl.sum(tl.where(first_col[None, None, :], qa, 0.0), axis=2)
+        carry = tl.sum(tl.where(first_step[:, None, None], qa, 0.0), axis=0)
         # h_t - delta_t B_t u_t = a_t h_{t-1}
         q_hprev = q * (hs - inp)
-        dB_part = q * (dt * u)[:, None, :]
-        qB = tl.sum(q * Bt, axis=1)
+        dB_part = q * (dt * u)[:, :, None]
+        qB = tl.sum(q * Bt, axis=2)
         du += qB * dt
-        ddt = qB * u + tl.sum(q_hprev * A[:, :, None], axis=1)
-        dA_acc += tl.sum(q_hprev * dt[:, None, :], axis=2)
+        ddt = qB * u + tl.sum(q_hprev * A[None, :, :], axis=2)
+        dA_acc += tl.sum(q_hprev * dt[:, :, None], axis=0)
         if TILE_ONE_GROUP:
             g = (pid_d * BLOCK_D) // d_per_group
-            tl.atomic_add(dB_base + g * sB_g + offs_n[:, None] * sB_n + pidx[None, :] * sB_l,
-                          tl.sum(dB_part, axis=0), mask=m_bc)
-            tl.atomic_add(dC_base + g * sC_g + offs_n[:, None] * sC_n + pidx[None, :] * sC_l,
-                          tl.sum(dC_part, axis=0), mask=m_bc)
+            dBC_offs = g * sdB_g + pidx[:, None] * sdB_l + offs_n[None, :] * sdB_n
+            tl.atomic_add(dB_base + dBC_offs, tl.sum(dB_part, axis=1), mask=m_bc, sem="relaxed")
+            tl.atomic_add(dC_base + dBC_offs, tl.sum(dC_part, axis=1), mask=m_bc, sem="relaxed")
         else:
-            g3 = (offs_d // d_per_group)[:, None, None]
-            m3 = mask_d[:, None, None] & m_bc[None, :, :]
-            tl.atomic_add(dB_base + g3 * sB_g + offs_n[None, :, None] * sB_n + pidx[None, None, :] * sB_l, dB_part,
-                          mask=m3)
-            tl.atomic_add(dC_base + g3 * sC_g + offs_n[None, :, None] * sC_n + pidx[None, None, :] * sC_l, dC_part,
-                          mask=m3)
+            g3 = (offs_d // d_per_group)[None, :, None]
+            m3 = m_bc[:, None, :] & mask_d[None, :, None]
+            dBC_offs = g3 * sdB_g + pidx[:, None, None] * sdB_l + offs_n[None, None, :] * sdB_n
+            tl.atomic_add(dB_base + dBC_offs, dB_part, mask=m3, sem="relaxed")
+            tl.atomic_add(dC_base + dBC_offs, dC_part, mask=m3, sem="relaxed")
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw)
-        ddt = tl.where(mask_t[None, :], ddt, 0.0)
+        ddt = tl.where(mask_t[:, None], ddt, 0.0)
         if HAS_BIAS:
-            dbias_acc += tl.sum(tl.where(mask_d[:, None], ddt, 0.0), axis=1)
-        du_ptrs = du_base + offs_d[:, None] * su_d + pos[None, :] * su_l
+            dbias_acc += tl.sum(tl.where(mask_d[None, :], ddt, 0.0), axis=0)
+        du_ptrs = du_base + pos[:, None] * su_l + offs_d[None, :] * su_d
         if U_ATOMIC:
-            tl.atomic_add(du_ptrs, du, mask=m_out)
+            tl.atomic_add(du_ptrs, du, mask=m_out, sem="relaxed")
         else:
             tl.store(du_ptrs, du.to(du_ptr.dtype.element_ty), mask=m_out)
-        ddt_ptrs = ddt_base + offs_d[:, None] * sdt_d + pidx[None, :] * sdt_l
+        ddt_ptrs = ddt_base + pidx[:, None] * sdt_l + offs_d[None, :] * sdt_d
         if DT_ATOMIC:
-            tl.atomic_add(ddt_ptrs, ddt, mask=m_par)
+            tl.atomic_add(ddt_ptrs, ddt, mask=m_par, sem="relaxed")
         else:
             tl.store(ddt_ptrs, ddt.to(ddt_ptr.dtype.element_ty), mask=m_par)
         u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = (
             u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
-    tl.atomic_add(dA_ptr + kd[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
+    tl.atomic_add(dA_ptr + kd[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn, sem="relaxed")
     if HAS_D:
-        tl.atomic_add(dD_ptr + kd, dD_acc, mask=mask_d)
+        tl.atomic_add(dD_ptr + kd, dD_acc, mask=mask_d, sem="relaxed")
     if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + kd, dbias_acc, mask=mask_d)
+        tl.atomic_add(dbias_ptr + kd, dbias_acc, mask=mask_d, sem="relaxed")
 
 
 def _check_dtypes(u: Tensor, *others) -> None:
@@ -505,8 +523,9 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     """Launch the forward. Returns (y, last_state, chunk_start_states or empty)."""
     _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    chunk = chunk_len(n_state)
-    block_d, warps = _launch_config("fwd", n_state, dim, batch * k_total * dim, chunk)
+    rows = batch * k_total * dim
+    chunk = chunk_len(n_state) if save_states else inference_chunk_len(n_state, rows)
+    block_d, warps = _launch_config("fwd", n_state, dim, rows, steps, chunk)
     n_chunks = triton.cdiv(steps, chunk)
     merge_atomic = merge and k_total > 1
     if merge_atomic:
@@ -522,7 +541,7 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     dummy = last
     zs = z.stride() if z is not None else (0, 0, 0)
     grid = (triton.cdiv(dim, block_d), batch * k_total)
-    kernel = _scan_fwd_seq_kernel if sequential(n_state, batch * k_total * dim) else _scan_fwd_kernel
+    kernel = _scan_fwd_seq_kernel if sequential(n_state, rows, steps) else _scan_fwd_kernel
     kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         bias if bias is not None else dummy, _path_arg(paths, u), y, last, states,
@@ -549,7 +568,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
     chunk = chunk_len(n_state)
-    block_d, warps = _launch_config("bwd", n_state, dim, batch * k_total * dim, chunk)
+    block_d, warps = _launch_config("bwd", n_state, dim, batch * k_total * dim, steps, chunk)
     n_chunks = triton.cdiv(steps, chunk)
     if states.numel() != batch * k_total * dim * n_chunks * n_state:
         raise RuntimeError("triton scan backward: the forward did not save its chunk states")
@@ -565,8 +584,9 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     dz = None
     if z is not None:
         dz = torch.zeros_like(z, dtype=f32) if z_atomic else torch.empty_like(z)
-    dB = torch.zeros_like(B, dtype=f32)
-    dC = torch.zeros_like(C, dtype=f32)
+    # (..., N, L) views of (..., L, N) buffers: the states of one step are contiguous
+    dB = torch.zeros(*B.shape[:-2], B.shape[-1], B.shape[-2], device=u.device, dtype=f32).transpose(-1, -2)
+    dC = torch.zeros_like(dB)
     dA = torch.zeros(A.shape, device=u.device, dtype=f32)
     dD = torch.zeros(D.shape, device=u.device, dtype=f32) if D is not None else None
     dbias = torch.zeros(delta_bias.shape, device=u.device, dtype=f32) if delta_bias is not None else None
@@ -576,7 +596,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     dy_strides = (dy.stride(0), 0 if dy.shape[1] == 1 else dy.stride(1), dy.stride(2), dy.stride(3))
     dummy = dA
     has_dlast = dlast is not None and dlast.numel() > 0
-    grid = (triton.cdiv(dim, block_d), batch * k_total)
+    grid = (batch * k_total, triton.cdiv(dim, block_d))
     _scan_bwd_kernel[grid](
         u, delta, A.float().contiguous(), B, C,
         D.float().contiguous() if D is not None else dummy, z if z is not None else dummy,
@@ -586,7 +606,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
         dbias if dbias is not None else dummy,
         k_total, dim, length, steps, n_state, d_per_group, n_chunks,
         *_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
-        *(z.stride() if z is not None else (0, 0, 0)), *dy_strides,
+        *(z.stride() if z is not None else (0, 0, 0)), *dy_strides, *dB.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step, HAS_DLAST=has_dlast,
         U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, TILE_ONE_GROUP=d_per_group % block_d == 0,
