@@ -482,10 +482,11 @@ class _Trainer:
                 rate = interval_seen * ctx.world_size / (now - interval_start)
                 eta = (now - epoch_start) / (step + 1) * (steps - step - 1)
                 lr = self._lr()
-                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+                step_loss = ctx.sum([loss.item()])[0] / ctx.world_size  # the global batch's loss, on every rank
+                progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
                 memory = (f" peak mem {torch.cuda.max_memory_allocated(ctx.device) / 2 ** 30:.2f} GiB"
                           if ctx.device.type == "cuda" else "")
-                self.logger.info(f"epoch {epoch + 1}/{self.total_epochs} step {step + 1}/{steps} loss {loss.item():.4f}"
+                self.logger.info(f"epoch {epoch + 1}/{self.total_epochs} step {step + 1}/{steps} loss {step_loss:.4f}"
                                  f" lr {lr:.3e} {rate:.1f} img/s{memory} eta {report.format_duration(eta)}")
                 interval_start, interval_seen = now, 0
         progress.close()
