@@ -13,7 +13,7 @@ forward, then runs the adjoint recurrence q_t = C_t dy_t + exp(delta_{t+1} A) q_
 (the summary of a segment carries its first decay separately, so no shifted loads are needed). a_t h_{t-1} is
 h_t - delta_t B_t u_t, so no division by a decay ever happens. dB/dC are reduced over the channel tile (inside one
 warp) and added with relaxed fp32 atomics into buffers whose states are contiguous; dA, dD and d(delta_bias) are
-reduced over the chunks and added once per program. Programs of different sequences run side by side, so concurrent
+reduced over the chunks and stored once per program, as per-sequence partial sums. Programs of different sequences run side by side, so concurrent
 atomics rarely meet on one address.
 """
 from __future__ import annotations
@@ -467,11 +467,13 @@ def _scan_bwd_kernel(
             tl.store(ddt_ptrs, ddt.to(ddt_ptr.dtype.element_ty), mask=m_par)
         u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = (
             u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
-    tl.atomic_add(dA_ptr + kd[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn, sem="relaxed")
+    # per-sequence partial sums (the host sums over the batch): no atomics on the few dA/dD addresses
+    bkd = pid_b * K * dim + kd
+    tl.store(dA_ptr + bkd[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
     if HAS_D:
-        tl.atomic_add(dD_ptr + kd, dD_acc, mask=mask_d, sem="relaxed")
+        tl.store(dD_ptr + bkd, dD_acc, mask=mask_d)
     if HAS_BIAS:
-        tl.atomic_add(dbias_ptr + kd, dbias_acc, mask=mask_d, sem="relaxed")
+        tl.store(dbias_ptr + bkd, dbias_acc, mask=mask_d)
 
 
 def _check_dtypes(u: Tensor, *others) -> None:
@@ -587,9 +589,10 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     # (..., N, L) views of (..., L, N) buffers: the states of one step are contiguous
     dB = torch.zeros(*B.shape[:-2], B.shape[-1], B.shape[-2], device=u.device, dtype=f32).transpose(-1, -2)
     dC = torch.zeros_like(dB)
-    dA = torch.zeros(A.shape, device=u.device, dtype=f32)
-    dD = torch.zeros(D.shape, device=u.device, dtype=f32) if D is not None else None
-    dbias = torch.zeros(delta_bias.shape, device=u.device, dtype=f32) if delta_bias is not None else None
+    # (batch, K, dim[, N]) partial sums of dA, dD, d(delta_bias), summed over the batch below
+    dA = torch.empty(batch, *A.shape, device=u.device, dtype=f32)
+    dD = torch.empty(batch, *D.shape, device=u.device, dtype=f32) if D is not None else None
+    dbias = torch.empty(batch, *delta_bias.shape, device=u.device, dtype=f32) if delta_bias is not None else None
     dy = _in_layout_of(dy, u)  # an incoming gradient often arrives transposed: read it like u
     if merge:
         dy = dy.unsqueeze(1)
@@ -611,6 +614,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
         HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step, HAS_DLAST=has_dlast,
         U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, TILE_ONE_GROUP=d_per_group % block_d == 0,
         BLOCK_D=block_d, BLOCK_N=_block_n(n_state), CHUNK=chunk, num_warps=warps)
+    dA, dD, dbias = (None if x is None else x.sum(0) for x in (dA, dD, dbias))
     return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             None if dD is None else dD.to(D.dtype), None if dz is None else dz.to(z.dtype),
             None if dbias is None else dbias.to(delta_bias.dtype))
