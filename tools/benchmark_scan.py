@@ -4,9 +4,10 @@
 
 First checks the Triton kernels against the float64 PyTorch path on fresh random inputs (forward and every gradient),
 then times the issue's cases (bf16 u/delta/B/C, fp32 A/D/delta_bias, softplus, B/C as (batch, 1, N, L)):
-forward and forward+backward medians (triton.testing.do_bench), forward effective GB/s (u, delta, B, C read once,
-y written once) against the copy bandwidth measured in the same run, and the speed-up over the chunked PyTorch path
-and the sequential reference timed in the same run. Then the fused 4-direction cross-scan (``multi_scan``) against
+forward and forward+backward medians (triton.testing.do_bench), the forward+backward's summed kernel time (torch
+profiler: without the host-side gaps that small cases show), forward effective GB/s (u, delta, B, C read once, y
+written once) against the copy bandwidth measured in the same run, and the speed-up over the chunked PyTorch path and
+the sequential reference timed in the same run. Then the fused 4-direction cross-scan (``multi_scan``) against
 gather + scan + scatter in PyTorch. Prints markdown tables; writes everything as JSON.
 """
 import argparse
@@ -156,6 +157,23 @@ def bench_case(batch, dim, length, n_state):
     return row
 
 
+def device_time(row, iters=10):
+    """Add the summed CUDA kernel time of one forward+backward (torch profiler, host launch gaps excluded) to a
+    ``bench_case`` row: for the small cases the end-to-end median also holds the op's host-side cost."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = scan_inputs(*row["case"], requires_grad=True)
+    step = with_backend("triton", fwd_bwd(lambda: selective_scan(**x, delta_softplus=True), x))
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    row["device_fwdbwd_ms"] = sum(e.self_device_time_total for e in prof.key_averages()) / iters / 1e3
+
+
 def bench_baselines(row):
     """Add the chunked PyTorch and reference forward times to a ``bench_case`` row (run after every Triton timing,
     so that their large allocations do not disturb those)."""
@@ -278,18 +296,20 @@ def main():
     copy_gbps = copy_bandwidth()
     rows = [bench_case(*case) for case in CASES]
     cross_rows = [bench_cross(*case) for case in CROSS_CASES]
-    if not args.skip_slow:
-        for row in rows:
+    for row in rows:
+        device_time(row)
+        if not args.skip_slow:
             bench_baselines(row)
     print(f"\ncopy bandwidth: {copy_gbps:.0f} GB/s; total {time.time() - t0:.0f} s\n")
-    print("| (batch, dim, L, N) | fwd ms | fwd+bwd ms | mamba CUDA fwd / fwd+bwd ms | vs mamba fwd / fwd+bwd | fwd GB/s "
-          "(% copy) | torch fwd ms (speed-up) | ref fwd ms (speed-up) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| (batch, dim, L, N) | fwd ms | fwd+bwd ms | fwd+bwd kernels ms | mamba CUDA fwd / fwd+bwd ms | vs mamba fwd / "
+          "fwd+bwd | fwd GB/s (% copy) | torch fwd ms (speed-up) | ref fwd ms (speed-up) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mf, mfb = MAMBA_CUDA[r["case"]]
         tf = f"{r['torch_fwd_ms']:.1f} ({r['torch_fwd_ms'] / r['triton_fwd_ms']:.0f}x)" if "torch_fwd_ms" in r else "-"
         rf = f"{r['ref_fwd_ms']:.0f} ({r['ref_fwd_ms'] / r['triton_fwd_ms']:.0f}x)" if "ref_fwd_ms" in r else "-"
-        print(f"| {r['case']} | {r['triton_fwd_ms']:.3f} | {r['triton_fwdbwd_ms']:.3f} | {mf} / {mfb} | "
+        print(f"| {r['case']} | {r['triton_fwd_ms']:.3f} | {r['triton_fwdbwd_ms']:.3f} | {r['device_fwdbwd_ms']:.3f} | "
+              f"{mf} / {mfb} | "
               f"{mf / r['triton_fwd_ms']:.2f}x / {mfb / r['triton_fwdbwd_ms']:.2f}x | {r['fwd_GBps']:.0f} "
               f"({100 * r['fwd_GBps'] / copy_gbps:.0f}%) | {tf} | {rf} |")
     print("\n| cross-scan (batch, dim, H, W, N) | fused fwd ms | unfused fwd ms | fused fwd+bwd ms | unfused fwd+bwd ms "
