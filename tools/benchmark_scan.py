@@ -301,17 +301,17 @@ def main():
         if not args.skip_slow:
             bench_baselines(row)
     print(f"\ncopy bandwidth: {copy_gbps:.0f} GB/s; total {time.time() - t0:.0f} s\n")
-    print("| (batch, dim, L, N) | fwd ms | fwd+bwd ms | fwd+bwd kernels ms | mamba CUDA fwd / fwd+bwd ms | vs mamba fwd / "
-          "fwd+bwd | fwd GB/s (% copy) | torch fwd ms (speed-up) | ref fwd ms (speed-up) |")
+    print("| (batch, dim, L, N) | fwd ms | fwd+bwd ms | fwd+bwd kernels ms | mamba CUDA fwd / fwd+bwd ms | vs mamba "
+          "fwd / fwd+bwd | fwd GB/s (% copy) | torch fwd ms (speed-up) | ref fwd ms (speed-up) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mf, mfb = MAMBA_CUDA[r["case"]]
         tf = f"{r['torch_fwd_ms']:.1f} ({r['torch_fwd_ms'] / r['triton_fwd_ms']:.0f}x)" if "torch_fwd_ms" in r else "-"
         rf = f"{r['ref_fwd_ms']:.0f} ({r['ref_fwd_ms'] / r['triton_fwd_ms']:.0f}x)" if "ref_fwd_ms" in r else "-"
-        print(f"| {r['case']} | {r['triton_fwd_ms']:.3f} | {r['triton_fwdbwd_ms']:.3f} | {r['device_fwdbwd_ms']:.3f} | "
-              f"{mf} / {mfb} | "
-              f"{mf / r['triton_fwd_ms']:.2f}x / {mfb / r['triton_fwdbwd_ms']:.2f}x | {r['fwd_GBps']:.0f} "
-              f"({100 * r['fwd_GBps'] / copy_gbps:.0f}%) | {tf} | {rf} |")
+        print(f"| {r['case']} | {r['triton_fwd_ms']:.3f} | {r['triton_fwdbwd_ms']:.3f} | "
+              f"{r['device_fwdbwd_ms']:.3f} | {mf} / {mfb} | {mf / r['triton_fwd_ms']:.2f}x / "
+              f"{mfb / r['triton_fwdbwd_ms']:.2f}x | {r['fwd_GBps']:.0f} ({100 * r['fwd_GBps'] / copy_gbps:.0f}%) | "
+              f"{tf} | {rf} |")
     print("\n| cross-scan (batch, dim, H, W, N) | fused fwd ms | unfused fwd ms | fused fwd+bwd ms | unfused fwd+bwd ms "
           "| speed-up fwd / fwd+bwd |\n|---|---|---|---|---|---|")
     for r in cross_rows:

@@ -13,8 +13,8 @@ forward, then runs the adjoint recurrence q_t = C_t dy_t + exp(delta_{t+1} A) q_
 (the summary of a segment carries its first decay separately, so no shifted loads are needed). a_t h_{t-1} is
 h_t - delta_t B_t u_t, so no division by a decay ever happens. dB/dC are reduced over the channel tile (inside one
 warp) and added with relaxed fp32 atomics into buffers whose states are contiguous; dA, dD and d(delta_bias) are
-reduced over the chunks and stored once per program, as per-sequence partial sums. Programs of different sequences run side by side, so concurrent
-atomics rarely meet on one address.
+reduced over the chunks and stored once per program, as per-sequence partial sums. Programs of different sequences
+run side by side, so concurrent atomics rarely meet on one address.
 """
 from __future__ import annotations
 
