@@ -150,7 +150,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_
     if backend == "triton" and save_states:
         from .triton.scan import chunk_count
 
-        states = u.new_empty((batch, k_total, dim, chunk_count(B.shape[-1], n_state), n_state), dtype=torch.float32)
+        states = u.new_empty((batch, k_total, dim, chunk_count(B.shape[-1]), n_state), dtype=torch.float32)
     else:
         states = u.new_empty(0, dtype=torch.float32)
     return y, last, states

@@ -44,7 +44,7 @@ def sequential(n_state: int, rows: int, steps: int) -> bool:
     return bool(TILE_OVERRIDES.get("sequential", default))
 
 
-def chunk_len(n_state: int) -> int:
+def chunk_len() -> int:
     """Steps per chunk of the chunk-parallel kernels (power of two), also the granularity of the states a training
     forward saves for the backward. Each thread scans a whole chunk in its registers, so chunks are short. Under
     TRITON_INTERPRET=1 (CPU tests) chunks are 8 steps: the interpreter scans element by element, and short chunks put
@@ -60,13 +60,13 @@ def inference_chunk_len(n_state: int, rows: int) -> int:
     """Steps per chunk of a forward that saves no states: 32 where the loads in flight of longer chunks pay (small N,
     or fewer than 4096 rows to spread over the GPU), else the training chunk (measured on an H100, BENCHMARKS.md)."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1" or "chunk" in TILE_OVERRIDES:
-        return chunk_len(n_state)
-    return 32 if n_state <= 4 or rows < 4096 else chunk_len(n_state)
+        return chunk_len()
+    return 32 if n_state <= 4 or rows < 4096 else chunk_len()
 
 
-def chunk_count(steps: int, n_state: int) -> int:
+def chunk_count(steps: int) -> int:
     """Number of chunk states a training forward saves."""
-    return triton.cdiv(steps, chunk_len(n_state))
+    return triton.cdiv(steps, chunk_len())
 
 
 def _block_n(n_state: int) -> int:
@@ -526,7 +526,7 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
     rows = batch * k_total * dim
-    chunk = chunk_len(n_state) if save_states else inference_chunk_len(n_state, rows)
+    chunk = chunk_len() if save_states else inference_chunk_len(n_state, rows)
     block_d, warps = _launch_config("fwd", n_state, dim, rows, steps, chunk)
     n_chunks = triton.cdiv(steps, chunk)
     merge_atomic = merge and k_total > 1
@@ -569,7 +569,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     """Launch the backward. Returns grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None."""
     _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    chunk = chunk_len(n_state)
+    chunk = chunk_len()
     block_d, warps = _launch_config("bwd", n_state, dim, batch * k_total * dim, steps, chunk)
     n_chunks = triton.cdiv(steps, chunk)
     if states.numel() != batch * k_total * dim * n_chunks * n_state:
