@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
+from vssm.layers.norm import LayerNorm
 from vssm.ops import multi_scan, scan_paths
 
 __all__ = ["SS2D", "LocalSS2D", "RouteChannelAttention", "official_v_unscan"]
@@ -104,7 +105,7 @@ class RouteChannelAttention(nn.Module):
         dd = {"device": device, "dtype": dtype}
         super().__init__()
         hidden = int(dim * reduction)
-        self.norm = nn.LayerNorm(dim, **dd)
+        self.norm = LayerNorm(dim, autocast_output=True, **dd)
         self.global_reduce = nn.Linear(dim, hidden, **dd)
         self.act = nn.GELU()
         self.channel_select = nn.Linear(hidden, dim, **dd)
@@ -163,7 +164,7 @@ class SS2D(nn.Module):
         self.dt_proj_bias = nn.Parameter(torch.empty(k, d, **dd))
         self.A_log = nn.Parameter(torch.empty(k, d, n, **dd))
         self.D = nn.Parameter(torch.empty(k, d, **dd))
-        self.out_norm = nn.LayerNorm(self.d_inner, eps=1e-5, **dd)
+        self.out_norm = LayerNorm(self.d_inner, eps=1e-5, autocast_output=True, **dd)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False, **dd)
         self.reset_ssm_parameters()
 

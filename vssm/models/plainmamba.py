@@ -42,6 +42,7 @@ from timm.models._manipulate import checkpoint, checkpoint_seq
 from torch import Tensor
 
 from ..convert import register_official, unwrap_checkpoint
+from ..layers.norm import LayerNorm
 from ..layers.simba_mixer import init_dt_projection
 from ..layers.zigzag_mixer import ZigzagMamba2D
 
@@ -106,7 +107,7 @@ class PlainMambaBlock(nn.Module):
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        self.norm = nn.LayerNorm(dim, **dd)
+        self.norm = LayerNorm(dim, autocast_output=True, **dd)  # feeds the mixer's in_proj
         self.token_mixer = ZigzagMamba2D(dim, d_state=d_state, expand=expand, conv_size=conv_size,
                                          reorder_params=reorder_params, dt_bias_twice=dt_bias_twice, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

@@ -57,6 +57,7 @@ from torch import Tensor
 from ..convert import register_official, unwrap_checkpoint
 from ..layers.einfft import EinFFT
 from ..layers.monarch import MonarchMlp
+from ..layers.norm import LayerNorm
 from ..layers.simba_mixer import CausalMambaMixer, init_dt_projection
 
 __all__ = ["SiMBA"]
@@ -139,9 +140,10 @@ class SimbaBlock(nn.Module):
     ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        self.norm1 = nn.LayerNorm(dim, **dd)  # the Mamba layer's own norm: eps 1e-5 (official MambaLayer)
+        # the Mamba layer's own norm: eps 1e-5 (official MambaLayer); both norms feed Linears (bf16 under autocast)
+        self.norm1 = LayerNorm(dim, autocast_output=True, **dd)
         self.token_mixer = CausalMambaMixer(dim, d_state=d_state, **dd)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
+        self.norm2 = LayerNorm(dim, eps=norm_eps, autocast_output=True, **dd)
         self.mlp = channel_mixer(mixer, dim, mlp_ratio, True, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -161,9 +163,9 @@ class ClassTokenBlock(nn.Module):
     def __init__(self, dim: int, mlp_ratio: float, mixer: str, d_state: int, norm_eps: float, device=None, dtype=None):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        self.norm1 = nn.LayerNorm(dim, **dd)
+        self.norm1 = LayerNorm(dim, autocast_output=True, **dd)
         self.token_mixer = CausalMambaMixer(dim, d_state=d_state, **dd)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps, **dd)
+        self.norm2 = LayerNorm(dim, eps=norm_eps, autocast_output=True, **dd)
         self.mlp = channel_mixer(mixer, dim, mlp_ratio, False, **dd)
 
     def forward(self, cls_token: Tensor) -> Tensor:

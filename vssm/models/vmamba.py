@@ -30,18 +30,20 @@ base 0.6 (v2 s2l15), base_s1l20 0.5, tiny_s2l5 0.2, small_s1l20 0.3; v0: 0.2 (th
 0.1), 0.3, 0.6.
 """
 import re
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, LayerNorm, LayerNorm2d, get_device_dtype, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, get_device_dtype, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
 from vssm.convert import register_official, unwrap_checkpoint
+from vssm.layers.norm import LayerNorm
 from vssm.layers.ss2d import SS2D, LocalSS2D
 
 __all__ = ["VMamba", "checkpoint_filter_fn", "convert_official_vssm"]
@@ -50,8 +52,12 @@ STEMS = ("patchify", "conv_pair")
 DOWNSAMPLES = ("patch_merging", "conv3x3")
 
 
-def _norm_layer(channel_first: bool):
-    return LayerNorm2d if channel_first else LayerNorm
+def _norm_layer(channel_first: bool, feeds_matmul: bool = False):
+    """LayerNorm over channels. Channels-last norms whose output feeds a Linear write the autocast dtype under autocast
+    (``vssm.layers.LayerNorm``); those that start a residual stream keep autocast's float32."""
+    if channel_first:
+        return LayerNorm2d
+    return partial(LayerNorm, autocast_output=feeds_matmul)
 
 
 class Linear2d(nn.Linear):
@@ -109,7 +115,7 @@ class PatchMerging(nn.Module):
         dd = {"device": device, "dtype": dtype}
         super().__init__()
         self.channel_first = channel_first
-        self.norm = _norm_layer(channel_first)(4 * dim, eps=1e-5, **dd)
+        self.norm = _norm_layer(channel_first, feeds_matmul=True)(4 * dim, eps=1e-5, **dd)
         self.reduction = (Linear2d if channel_first else nn.Linear)(4 * dim, dim_out, bias=False, **dd)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -170,7 +176,7 @@ class VSSBlock(nn.Module):
     ):
         dd = {"device": device, "dtype": dtype}
         super().__init__()
-        norm = _norm_layer(channel_first)
+        norm = _norm_layer(channel_first, feeds_matmul=True)
         self.norm1 = norm(dim, eps=1e-5, **dd)
         self.mixer = mixer
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

@@ -1,0 +1,138 @@
+"""layer_norm: the Triton kernels (interpreter on CPU) against the float64 reference, forward and every gradient;
+output dtypes; the LayerNorm module against nn.LayerNorm; compile; bad input."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vssm.layers.norm import LayerNorm
+from vssm.ops.layer_norm import layer_norm, layer_norm_ref
+
+triton_cpu = pytest.mark.skipif(not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET")
+                                != "1", reason="the Triton kernels need CUDA or TRITON_INTERPRET=1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(shape, dtype, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    channels = shape[-1]
+    x = (torch.randn(shape, generator=g) * 3 + 1).to(DEVICE, dtype).requires_grad_()
+    w = (torch.rand(channels, generator=g) + 0.5).to(DEVICE).requires_grad_()
+    b = torch.randn(channels, generator=g).to(DEVICE).requires_grad_() if bias else None
+    return x, w, b
+
+
+def _grads(out, inputs, dy):
+    present = [t for t in inputs if t is not None]
+    return torch.autograd.grad(out, present, dy)
+
+
+@triton_cpu
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (37, 96), (2, 5, 130), (1, 3, 3, 192)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_triton_matches_float64_reference(shape, bias):
+    x, w, b = _inputs(shape, torch.float32, bias)
+    dy = torch.randn(shape, device=DEVICE)
+    y = layer_norm(x, w, b, 1e-5, backend="triton")
+    grads = _grads(y, (x, w, b), dy)
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_() if bias else None
+    y64 = layer_norm_ref(x64, w64, b64, 1e-5)
+    grads64 = _grads(y64, (x64, w64, b64), dy.double())
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
+    for g, g64 in zip(grads, grads64):
+        torch.testing.assert_close(g.double(), g64, rtol=1e-4, atol=1e-4)
+
+
+@triton_cpu
+@pytest.mark.parametrize("in_dtype,out_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16),
+                                                (torch.bfloat16, torch.float32), (torch.float16, torch.float16)])
+def test_triton_low_precision_in_and_out(in_dtype, out_dtype):
+    x, w, b = _inputs((29, 48), in_dtype)
+    dy = torch.randn(29, 48, device=DEVICE).to(out_dtype)
+    y = layer_norm(x, w, b, 1e-6, out_dtype, backend="triton")
+    assert y.dtype == out_dtype
+    grads = _grads(y, (x, w, b), dy)
+    ref = layer_norm_ref(x, w, b, 1e-6, out_dtype)
+    ref_grads = _grads(ref, (x, w, b), dy)
+    assert grads[0].dtype == in_dtype and grads[1].dtype == torch.float32
+    tol = 2e-2 if torch.bfloat16 in (in_dtype, out_dtype) else 4e-3
+    torch.testing.assert_close(y.float(), ref.float(), rtol=tol, atol=tol)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g.float(), r.float(), rtol=tol, atol=tol * 4)
+
+
+@triton_cpu
+def test_triton_reads_strided_rows_and_many_row_blocks():
+    """Rows of a sliced tensor (row stride != C) and more row blocks than backward programs."""
+    base, w, b = _inputs((300, 2, 24), torch.float32)
+    x = base[:, 1]  # (300, 24) with row stride 48
+    dy = torch.randn(300, 24, device=DEVICE)
+    y = layer_norm(x, w, b, 1e-5, backend="triton")
+    grads = _grads(y, (base, w, b), dy)
+    ref = layer_norm_ref(x, w, b, 1e-5)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, _grads(ref, (base, w, b), dy)):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+@triton_cpu
+def test_op_registration_compiles():
+    """The custom op's fake and autograd formula: torch.compile (fullgraph) gives the eager numbers and grads."""
+    x, w, b = _inputs((6, 40), torch.float32)
+
+    def fn(x, w, b):
+        return layer_norm(x, w, b, 1e-5, torch.bfloat16, backend="triton").float().sum()
+
+    eager = _grads(fn(x, w, b), (x, w, b), None)
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    for g, e in zip(_grads(compiled(x, w, b), (x, w, b), None), eager):
+        torch.testing.assert_close(g, e)
+
+
+def test_module_matches_nn_layer_norm_and_loads_its_state_dict():
+    torch.manual_seed(0)
+    ref = nn.LayerNorm(32, eps=1e-6)
+    nn.init.normal_(ref.weight)
+    nn.init.normal_(ref.bias)
+    ours = LayerNorm(32, eps=1e-6)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+@pytest.mark.parametrize("autocast_output,expected", [(False, torch.float32), (True, torch.bfloat16)])
+def test_module_output_dtype_under_autocast(autocast_output, expected):
+    norm = LayerNorm(16, autocast_output=autocast_output)
+    x = torch.randn(3, 16)
+    with torch.autocast("cpu", torch.bfloat16):
+        y = norm(x)
+    assert y.dtype == expected
+    torch.testing.assert_close(y.float(), F.layer_norm(x, (16,), norm.weight, norm.bias), rtol=2e-2, atol=2e-2)
+    assert norm(x).dtype == torch.float32  # without autocast: the input's dtype
+
+
+def test_module_scripts_and_fx_traces():
+    norm = LayerNorm(8)
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(torch.jit.script(norm)(x), norm(x))
+    from timm.layers import get_notrace_functions
+    graph = torch.fx.GraphModule(norm, torch.fx.Tracer(autowrap_functions=tuple(get_notrace_functions())).trace(norm))
+    torch.testing.assert_close(graph(x), norm(x))
+
+
+@pytest.mark.parametrize("change,exc,match", [
+    (dict(weight=torch.ones(5)), ValueError, "weight must be"),
+    (dict(bias=torch.ones(3, 4)), ValueError, "bias must be"),
+    (dict(x=torch.ones(2, 4, dtype=torch.int64)), TypeError, "floating tensor"),
+])
+def test_bad_input_names_the_argument(change, exc, match):
+    args = dict(x=torch.randn(2, 4), weight=torch.ones(4), bias=torch.zeros(4))
+    args.update(change)
+    with pytest.raises(exc, match=match):
+        layer_norm(args["x"], args["weight"], args["bias"])
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="backend must be"):
+        layer_norm(torch.randn(2, 4), torch.ones(4), None, backend="cuda")

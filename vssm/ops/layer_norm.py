@@ -1,0 +1,138 @@
+"""LayerNorm over the last axis that writes its output in a chosen dtype (Triton on CUDA, PyTorch elsewhere).
+
+Under autocast PyTorch runs ``layer_norm`` in float32: it casts a bf16 input up, writes a float32 output, and the
+matmul that follows casts it back down. ``layer_norm(x, weight, bias, eps, out_dtype)`` reads x in its own dtype,
+normalises in float32 and writes ``out_dtype`` directly (one pass over memory each way). The op is a
+``torch.library.custom_op`` with a fake and an autograd formula (torch.compile, torch.export) and a notrace leaf for
+FX; the PyTorch path (``layer_norm_ref``) is the definition the Triton kernels are tested against.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from timm.layers import register_notrace_function
+from torch import Tensor
+
+from .scan_core import eager, triton_available, triton_interpret
+
+__all__ = ["layer_norm", "layer_norm_ref"]
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def layer_norm_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float = 1e-5,
+                   out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """LayerNorm of x (..., C) over C, computed in float32 (float64 for float64 input), returned as ``out_dtype``
+    (x's dtype when None)."""
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    with torch.autocast(x.device.type, enabled=False):
+        y = F.layer_norm(x.to(compute), x.shape[-1:], weight.to(compute), None if bias is None else bias.to(compute),
+                         eps)
+    return y.to(out_dtype or x.dtype)
+
+
+@torch.library.custom_op("vssm::layer_norm_fwd", mutates_args=())
+def _layer_norm_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float,
+                    out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    from .triton.layer_norm import layer_norm_fwd_triton
+
+    return layer_norm_fwd_triton(x, weight, bias, eps, out_dtype)
+
+
+@_layer_norm_fwd.register_fake
+def _(x, weight, bias, eps, out_dtype):
+    rows = x.numel() // x.shape[-1]
+    return (x.new_empty(x.shape, dtype=out_dtype), x.new_empty(rows, dtype=torch.float32),
+            x.new_empty(rows, dtype=torch.float32))
+
+
+@torch.library.custom_op("vssm::layer_norm_bwd", mutates_args=())
+def _layer_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, has_bias: bool, mean: Tensor,
+                    rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    from .triton.layer_norm import layer_norm_bwd_triton
+
+    dx, dw, db = layer_norm_bwd_triton(dy, x, weight, has_bias, mean, rstd)
+    return dx, dw, db if db is not None else dw.new_empty(0)
+
+
+@_layer_norm_bwd.register_fake
+def _(dy, x, weight, has_bias, mean, rstd):
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape if has_bias else 0)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, eps, out_dtype = inputs
+    ctx.save_for_backward(x, weight, output[1], output[2])
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, dy, dmean, drstd):
+    x, weight, mean, rstd = ctx.saved_tensors
+    dx, dw, db = torch.ops.vssm.layer_norm_bwd(dy, x, weight, ctx.has_bias, mean, rstd)
+    return dx, dw, db if ctx.has_bias else None, None, None
+
+
+torch.library.register_autograd("vssm::layer_norm_fwd", _backward, setup_context=_setup_context)
+
+
+class _EagerLayerNorm(torch.autograd.Function):
+    """The same kernels without the custom op's dispatch (about 0.15 ms of host time per forward + backward):
+    the path for eager tensors; compile and export trace the custom op."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, out_dtype):
+        from .triton.layer_norm import layer_norm_fwd_triton
+
+        y, mean, rstd = layer_norm_fwd_triton(x, weight, bias, eps, out_dtype)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        from .triton.layer_norm import layer_norm_bwd_triton
+
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = layer_norm_bwd_triton(dy, x, weight, ctx.has_bias, mean, rstd)
+        return dx, dw, db, None, None
+
+
+
+def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+    if not isinstance(x, Tensor) or x.dtype not in _FLOATS or x.dim() < 1:
+        raise TypeError(f"layer_norm: x must be a floating tensor (..., C), got "
+                        f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dim() != 1 or t.shape[0] != x.shape[-1]):
+            raise ValueError(f"layer_norm: {name} must be (C,) = ({x.shape[-1]},) for x {tuple(x.shape)}, got "
+                             f"{tuple(t.shape)}")
+
+
+@register_notrace_function
+@torch.jit.ignore
+def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float = 1e-5,
+               out_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None) -> Tensor:
+    """LayerNorm of x (..., C) over its last axis with weight/bias (C,), output in ``out_dtype`` (default x's).
+
+    Args:
+        backend: 'triton' (default for CUDA tensors other than float64; CPU tensors need TRITON_INTERPRET=1) or
+            'torch' (``layer_norm_ref``, the default elsewhere).
+    """
+    _check(x, weight, bias)
+    out_dtype = out_dtype or x.dtype
+    if backend is None:
+        use_triton = x.is_cuda and x.dtype != torch.float64 and triton_available()
+        backend = "triton" if use_triton else "torch"
+    if backend == "torch":
+        return layer_norm_ref(x, weight, bias, eps, out_dtype)
+    if backend != "triton":
+        raise ValueError(f"layer_norm: backend must be 'triton' or 'torch', got {backend!r}")
+    if not x.is_cuda and not triton_interpret():
+        raise RuntimeError("layer_norm: the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 on the CPU")
+    if x.dtype == torch.float64 or out_dtype == torch.float64:
+        raise TypeError("layer_norm: the triton backend supports float32, bfloat16 and float16, not float64")
+    if eager(x, weight, bias):
+        return _EagerLayerNorm.apply(x, weight, bias, float(eps), out_dtype)
+    return _layer_norm_fwd(x, weight, bias, float(eps), out_dtype)[0]
