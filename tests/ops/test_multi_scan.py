@@ -123,3 +123,32 @@ def test_bad_input_names_the_argument(change, exc, match):
     args.update(change)
     with pytest.raises(exc, match=match):
         multi_scan(**args)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_triton_fakes_announce_the_layouts_the_kernels_return(channels_last):
+    """torch.compile's inductor asserts that the real outputs of the ops have the strides of their fakes: B/C sliced
+    from one projection (Vim) or channels-last views (VMamba)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    batch, k_total, dim, length, n_state = 1, 2, 4, 5, 2
+    g = torch.Generator().manual_seed(0)
+    if channels_last:
+        u = torch.randn(batch, k_total, length, dim, generator=g).transpose(-1, -2)
+        x_dbl = torch.randn(batch, length, k_total, 1, 1 + 2 * n_state, generator=g).permute(0, 2, 3, 4, 1)
+    else:
+        u = torch.randn(batch, k_total, dim, length, generator=g)
+        x_dbl = torch.randn(batch, k_total, 1, 1 + 2 * n_state, length, generator=g)
+    delta = torch.randn(u.shape, generator=g)
+    B, C = x_dbl[:, :, :, 1:1 + n_state], x_dbl[:, :, :, 1 + n_state:]
+    A = -torch.rand(k_total, dim, n_state, generator=g)
+    paths = scan_paths.build("bidirectional", (length,))
+    fwd_args = (u, delta, A, B, C, None, None, None, paths, True, True, False, True, "triton")
+    y, last, states = torch.ops.vssm.scan_fwd(*fwd_args)
+    bwd_args = (torch.randn_like(y), None, u, delta, A, B, C, None, None, None, paths, states, True, True, False,
+                "triton")
+    real = [y, last, states, *torch.ops.vssm.scan_bwd(*bwd_args)]
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = [*torch.ops.vssm.scan_fwd(*fwd_args), *torch.ops.vssm.scan_bwd(*bwd_args)]
+    for r, f in zip(real, fake):
+        assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype)

@@ -11,7 +11,8 @@ Outputs: y (batch, dim, L) summed over directions if ``merge`` else (batch, K, d
 u's dtype; last state (batch, K, dim, N) float32 (float64 for float64 inputs).
 
 The op is a ``torch.library.custom_op`` with a fake and an autograd formula, so torch.compile, torch.export,
-torchscript and FX treat it as one opaque node, and autocast passes its inputs through unchanged.
+torchscript and FX treat it as one opaque node, and autocast passes its inputs through unchanged. Eager calls on
+plain tensors run the same implementations behind an ``autograd.Function``, which skips the custom op's dispatch.
 """
 from __future__ import annotations
 
@@ -36,6 +37,15 @@ def triton_available() -> bool:
 
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def eager(*tensors: Optional[Tensor]) -> bool:
+    """True outside torch.compile / torch.export tracing and for plain tensors or parameters (no fake or functional
+    subclasses): then the kernels may run behind an ``autograd.Function`` instead of the registered custom op."""
+    return not torch.compiler.is_compiling() and all(t is None or type(t) in _PLAIN for t in tensors)
 
 
 def resolve_backend(device: torch.device, dtype: torch.dtype) -> str:
@@ -121,10 +131,8 @@ def _y_shape(u: Tensor, k_total: int, merge: bool) -> tuple[int, ...]:
     return (batch, dim, length) if merge else (batch, k_total, dim, length)
 
 
-@torch.library.custom_op("vssm::scan_fwd", mutates_args=())
-def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
-              delta_bias: Optional[Tensor], paths: Optional[Tensor], delta_softplus: bool, merge: bool,
-              params_at_step: bool, save_states: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+def _scan_fwd_impl(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states,
+                   backend):
     if backend == "triton":
         from .triton.scan import scan_fwd_triton
 
@@ -134,6 +142,14 @@ def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Opti
         y, last = scan_core_torch(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step,
                                   backend)
     return y, last, u.new_empty(0, dtype=torch.float32)
+
+
+@torch.library.custom_op("vssm::scan_fwd", mutates_args=())
+def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+              delta_bias: Optional[Tensor], paths: Optional[Tensor], delta_softplus: bool, merge: bool,
+              params_at_step: bool, save_states: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    return _scan_fwd_impl(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step,
+                          save_states, backend)
 
 
 @_scan_fwd.register_fake
@@ -156,10 +172,8 @@ def _(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_
     return y, last, states
 
 
-@torch.library.custom_op("vssm::scan_bwd", mutates_args=())
-def _scan_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-              D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], paths: Optional[Tensor],
-              states: Tensor, delta_softplus: bool, merge: bool, params_at_step: bool, backend: str) -> list[Tensor]:
+def _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
+                   params_at_step, backend):
     if backend == "triton":
         from .triton.scan import scan_bwd_triton
 
@@ -169,6 +183,14 @@ def _scan_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: 
     grads = _scan_bwd_torch(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge,
                             params_at_step, backend)
     return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
+
+
+@torch.library.custom_op("vssm::scan_bwd", mutates_args=())
+def _scan_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+              D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], paths: Optional[Tensor],
+              states: Tensor, delta_softplus: bool, merge: bool, params_at_step: bool, backend: str) -> list[Tensor]:
+    return _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
+                          params_at_step, backend)
 
 
 def _scan_bwd_torch(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step,
@@ -205,7 +227,9 @@ def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softp
     def grad_like(name, t):
         if t is None:
             return u.new_empty(0)
-        if backend == "triton" and name in "u delta B C z".split():  # the kernel writes grads in the input's layout
+        if backend == "triton" and name in ("B", "C"):  # fp32 buffers with the N states of a step contiguous
+            return t.new_empty(*t.shape[:-2], t.shape[-1], t.shape[-2]).transpose(-1, -2)
+        if backend == "triton" and name in ("u", "delta", "z"):  # the kernel writes grads in the input's layout
             like = torch.empty_like(t)
             return like if like.stride() == t.stride() else t.new_empty(t.shape)
         return t.new_empty(t.shape)
@@ -219,19 +243,35 @@ def _setup_context(ctx, inputs, output):
     ctx.flags = (delta_softplus, merge, params_at_step, backend)
 
 
-def _backward(ctx, dy, dlast, dstates):
+def _backward(ctx, dy, dlast, dstates, scan_bwd=torch.ops.vssm.scan_bwd):
     u, delta, A, B, C, D, z, delta_bias, paths, states = ctx.saved_tensors
     delta_softplus, merge, params_at_step, backend = ctx.flags
     if torch.empty_like(dy).stride() != dy.stride():  # an expanded or overlapping gradient: make it dense
         dy = dy.contiguous()
-    grads = torch.ops.vssm.scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states,
-                                    delta_softplus, merge, params_at_step, backend)
+    grads = scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
+                     params_at_step, backend)
     present = (u, delta, A, B, C, D, z, delta_bias)
     grads = [g if t is not None else None for g, t in zip(grads, present)]
     return (*grads, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("vssm::scan_fwd", _backward, setup_context=_setup_context)
+
+
+class _EagerScan(torch.autograd.Function):
+    """The same implementations without the custom ops' dispatch (a few tenths of a millisecond of host time per
+    forward + backward): the path for eager tensors; compile and export trace the custom ops."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _scan_fwd_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.mark_non_differentiable(output[2])
+        return output
+
+    @staticmethod
+    def backward(ctx, dy, dlast, dstates):
+        return _backward(ctx, dy, dlast, dstates, scan_bwd=_scan_bwd_impl)
 
 
 def scan_core(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
@@ -241,6 +281,9 @@ def scan_core(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Opti
     backend = resolve_backend(u.device, _compute_dtype(u, delta, A, B, C, D, z, delta_bias))
     save_states = backend == "triton" and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
-    y, last, _ = torch.ops.vssm.scan_fwd(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge,
-                                         params_at_step, save_states, backend)
+    args = (u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states, backend)
+    if eager(u, delta, A, B, C, D, z, delta_bias, paths):
+        y, last, _ = _EagerScan.apply(*args)
+    else:
+        y, last, _ = torch.ops.vssm.scan_fwd(*args)
     return y, last
