@@ -154,15 +154,18 @@ class MambaMixer(nn.Module):
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         delta = torch.matmul(self.dt_proj_weight, dt)  # (B, K, E, L), bias and softplus applied in the scan
         A = -torch.exp(self.A_log.float())  # (K, E, N)
+        D = self.D.float()
+        if self.merge == "mean" and self.num_directions > 1:
+            # y is linear in C and D: halving them (exact in floating point) halves the sum over the two directions
+            # without another pass over the (B, E, L) output
+            C = C * (1.0 / self.num_directions)
+            D = D * (1.0 / self.num_directions)
         paths = sequence_paths(self.num_directions, length, x.device)
         # every argument positional: TorchScript does not apply the defaults of the ignored op
         # z in the layout of xs (channels-first): the kernels then read every operand along time
-        y = multi_scan(xs, delta, A, B, C, paths, self.D.float(), z.contiguous(), self.dt_proj_bias.float(), True,
+        y = multi_scan(xs, delta, A, B, C, paths, D, z.contiguous(), self.dt_proj_bias.float(), True,
                        "sum", False, False)  # (B, E, L): sum over directions of scan * silu(z)
-        y = y.transpose(1, 2)  # (B, L, E)
-        if self.merge == "mean" and self.num_directions > 1:
-            y = y / self.num_directions
-        return self.out_proj(y)
+        return self.out_proj(y.transpose(1, 2))
 
 
 class MambaBlock(nn.Module):
