@@ -77,13 +77,15 @@ def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chu
     """(BLOCK_D, num_warps), measured best on an H100 (BENCHMARKS.md). The step-by-step forward keeps a [BLOCK_D, N]
     state of 256 fp32 in one warp. The chunk-parallel kernels give each thread one (channel, state) pair: one warp
     (BLOCK_D * N = 32) for the backward, whose reductions over channels then stay inside the warp; two warps for the
-    forward with larger N; for small N, 8 steps per thread, the rest of the warp splitting the chunk (more programs,
-    more loads in flight)."""
+    forward with N from 5 to 32 (one warp for N = 64: 2.4x faster than two at 128 x 128 x 3136 steps); for small N,
+    8 steps per thread, the rest of the warp splitting the chunk (more programs, more loads in flight)."""
     bn = _block_n(n_state)
     if kind in TILE_OVERRIDES:
         block_d, warps = TILE_OVERRIDES[kind]
     elif kind == "fwd" and sequential(n_state, rows, steps):
         block_d, warps = max(1, 256 // bn), 1
+    elif kind == "fwd" and n_state > 32:
+        block_d, warps = 1, 1
     elif kind == "fwd":
         block_d, warps = (max(1, 64 // bn), 2) if n_state > 4 else (max(1, 256 // (chunk * bn)), 1)
     else:
