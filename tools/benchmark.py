@@ -108,7 +108,7 @@ def measure(case: Case, args) -> dict:
         try:
             model = timm.create_model(case.model, **case.kwargs).cuda()
             if args.compile:
-                model = torch.compile(model)
+                model = torch.compile(model, mode=None if args.compile == "default" else args.compile)
             row["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
             x, target = _inputs(case, "cuda")
             if mode == "infer":
@@ -163,7 +163,9 @@ def main():
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
     parser.add_argument("--amp", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile every model")
+    parser.add_argument("--compile", nargs="?", const="default", default=None,
+                        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                        help="torch.compile every model (optionally with this mode; 'reduce-overhead' adds CUDA graphs)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", default="benchmark.json")
@@ -177,7 +179,8 @@ def main():
     if args.models:
         tables["models"] = [Case(m, batch=args.batch, img_size=args.img_size) for m in args.models]
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, timm=timm.__version__,
-                python=platform.python_version(), date=str(date.today()), command=" ".join(sys.argv))
+                python=platform.python_version(), date=str(date.today()), command=" ".join(sys.argv),
+                compile=args.compile)
     print(meta, flush=True)
     t0 = time.time()
     results = {}
