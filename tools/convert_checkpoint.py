@@ -73,13 +73,13 @@ def convert(args):
 
 
 def save_safetensors(module, path: str, metadata: dict) -> None:
-    """The module's state dict as safetensors, written to a temporary file and then renamed."""
-    from safetensors.torch import save_file
+    """The module's state dict as safetensors, written atomically."""
+    from safetensors.torch import save
+
+    from vssm.engine.checkpoint import write_atomic
 
     tensors = {key: value.detach().contiguous() for key, value in module.state_dict().items()}
-    tmp = f"{path}.tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    write_atomic(path, lambda file: file.write(save(tensors, metadata=metadata)))
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,7 @@ import os
 import pickle
 import random
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -22,14 +22,19 @@ from .errors import UserError
 FORMAT = "vssm-train-1"
 
 
-def save_atomic(state: dict, path: str) -> None:
-    """Write ``state`` to a temporary file next to ``path``, flush it to disk, then rename it over ``path``."""
+def write_atomic(path: str, write: Callable, mode: str = "wb", **open_kwargs) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, flush it to disk, then rename it over ``path``."""
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as file:
-        torch.save(state, file)
+    with open(tmp, mode, **open_kwargs) as file:
+        write(file)
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)
+
+
+def save_atomic(state: dict, path: str) -> None:
+    """``torch.save`` of ``state`` to ``path``, written atomically."""
+    write_atomic(path, lambda file: torch.save(state, file))
 
 
 def read_checkpoint(path: str, trust: bool = False) -> dict:

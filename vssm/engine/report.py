@@ -7,6 +7,8 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from .checkpoint import write_atomic
+
 SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr")
 EMA_COLUMNS = ("ema_eval_loss", "ema_eval_top1", "ema_eval_top5")
 LOGGER_NAME = "vssm.engine"
@@ -53,11 +55,13 @@ def read_summary(path: str) -> list[dict]:
 def write_summary(path: str, rows: list[dict], with_ema: bool) -> None:
     """Rewrite ``summary.csv`` atomically with ``rows`` (one per epoch; timm's columns, plus the EMA's when on)."""
     columns = SUMMARY_COLUMNS + (EMA_COLUMNS if with_ema else ())
-    with open(f"{path}.tmp", "w", newline="") as file:
+
+    def write(file):
         writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(f"{path}.tmp", path)
+
+    write_atomic(path, write, "w", newline="")
 
 
 def plot_curves(rows: list[dict], path: str) -> None:

@@ -16,6 +16,7 @@ plain tensors run the same implementations behind an ``autograd.Function``, whic
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -27,6 +28,7 @@ from .selective_scan import _compute_dtype, selective_scan_chunked, selective_sc
 BACKENDS = ("ref", "torch", "triton")
 
 
+@functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401

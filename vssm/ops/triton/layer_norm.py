@@ -8,6 +8,7 @@ weight and bias gradients of its rows in registers, stored once as per-program p
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -101,10 +102,15 @@ def layer_norm_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, eps: f
     return y.view(x.shape), mean, rstd
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _programs(device: torch.device, blocks: int) -> int:
     """Backward programs: up to 32 per SM (one per row block when there are fewer blocks)."""
     if device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        slots = 32 * torch.cuda.get_device_properties(device).multi_processor_count
+        slots = 32 * _sm_count(device)
     else:
         slots = 4
     return max(1, min(blocks, slots))
