@@ -108,9 +108,10 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _programs(device: torch.device, blocks: int) -> int:
-    """Backward programs: up to 32 per SM (one per row block when there are fewer blocks)."""
+    """Backward programs: up to 4 per SM (one per row block when there are fewer blocks). On an H100 at 401408 rows of
+    96 / 192 channels, fwd+bwd took 0.43-0.65 / 0.61-0.74 ms with 4 per SM (two runs), 0.77 / 0.87 ms with 32."""
     if device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        slots = 32 * _sm_count(device)
+        slots = 4 * _sm_count(device)
     else:
         slots = 4
     return max(1, min(blocks, slots))
