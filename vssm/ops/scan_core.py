@@ -50,6 +50,17 @@ def eager(*tensors: Optional[Tensor]) -> bool:
     return not torch.compiler.is_compiling() and all(t is None or type(t) in _PLAIN for t in tensors)
 
 
+def dense_strides(x: Tensor) -> bool:
+    """True when x's elements fill its storage span without gaps or overlaps (any order of the axes), the layouts
+    ``torch.empty_like`` preserves; checked on the strides alone, without an allocation."""
+    expected = 1
+    for size, stride in sorted((d for d in zip(x.shape, x.stride()) if d[0] != 1), key=lambda d: d[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def resolve_backend(device: torch.device, dtype: torch.dtype) -> str:
     """Backend for tensors on ``device``: VSSM_SCAN_BACKEND if set, else Triton on CUDA, else the PyTorch path."""
     forced = os.environ.get("VSSM_SCAN_BACKEND", "").strip().lower()
@@ -191,8 +202,20 @@ def _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states
 def _scan_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
               D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], paths: Optional[Tensor],
               states: Tensor, delta_softplus: bool, merge: bool, params_at_step: bool, backend: str) -> list[Tensor]:
-    return _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
-                          params_at_step, backend)
+    grads = _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
+                           params_at_step, backend)
+    return _unaliased(grads)
+
+
+def _unaliased(tensors: list[Tensor]) -> list[Tensor]:
+    """Copies of the tensors that share storage with an earlier one (a custom op's outputs may not alias; the Triton
+    backward hands out views of shared buffers where the gradients are already float32)."""
+    seen, out = set(), []
+    for t in tensors:
+        storage = t.untyped_storage().data_ptr()
+        out.append(t.clone() if t.numel() and storage in seen else t)
+        seen.add(storage)
+    return out
 
 
 def _scan_bwd_torch(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step,
@@ -248,7 +271,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dlast, dstates, scan_bwd=torch.ops.vssm.scan_bwd):
     u, delta, A, B, C, D, z, delta_bias, paths, states = ctx.saved_tensors
     delta_softplus, merge, params_at_step, backend = ctx.flags
-    if torch.empty_like(dy).stride() != dy.stride():  # an expanded or overlapping gradient: make it dense
+    if not dense_strides(dy):  # an expanded or overlapping gradient: make it dense
         dy = dy.contiguous()
     grads = scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
                      params_at_step, backend)

@@ -25,6 +25,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..scan_core import dense_strides
+
 LOG2E = 1.4426950408889634
 
 # Launch-configuration overrides for tuning runs (tools/benchmark_scan.py --sweep); empty in normal use:
@@ -78,7 +80,9 @@ def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chu
     state of 256 fp32 in one warp. The chunk-parallel kernels give each thread one (channel, state) pair: one warp
     (BLOCK_D * N = 32) for the backward, whose reductions over channels then stay inside the warp; two warps for the
     forward with N from 5 to 32 (one warp for N = 64: 2.4x faster than two at 128 x 128 x 3136 steps); for small N,
-    8 steps per thread, the rest of the warp splitting the chunk (more programs, more loads in flight)."""
+    8 steps per thread, the rest of the warp splitting the chunk (more programs, more loads in flight). The backward
+    takes 4 channels of N = 16 (2 without 16384 rows to fill the GPU) and 8 channels of N = 1: 6-17% faster than one
+    (channel, state) pair per thread at the issue's cases and VMamba-T's cross scan."""
     bn = _block_n(n_state)
     if kind in TILE_OVERRIDES:
         block_d, warps = TILE_OVERRIDES[kind]
@@ -88,6 +92,10 @@ def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chu
         block_d, warps = 1, 1
     elif kind == "fwd":
         block_d, warps = (max(1, 64 // bn), 2) if n_state > 4 else (max(1, 256 // (chunk * bn)), 1)
+    elif bn == 1:
+        block_d, warps = 8, 1
+    elif bn == 16 and rows >= 16384:
+        block_d, warps = 4, 1
     else:
         block_d, warps = max(1, 32 // bn), 1
     return max(1, min(triton.next_power_of_2(dim), block_d)), warps
@@ -337,7 +345,7 @@ def _scan_fwd_seq_kernel(
 def _scan_bwd_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, path_ptr, states_ptr, dy_ptr, dlast_ptr,
         du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr,
-        K, dim, L, Lp, N, d_per_group, n_chunks,
+        K, dim, L, Lp, N, d_per_group, n_chunks, partial_row,
         su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
         sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
         sz_b, sz_d, sz_l, sdy_b, sdy_k, sdy_d, sdy_l, sdB_b, sdB_k, sdB_g, sdB_n, sdB_l,
@@ -469,13 +477,14 @@ def _scan_bwd_kernel(
             tl.store(ddt_ptrs, ddt.to(ddt_ptr.dtype.element_ty), mask=m_par)
         u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = (
             u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
-    # per-sequence partial sums (the host sums over the batch): no atomics on the few dA/dD addresses
-    bkd = pid_b * K * dim + kd
-    tl.store(dA_ptr + bkd[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
+    # per-sequence partial sums, rows of ``partial_row`` floats (the host sums them): no atomics on the few dA/dD
+    # addresses
+    row = pid_b * partial_row
+    tl.store(dA_ptr + row + kd[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
     if HAS_D:
-        tl.store(dD_ptr + bkd, dD_acc, mask=mask_d)
+        tl.store(dD_ptr + row + kd, dD_acc, mask=mask_d)
     if HAS_BIAS:
-        tl.store(dbias_ptr + bkd, dbias_acc, mask=mask_d)
+        tl.store(dbias_ptr + row + kd, dbias_acc, mask=mask_d)
 
 
 def _check_dtypes(u: Tensor, *others) -> None:
@@ -516,11 +525,12 @@ def _in_layout_of(x: Tensor, u: Tensor) -> Tensor:
 
 def _dense(x: Tensor) -> Tensor:
     """x itself if its strides describe a dense, non-overlapping tensor (grads can share them), else a copy."""
-    return x if torch.empty_like(x).stride() == x.stride() else x.contiguous()
+    return x if dense_strides(x) else x.contiguous()
 
 
-def _path_arg(paths: Tensor | None, u: Tensor) -> Tensor:
-    return u.new_empty(1, dtype=torch.int32) if paths is None else paths.to(torch.int32).contiguous()
+def _path_arg(paths: Tensor | None, dummy: Tensor) -> Tensor:
+    """The kernels read int32 or int64 paths as they are; a dummy pointer when there is no path."""
+    return dummy if paths is None else paths.contiguous()
 
 
 def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states):
@@ -537,8 +547,8 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     else:
         y = empty_in_layout(u, (batch, k_total, dim, length), u.dtype)
     last = torch.empty(batch, k_total, dim, n_state, device=u.device, dtype=torch.float32)
-    states = torch.empty((batch, k_total, dim, n_chunks, n_state) if save_states else (1,), device=u.device,
-                         dtype=torch.float32)
+    states = torch.empty(batch, k_total, dim, n_chunks, n_state, device=u.device,
+                         dtype=torch.float32) if save_states else last
     A = A.float().contiguous()
     D = D.float().contiguous() if D is not None else None
     bias = delta_bias.float().contiguous() if delta_bias is not None else None
@@ -548,7 +558,7 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     kernel = _scan_fwd_seq_kernel if sequential(n_state, rows, steps) else _scan_fwd_kernel
     kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        bias if bias is not None else dummy, _path_arg(paths, u), y, last, states,
+        bias if bias is not None else dummy, _path_arg(paths, dummy), y, last, states,
         k_total, dim, length, steps, n_state, d_per_group, n_chunks,
         *_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(), *zs, *_k_strides(y),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=delta_softplus,
@@ -557,7 +567,7 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
         BLOCK_D=block_d, BLOCK_N=_block_n(n_state), CHUNK=chunk, num_warps=warps)
     if merge:
         y = y[:, 0].to(u.dtype)
-    return y, last, states if save_states else states.new_empty(0)
+    return y, last, states if save_states else last.new_empty(0)
 
 
 def _k_strides(t: Tensor) -> tuple[int, int, int, int]:
@@ -572,9 +582,10 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
     chunk = chunk_len()
-    block_d, warps = _launch_config("bwd", n_state, dim, batch * k_total * dim, steps, chunk)
+    rows = batch * k_total * dim
+    block_d, warps = _launch_config("bwd", n_state, dim, rows, steps, chunk)
     n_chunks = triton.cdiv(steps, chunk)
-    if states.numel() != batch * k_total * dim * n_chunks * n_state:
+    if states.numel() != rows * n_chunks * n_state:
         raise RuntimeError("triton scan backward: the forward did not save its chunk states")
     u_atomic = u.shape[1] != k_total
     dt_atomic = delta.shape[1] != k_total
@@ -588,35 +599,33 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     dz = None
     if z is not None:
         dz = torch.zeros_like(z, dtype=f32) if z_atomic else torch.empty_like(z)
-    # (..., N, L) views of (..., L, N) buffers: the states of one step are contiguous
-    dB = torch.zeros(*B.shape[:-2], B.shape[-1], B.shape[-2], device=u.device, dtype=f32).transpose(-1, -2)
-    dC = torch.zeros_like(dB)
-    # (batch, K, dim[, N]) partial sums of dA, dD, d(delta_bias), summed over the batch below
-    dA = torch.empty(batch, *A.shape, device=u.device, dtype=f32)
-    dD = torch.empty(batch, *D.shape, device=u.device, dtype=f32) if D is not None else None
-    dbias = torch.empty(batch, *delta_bias.shape, device=u.device, dtype=f32) if delta_bias is not None else None
+    # dB, dC: (..., N, L) views of one zeroed (2, ..., L, N) buffer, the states of one step contiguous
+    dBC = torch.zeros(2, *B.shape[:-2], B.shape[-1], B.shape[-2], device=u.device, dtype=f32).transpose(-1, -2)
+    dB, dC = dBC[0], dBC[1]
+    # per-sequence partial sums in one buffer, summed over the batch below: rows of dA (K, dim, N), then dD (K, dim),
+    # then d(delta_bias) (K, dim)
+    kdn = k_total * dim * n_state
+    partial = torch.empty(batch, kdn + 2 * k_total * dim, device=u.device, dtype=f32)
     dy = _in_layout_of(dy, u)  # an incoming gradient often arrives transposed: read it like u
     if merge:
         dy = dy.unsqueeze(1)
     dy_strides = (dy.stride(0), 0 if dy.shape[1] == 1 else dy.stride(1), dy.stride(2), dy.stride(3))
-    dummy = dA
+    dummy = partial
     has_dlast = dlast is not None and dlast.numel() > 0
-    grid = (batch * k_total, triton.cdiv(dim, block_d))
-    _scan_bwd_kernel[grid](
-        u, delta, A.float().contiguous(), B, C,
-        D.float().contiguous() if D is not None else dummy, z if z is not None else dummy,
-        delta_bias.float().contiguous() if delta_bias is not None else dummy, _path_arg(paths, u), states, dy,
-        dlast.float().contiguous() if has_dlast else dummy,
-        du, ddt, dA, dB, dC, dD if dD is not None else dummy, dz if dz is not None else dummy,
-        dbias if dbias is not None else dummy,
-        k_total, dim, length, steps, n_state, d_per_group, n_chunks,
+    _scan_bwd_kernel[(batch * k_total, triton.cdiv(dim, block_d))](
+        u, delta, A.float().contiguous(), B, C, D.float().contiguous() if D is not None else dummy,
+        z if z is not None else dummy, delta_bias.float().contiguous() if delta_bias is not None else dummy,
+        _path_arg(paths, dummy), states, dy, dlast.float().contiguous() if has_dlast else dummy,
+        du, ddt, partial, dB, dC, partial[:, kdn:], dz if dz is not None else dummy, partial[:, kdn + rows // batch:],
+        k_total, dim, length, steps, n_state, d_per_group, n_chunks, partial.shape[1],
         *_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
         *(z.stride() if z is not None else (0, 0, 0)), *dy_strides, *dB.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step, HAS_DLAST=has_dlast,
         U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, TILE_ONE_GROUP=d_per_group % block_d == 0,
         BLOCK_D=block_d, BLOCK_N=_block_n(n_state), CHUNK=chunk, num_warps=warps)
-    dA, dD, dbias = (None if x is None else x.sum(0) for x in (dA, dD, dbias))
+    sums = partial.sum(0)
+    dA, dD, dbias = sums[:kdn].view(A.shape), sums[kdn:kdn + rows // batch], sums[kdn + rows // batch:]
     return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-            None if dD is None else dD.to(D.dtype), None if dz is None else dz.to(z.dtype),
-            None if dbias is None else dbias.to(delta_bias.dtype))
+            None if D is None else dD.view(D.shape).to(D.dtype), None if dz is None else dz.to(z.dtype),
+            None if delta_bias is None else dbias.view(delta_bias.shape).to(delta_bias.dtype))
