@@ -68,9 +68,9 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, dy, dmean, drstd):
+def _backward(ctx, dy, dmean, drstd, layer_norm_bwd=torch.ops.vssm.layer_norm_bwd):
     x, weight, mean, rstd = ctx.saved_tensors
-    dx, dw, db = torch.ops.vssm.layer_norm_bwd(dy, x, weight, ctx.has_bias, mean, rstd)
+    dx, dw, db = layer_norm_bwd(dy, x, weight, ctx.has_bias, mean, rstd)
     return dx, dw, db if ctx.has_bias else None, None, None
 
 
@@ -82,22 +82,19 @@ class _EagerLayerNorm(torch.autograd.Function):
     the path for eager tensors; compile and export trace the custom op."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, out_dtype):
+    def forward(ctx, *inputs):
         from .triton.layer_norm import layer_norm_fwd_triton
 
-        y, mean, rstd = layer_norm_fwd_triton(x, weight, bias, eps, out_dtype)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.has_bias = bias is not None
-        return y
+        output = layer_norm_fwd_triton(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.mark_non_differentiable(output[1], output[2])
+        return output
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, dmean, drstd):
         from .triton.layer_norm import layer_norm_bwd_triton
 
-        x, weight, mean, rstd = ctx.saved_tensors
-        dx, dw, db = layer_norm_bwd_triton(dy, x, weight, ctx.has_bias, mean, rstd)
-        return dx, dw, db, None, None
-
+        return _backward(ctx, dy, dmean, drstd, layer_norm_bwd=layer_norm_bwd_triton)
 
 
 def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
@@ -134,5 +131,5 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float = 1
     if x.dtype == torch.float64 or out_dtype == torch.float64:
         raise TypeError("layer_norm: the triton backend supports float32, bfloat16 and float16, not float64")
     if eager(x, weight, bias):
-        return _EagerLayerNorm.apply(x, weight, bias, float(eps), out_dtype)
+        return _EagerLayerNorm.apply(x, weight, bias, float(eps), out_dtype)[0]
     return _layer_norm_fwd(x, weight, bias, float(eps), out_dtype)[0]

@@ -255,8 +255,7 @@ def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softp
         if backend == "triton" and name in ("B", "C"):  # fp32 buffers with the N states of a step contiguous
             return t.new_empty(*t.shape[:-2], t.shape[-1], t.shape[-2]).transpose(-1, -2)
         if backend == "triton" and name in ("u", "delta", "z"):  # the kernel writes grads in the input's layout
-            like = torch.empty_like(t)
-            return like if like.stride() == t.stride() else t.new_empty(t.shape)
+            return torch.empty_like(t) if dense_strides(t) else t.new_empty(t.shape)
         return t.new_empty(t.shape)
 
     return [grad_like(n, t) for n, t in zip("u delta A B C D z delta_bias".split(), (u, delta, A, B, C, D, z, delta_bias))]

@@ -9,12 +9,13 @@ weight and bias gradients of its rows in registers, stored once as per-program p
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ..scan_core import triton_interpret
 
 # elements per program tile (rows x padded channels)
 _TILE = 4096
@@ -110,7 +111,7 @@ def _sm_count(device: torch.device) -> int:
 def _programs(device: torch.device, blocks: int) -> int:
     """Backward programs: up to 4 per SM (one per row block when there are fewer blocks). On an H100 at 401408 rows of
     96 / 192 channels, fwd+bwd took 0.43-0.65 / 0.61-0.74 ms with 4 per SM (two runs), 0.77 / 0.87 ms with 32."""
-    if device.type == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if device.type == "cuda" and not triton_interpret():
         slots = 4 * _sm_count(device)
     else:
         slots = 4

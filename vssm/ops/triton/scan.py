@@ -18,14 +18,13 @@ run side by side, so concurrent atomics rarely meet on one address.
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..scan_core import dense_strides
+from ..scan_core import dense_strides, triton_interpret
 
 LOG2E = 1.4426950408889634
 
@@ -51,7 +50,7 @@ def chunk_len() -> int:
     forward saves for the backward. Each thread scans a whole chunk in its registers, so chunks are short. Under
     TRITON_INTERPRET=1 (CPU tests) chunks are 8 steps: the interpreter scans element by element, and short chunks put
     chunk carries inside the small test sequences."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if triton_interpret():
         return 8
     if "chunk" in TILE_OVERRIDES:
         return TILE_OVERRIDES["chunk"]
@@ -61,7 +60,7 @@ def chunk_len() -> int:
 def inference_chunk_len(n_state: int, rows: int) -> int:
     """Steps per chunk of a forward that saves no states: 32 where the loads in flight of longer chunks pay (small N,
     or fewer than 4096 rows to spread over the GPU), else the training chunk (measured on an H100, BENCHMARKS.md)."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1" or "chunk" in TILE_OVERRIDES:
+    if triton_interpret() or "chunk" in TILE_OVERRIDES:
         return chunk_len()
     return 32 if n_state <= 4 or rows < 4096 else chunk_len()
 
@@ -77,12 +76,11 @@ def _block_n(n_state: int) -> int:
 
 def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chunk: int) -> tuple[int, int]:
     """(BLOCK_D, num_warps), measured best on an H100 (BENCHMARKS.md). The step-by-step forward keeps a [BLOCK_D, N]
-    state of 256 fp32 in one warp. The chunk-parallel kernels give each thread one (channel, state) pair: one warp
-    (BLOCK_D * N = 32) for the backward, whose reductions over channels then stay inside the warp; two warps for the
-    forward with N from 5 to 32 (one warp for N = 64: 2.4x faster than two at 128 x 128 x 3136 steps); for small N,
-    8 steps per thread, the rest of the warp splitting the chunk (more programs, more loads in flight). The backward
-    takes 4 channels of N = 16 (2 without 16384 rows to fill the GPU) and 8 channels of N = 1: 6-17% faster than one
-    (channel, state) pair per thread at the issue's cases and VMamba-T's cross scan."""
+    state of 256 fp32 in one warp. The chunk-parallel forward takes two warps for N from 5 to 32, one warp of one
+    channel for N = 64 (2.4x faster than two at 128 x 128 x 3136 steps), and for small N 8 steps per thread, the rest
+    of the warp splitting the chunk (more programs, more loads in flight). The backward runs one warp, so its reductions
+    over channels stay inside the warp: 4 channels of N = 16 where 16384 rows fill the GPU, 8 channels of N = 1, else
+    32 / N channels (one (channel, state) pair per thread)."""
     bn = _block_n(n_state)
     if kind in TILE_OVERRIDES:
         block_d, warps = TILE_OVERRIDES[kind]
