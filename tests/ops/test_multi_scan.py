@@ -106,6 +106,27 @@ def test_channels_last_inputs(name, n_state, kind, shape, opts):
         assert y.stride(1) == 1 and grads["x"].stride(1) == 1 and grads["delta"].stride(2) == 1
 
 
+@pytest.mark.parametrize("name", ["torch", "triton", "triton-seq"])
+def test_dim_major_inputs_keep_their_layout(name):
+    """The Mamba mixer's layout: per-direction x, delta as (batch, K, dim, L) views of (K, dim, batch, L) buffers and
+    z as a (batch, dim, L) view of (dim, batch, L): same numbers, and the Triton output is dim-major too."""
+    paths = scan_paths.build("bidirectional", (13,))
+    inputs = _inputs(paths, 13, True, True, n_state=4, dim=6)
+    for key in ("x", "delta"):
+        x = inputs[key].expand(inputs[key].shape[0], 2, *inputs[key].shape[2:])
+        inputs[key] = x.permute(1, 2, 0, 3).contiguous().permute(2, 0, 1, 3)
+    inputs["z"] = inputs["z"].transpose(0, 1).contiguous().transpose(0, 1)
+    weights = torch.randn(2, 6, 13, dtype=torch.float64)
+    y_ref, last_ref, g_ref = _run(multi_scan_ref, inputs, paths, weights, True)
+    with backend(name):
+        y, last, grads = _run(multi_scan, inputs, paths, weights, False)
+    assert rel_err(y, y_ref) < 2e-5 and rel_err(last, last_ref) < 2e-5
+    for key, ref in g_ref.items():
+        assert rel_err(grads[key], ref) < 1e-4, key
+    if name.startswith("triton"):
+        assert sorted(range(3), key=lambda a: -y.stride(a)) == [1, 0, 2]  # (dim, batch, L) in memory
+
+
 @pytest.mark.parametrize("change,exc,match", [
     (dict(paths=torch.zeros(4, 12)), TypeError, "paths must be an integer tensor"),
     (dict(x=torch.randn(2, 3, 4, 12)), ValueError, r"x must be \(batch, dim, L\) or \(batch, K=4"),
@@ -125,17 +146,20 @@ def test_bad_input_names_the_argument(change, exc, match):
         multi_scan(**args)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_triton_fakes_announce_the_layouts_the_kernels_return(channels_last):
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "dim_major"])
+def test_triton_fakes_announce_the_layouts_the_kernels_return(layout):
     """torch.compile's inductor asserts that the real outputs of the ops have the strides of their fakes: B/C sliced
-    from one projection (Vim) or channels-last views (VMamba)."""
+    from one projection, channels-last views (VMamba) or dim-major (K, dim, batch, L) buffers (the Mamba mixer)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    batch, k_total, dim, length, n_state = 1, 2, 4, 5, 2
+    batch, k_total, dim, length, n_state = 2, 2, 4, 5, 2
     g = torch.Generator().manual_seed(0)
-    if channels_last:
+    if layout == "channels_last":
         u = torch.randn(batch, k_total, length, dim, generator=g).transpose(-1, -2)
         x_dbl = torch.randn(batch, length, k_total, 1, 1 + 2 * n_state, generator=g).permute(0, 2, 3, 4, 1)
+    elif layout == "dim_major":
+        u = torch.randn(k_total, dim, batch, length, generator=g).permute(2, 0, 1, 3)
+        x_dbl = torch.randn(k_total, 1, 1 + 2 * n_state, batch, length, generator=g).permute(3, 0, 1, 2, 4)
     else:
         u = torch.randn(batch, k_total, dim, length, generator=g)
         x_dbl = torch.randn(batch, k_total, 1, 1 + 2 * n_state, length, generator=g)

@@ -11,9 +11,11 @@ scan direction k a depthwise causal conv, x/dt projections, A and D of its own::
 
 Per-direction parameters are stacked on a leading K axis (``A_log`` is (K, E, N), ``x_proj_weight`` (K, R + 2N, E), ...)
 so that each projection is one batched matmul; ``stack_official_directions`` converts the official per-direction keys
-(``conv1d``/``conv1d_b``, ``A_log``/``A_b_log``, ...). The backward direction's conv is applied in spatial order as the
-mirror image of a causal conv (kernel flipped, padded on the right), so the scan reads both directions from one
-(B, K, E, L) tensor in spatial order and nothing is flipped or copied per direction (``vssm.ops.multi_scan``).
+(``conv1d``/``conv1d_b``, ``A_log``/``A_b_log``, ...). The backward direction's conv is causal from the sequence's end
+(``vssm.ops.causal_conv1d`` computes both directions from one read of x in spatial order), so the scan reads both
+directions from one (B, K, E, L) tensor in spatial order and nothing is flipped or copied per direction
+(``vssm.ops.multi_scan``). Every (E-channel, B, L) activation lies dim-major, in (E, B * L) buffers (the official
+``mamba_inner_fn`` layout): the projections are plain matmuls and nothing is transposed in memory.
 """
 import math
 from typing import Callable, Dict, Optional
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, register_notrace_function
 from torch import Tensor, nn
 
-from ..ops import multi_scan, scan_paths
+from ..ops import causal_conv1d, multi_scan, scan_paths
 
 __all__ = ["MambaMixer", "MambaBlock", "stack_official_directions"]
 
@@ -96,6 +98,7 @@ class MambaMixer(nn.Module):
         self.dt_rank = math.ceil(dim / 16) if dt_rank is None else dt_rank
         self.num_directions = 2 if bidirectional else 1
         self.merge = merge
+        self.reverse = [False, True][:self.num_directions]  # direction k scans from the end (its conv too)
         self.dt_range = (dt_min, dt_max, dt_init_floor)
         num_dirs, inner, rank = self.num_directions, self.d_inner, self.dt_rank
 
@@ -130,42 +133,36 @@ class MambaMixer(nn.Module):
         self.A_log.copy_(torch.log(states).expand_as(self.A_log))
         nn.init.ones_(self.D)
 
-    def _conv(self, x: Tensor) -> Tensor:
-        """(B, E, L) -> (B, K, E, L): direction k's depthwise conv, causal in its scan order, then SiLU."""
-        length = x.shape[-1]
-        pad = self.d_conv - 1
-        outs = []
-        for k in range(self.num_directions):
-            weight = self.conv_weight[k]
-            if k == 0:  # causal: output t sees inputs t-pad .. t
-                out = F.conv1d(x, weight.unsqueeze(1), self.conv_bias[k], 1, pad, 1, self.d_inner)[..., :length]
-            else:  # causal in reversed order = anti-causal with the kernel mirrored: output t sees t .. t+pad
-                out = F.conv1d(x, weight.flip(-1).unsqueeze(1), self.conv_bias[k], 1, pad, 1, self.d_inner)[..., pad:]
-            outs.append(out)
-        return F.silu(torch.stack(outs, dim=1))
-
     def forward(self, x: Tensor) -> Tensor:
         """(B, L, dim) -> (B, L, dim)."""
-        length = x.shape[1]
-        xz = self.in_proj(x).transpose(1, 2)  # (B, 2E, L)
-        x, z = xz.chunk(2, dim=1)  # (B, E, L) each
-        xs = self._conv(x)  # (B, K, E, L)
-        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (K, R+2N, E) @ (B, K, E, L) -> (B, K, R+2N, L)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        delta = torch.matmul(self.dt_proj_weight, dt)  # (B, K, E, L), bias and softplus applied in the scan
+        batch, length, dim = x.shape
+        num_dirs, inner, rank, n_state = self.num_directions, self.d_inner, self.dt_rank, self.d_state
+        # every (E-channel, B, L) activation lies dim-major, as (E, B * L): the projections are plain (batched)
+        # matmuls without copies, and the conv and the scan read each channel's sequence contiguously
+        xz = torch.matmul(self.in_proj.weight, x.reshape(batch * length, dim).t())  # (2E, B*L)
+        x_in = xz[:inner].view(inner, batch, length).transpose(0, 1)  # (B, E, L) views
+        z = xz[inner:].view(inner, batch, length).transpose(0, 1)
+        xs = causal_conv1d(x_in, self.conv_weight, self.conv_bias, self.reverse, "silu", None)  # (B, K, E, L), K outer
+        xs_flat = xs.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)  # a view
+        x_dbl = torch.matmul(self.x_proj_weight, xs_flat)  # (K, R + 2N, B*L)
+        dt = x_dbl[:, :rank]
+        B = x_dbl[:, rank:rank + n_state].view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3)  # (B, K, N, L)
+        C = x_dbl[:, rank + n_state:].view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3)
+        delta = torch.matmul(self.dt_proj_weight, dt)  # (K, E, B*L); bias and softplus in the scan
+        delta = delta.view(num_dirs, inner, batch, length).permute(2, 0, 1, 3)  # (B, K, E, L)
         A = -torch.exp(self.A_log.float())  # (K, E, N)
         D = self.D.float()
-        if self.merge == "mean" and self.num_directions > 1:
+        if self.merge == "mean" and num_dirs > 1:
             # y is linear in C and D: halving them (exact in floating point) halves the sum over the two directions
             # without another pass over the (B, E, L) output
-            C = C * (1.0 / self.num_directions)
-            D = D * (1.0 / self.num_directions)
-        paths = sequence_paths(self.num_directions, length, x.device)
+            C = C * (1.0 / num_dirs)
+            D = D * (1.0 / num_dirs)
+        paths = sequence_paths(num_dirs, length, x.device)
         # every argument positional: TorchScript does not apply the defaults of the ignored op
-        # z in the layout of xs (channels-first): the kernels then read every operand along time
-        y = multi_scan(xs, delta, A, B, C, paths, D, z.contiguous(), self.dt_proj_bias.float(), True,
-                       "sum", False, False)  # (B, E, L): sum over directions of scan * silu(z)
-        return self.out_proj(y.transpose(1, 2))
+        y = multi_scan(xs, delta, A, B, C, paths, D, z, self.dt_proj_bias.float(), True,
+                       "sum", False, False)  # (B, E, L) in xs's layout, dim-major: sum over directions of scan * silu(z)
+        y = y.transpose(0, 1).reshape(inner, batch * length)  # a view
+        return F.linear(y.t(), self.out_proj.weight).view(batch, length, dim)
 
 
 class MambaBlock(nn.Module):

@@ -500,25 +500,34 @@ def _common(u, A, B, paths):
     return batch, dim, length, k_total, n_state, steps, d_per_group
 
 
-def channels_last(u: Tensor) -> bool:
-    """True when u (batch, K, dim, L) is a channels-last view (dim contiguous): outputs then take the same layout,
-    so a path of any order reads and writes whole rows of channels."""
-    return u.shape[2] > 1 and u.shape[3] > 1 and u.stride(2) == 1
+def _axis_order(t: Tensor, axes: tuple[int, ...]) -> list[int]:
+    """t's ``axes`` ordered as they lie in memory, outermost (largest stride) first; size-1 axes (whose stride means
+    nothing) count as outermost."""
+    return sorted(axes, key=lambda a: (t.shape[a] != 1, -t.stride(a)))
 
 
 def empty_in_layout(u: Tensor, shape: tuple[int, ...], dtype: torch.dtype, zero: bool = False) -> Tensor:
-    """A (..., dim, L) tensor in u's layout (channels-last if u is)."""
+    """A (batch, [K,] dim, L) tensor whose batch, dim and L axes lie in memory in the order of u's (batch, K, dim, L)
+    (contiguous, channels-last, or dim-major as the Mamba mixer's (dim, batch, L) buffers); K sits right inside the
+    batch axis. Outputs and gradients in the inputs' layout let a path of any order read and write whole rows."""
+    rank = len(shape)
+    axis = {0: 0, 2: rank - 2, 3: rank - 1}
+    phys = [axis[a] for a in _axis_order(u, (0, 2, 3))]
+    if rank == 4:
+        phys.insert(phys.index(0) + 1, 1)
     make = torch.zeros if zero else torch.empty
-    if channels_last(u):
-        return make(*shape[:-2], shape[-1], shape[-2], device=u.device, dtype=dtype).transpose(-1, -2)
-    return make(*shape, device=u.device, dtype=dtype)
+    out = make(*(shape[a] for a in phys), device=u.device, dtype=dtype)
+    return out.permute(*(phys.index(a) for a in range(rank)))
 
 
 def _in_layout_of(x: Tensor, u: Tensor) -> Tensor:
-    """x (..., dim, L) channels-last if u (batch, K, dim, L) is, else contiguous (a copy only when it differs)."""
-    if channels_last(u):
-        return x if x.stride(-2) == 1 else x.transpose(-1, -2).contiguous().transpose(-1, -2)
-    return x.contiguous()
+    """x (batch, [K,] dim, L) with its batch, dim and L axes in the memory order of u's (a copy only when it
+    differs, or when x is not dense)."""
+    rank = x.dim()
+    same = [a if a == 0 else a - 4 + rank for a in _axis_order(u, (0, 2, 3))] == _axis_order(x, (0, rank - 2, rank - 1))
+    if same and dense_strides(x):
+        return x
+    return empty_in_layout(u, tuple(x.shape), x.dtype).copy_(x)
 
 
 def _dense(x: Tensor) -> Tensor:
