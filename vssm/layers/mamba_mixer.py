@@ -160,7 +160,7 @@ class MambaMixer(nn.Module):
         paths = sequence_paths(num_dirs, length, x.device)
         # every argument positional: TorchScript does not apply the defaults of the ignored op
         y = multi_scan(xs, delta, A, B, C, paths, D, z, self.dt_proj_bias.float(), True,
-                       "sum", False, False)  # (B, E, L) in xs's layout, dim-major: sum over directions of scan * silu(z)
+                       "sum", False, False)  # (B, E, L), dim-major as xs: sum over directions of scan * silu(z)
         y = y.transpose(0, 1).reshape(inner, batch * length)  # a view
         return F.linear(y.t(), self.out_proj.weight).view(batch, length, dim)
 

@@ -3,8 +3,8 @@
 A program owns a [BLOCK_D channels x BLOCK_L steps] tile of one batch row and computes every direction there from
 the x tiles at t - 3 .. t + 3, each loaded once (kernel widths up to 4). The backward runs two kernels: the first
 recomputes the pre-activations, writes g_k = dout_k * act'(pre_k) in fp32 and the weight and bias gradients as
-per-program partial sums over several batch rows (rows of K * dim * (W + 1) floats, added up by the host); the second sums the shifted g_k
-into dx (dx[t] takes w[k, W-1-c] g_k[t +- c]).
+per-program partial sums over several batch rows (rows of K * dim * (W + 1) floats, added up by the host); the second
+sums the shifted g_k into dx (dx[t] takes w[k, W-1-c] g_k[t +- c]).
 """
 from __future__ import annotations
 
