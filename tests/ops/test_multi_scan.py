@@ -84,6 +84,18 @@ def test_padding_steps_are_zero_tokens():
     assert not torch.allclose(y, multi_scan_ref(**inputs, paths=dense, delta_softplus=True))
 
 
+def _matches_reference(name, inputs, paths, weights):
+    """multi_scan on backend ``name`` against the float64 reference (merged output, last state, every gradient);
+    returns the output and the gradients."""
+    y_ref, last_ref, g_ref = _run(multi_scan_ref, inputs, paths, weights, True)
+    with backend(name):
+        y, last, grads = _run(multi_scan, inputs, paths, weights, False)
+    assert rel_err(y, y_ref) < 2e-5 and rel_err(last, last_ref) < 2e-5
+    for key, ref in g_ref.items():
+        assert rel_err(grads[key], ref) < 1e-4, key
+    return y, grads
+
+
 @pytest.mark.parametrize("name", ["torch", "triton", "triton-seq"])
 @pytest.mark.parametrize("n_state", [2, 16])
 @pytest.mark.parametrize("kind,shape,opts", [CASES[2], CASES[4]], ids=["cross", "local"])
@@ -95,13 +107,7 @@ def test_channels_last_inputs(name, n_state, kind, shape, opts):
     inputs = _inputs(paths, length, False, False, n_state=n_state, dim=6)
     inputs["x"] = inputs["x"].transpose(1, 2).contiguous().transpose(1, 2)
     inputs["delta"] = inputs["delta"].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
-    weights = torch.randn(2, 6, length, dtype=torch.float64)
-    y_ref, last_ref, g_ref = _run(multi_scan_ref, inputs, paths, weights, True)
-    with backend(name):
-        y, last, grads = _run(multi_scan, inputs, paths, weights, False)
-    assert rel_err(y, y_ref) < 2e-5 and rel_err(last, last_ref) < 2e-5
-    for key, ref in g_ref.items():
-        assert rel_err(grads[key], ref) < 1e-4, key
+    y, grads = _matches_reference(name, inputs, paths, torch.randn(2, 6, length, dtype=torch.float64))
     if name.startswith("triton"):
         assert y.stride(1) == 1 and grads["x"].stride(1) == 1 and grads["delta"].stride(2) == 1
 
@@ -116,13 +122,7 @@ def test_dim_major_inputs_keep_their_layout(name):
         x = inputs[key].expand(inputs[key].shape[0], 2, *inputs[key].shape[2:])
         inputs[key] = x.permute(1, 2, 0, 3).contiguous().permute(2, 0, 1, 3)
     inputs["z"] = inputs["z"].transpose(0, 1).contiguous().transpose(0, 1)
-    weights = torch.randn(2, 6, 13, dtype=torch.float64)
-    y_ref, last_ref, g_ref = _run(multi_scan_ref, inputs, paths, weights, True)
-    with backend(name):
-        y, last, grads = _run(multi_scan, inputs, paths, weights, False)
-    assert rel_err(y, y_ref) < 2e-5 and rel_err(last, last_ref) < 2e-5
-    for key, ref in g_ref.items():
-        assert rel_err(grads[key], ref) < 1e-4, key
+    y, grads = _matches_reference(name, inputs, paths, torch.randn(2, 6, 13, dtype=torch.float64))
     if name.startswith("triton"):
         assert sorted(range(3), key=lambda a: -y.stride(a)) == [1, 0, 2]  # (dim, batch, L) in memory
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from .scan_core import eager, resolve_backend, triton_interpret
+from .scan_core import check_kernel_backend, eager, resolve_backend
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref"]
 
@@ -161,14 +161,9 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse: Li
     if backend is None:  # as the scan's (VSSM_SCAN_BACKEND overrides), 'ref' and 'torch' both mean the reference
         use_triton = resolve_backend(x.device, x.dtype) == "triton" and weight.shape[-1] <= MAX_TRITON_WIDTH
         backend = "triton" if use_triton else "torch"
+    check_kernel_backend("causal_conv1d", backend, x.device, (x.dtype, weight.dtype))
     if backend == "torch":
         return causal_conv1d_ref(x, weight, bias, reverse, activation)
-    if backend != "triton":
-        raise ValueError(f"causal_conv1d: backend must be 'triton' or 'torch', got {backend!r}")
-    if not x.is_cuda and not triton_interpret():
-        raise RuntimeError("causal_conv1d: the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 on the CPU")
-    if torch.float64 in (x.dtype, weight.dtype):
-        raise TypeError("causal_conv1d: the triton backend supports float32, bfloat16 and float16, not float64")
     if weight.shape[-1] > MAX_TRITON_WIDTH:
         raise ValueError(f"causal_conv1d: the triton backend supports kernel widths up to {MAX_TRITON_WIDTH}, got "
                          f"weight {tuple(weight.shape)}")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from .scan_core import eager, triton_available, triton_interpret
+from .scan_core import check_kernel_backend, eager, triton_available
 
 __all__ = ["layer_norm", "layer_norm_ref"]
 
@@ -122,14 +122,9 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float = 1
     if backend is None:
         use_triton = x.is_cuda and x.dtype != torch.float64 and triton_available()
         backend = "triton" if use_triton else "torch"
+    check_kernel_backend("layer_norm", backend, x.device, (x.dtype, out_dtype))
     if backend == "torch":
         return layer_norm_ref(x, weight, bias, eps, out_dtype)
-    if backend != "triton":
-        raise ValueError(f"layer_norm: backend must be 'triton' or 'torch', got {backend!r}")
-    if not x.is_cuda and not triton_interpret():
-        raise RuntimeError("layer_norm: the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 on the CPU")
-    if x.dtype == torch.float64 or out_dtype == torch.float64:
-        raise TypeError("layer_norm: the triton backend supports float32, bfloat16 and float16, not float64")
     if eager(x, weight, bias):
         return _EagerLayerNorm.apply(x, weight, bias, float(eps), out_dtype)[0]
     return _layer_norm_fwd(x, weight, bias, float(eps), out_dtype)[0]

@@ -61,6 +61,24 @@ def dense_strides(x: Tensor) -> bool:
     return True
 
 
+def axis_order(t: Tensor, axes: tuple[int, ...]) -> list[int]:
+    """t's ``axes`` ordered as they lie in memory, outermost (largest stride) first; size-1 axes (whose stride means
+    nothing) count as outermost."""
+    return sorted(axes, key=lambda a: (t.shape[a] != 1, -t.stride(a)))
+
+
+def check_kernel_backend(fn: str, backend: str, device: torch.device, dtypes) -> None:
+    """Raise unless ``backend`` is 'torch' or 'triton' and, for 'triton', the kernels can take tensors on ``device``
+    (CUDA, or the CPU under TRITON_INTERPRET=1) of ``dtypes`` (not float64). ``fn`` names the op in the message."""
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"{fn}: backend must be 'triton' or 'torch', got {backend!r}")
+    if backend == "triton":
+        if device.type != "cuda" and not triton_interpret():
+            raise RuntimeError(f"{fn}: the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 on the CPU")
+        if torch.float64 in dtypes:
+            raise TypeError(f"{fn}: the triton backend supports float32, bfloat16 and float16, not float64")
+
+
 def resolve_backend(device: torch.device, dtype: torch.dtype) -> str:
     """Backend for tensors on ``device``: VSSM_SCAN_BACKEND if set, else Triton on CUDA, else the PyTorch path."""
     forced = os.environ.get("VSSM_SCAN_BACKEND", "").strip().lower()

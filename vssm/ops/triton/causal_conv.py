@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..scan_core import dense_strides
+from ..scan_core import axis_order, dense_strides
 
 # elements per thread of a program tile: the kernels keep seven shifted x tiles (and the backward g) in registers, and
 # more than 4 per thread cost occupancy (168-254 registers at 16 per thread against 48-80 at 4, ptxas for sm_90)
@@ -26,8 +26,7 @@ _ROWS_PER_PROGRAM = 8
 def empty_directions(x: Tensor, k_total: int) -> Tensor:
     """An empty (batch, K, dim, L) tensor in x's dtype whose batch, dim and L axes lie in memory in x's order, with
     the K directions outermost (so each direction is a dense (batch, dim, L) block, as batched matmuls read it)."""
-    order = sorted(range(3), key=lambda a: (x.shape[a] != 1, -x.stride(a)))
-    phys = [1] + [(0, 2, 3)[a] for a in order]  # axes of (batch, K, dim, L), outermost first
+    phys = [1] + [(0, 2, 3)[a] for a in axis_order(x, (0, 1, 2))]  # axes of (batch, K, dim, L), outermost first
     shape = (x.shape[0], k_total, x.shape[1], x.shape[2])
     out = torch.empty(*(shape[a] for a in phys), device=x.device, dtype=x.dtype)
     return out.permute(*(phys.index(a) for a in range(4)))
@@ -89,6 +88,16 @@ def _pre_activation(w_ptr, b_ptr, k, offs_d, dim, mask_d, shift: tl.constexpr, x
 
 
 @triton.jit
+def _tile(dim, L, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """This program's channel and step offsets (grid axis 1: channel blocks, axis 0: step blocks), the channel mask
+    and the [BLOCK_D, BLOCK_L] tile mask."""
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_l = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_d = offs_d < dim
+    return offs_d, offs_l, mask_d, mask_d[:, None] & (offs_l < L)[None, :]
+
+
+@triton.jit
 def _window(x_base, offs_l, L, mask_d, sx_l, W: tl.constexpr):
     """x at t - 3 .. t + 3 (the tiles beyond +-(W - 1) are not loaded)."""
     x0 = _tap(x_base, offs_l, 0, L, mask_d, sx_l)
@@ -114,13 +123,8 @@ def _window(x_base, offs_l, L, mask_d, sx_l, W: tl.constexpr):
 def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, dim, L, sx_b, sx_d, sx_l, so_b, so_k, so_d, so_l,
                      K: tl.constexpr, W: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    pid_l = tl.program_id(0)
-    pid_d = tl.program_id(1)
     pid_b = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask_d = offs_d < dim
-    mask = mask_d[:, None] & (offs_l < L)[None, :]
+    offs_d, offs_l, mask_d, mask = _tile(dim, L, BLOCK_D, BLOCK_L)
     xm3, xm2, xm1, x0, xp1, xp2, xp3 = _window(x_ptr + pid_b * sx_b + offs_d[:, None] * sx_d, offs_l, L, mask_d,
                                                sx_l, W)
     out_base = out_ptr + pid_b * so_b + offs_d[:, None] * so_d + offs_l[None, :] * so_l
@@ -139,14 +143,9 @@ def _conv_bwd_gate_kernel(dout_ptr, x_ptr, w_ptr, b_ptr, g_ptr, partial_ptr, bat
                           SILU: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     """g_k = dout_k * act'(pre_k) (fp32) for ROWS batch rows, and their weight and bias gradients: products summed
     elementwise over the rows, reduced over the tile once, stored as the program's partial sums."""
-    pid_l = tl.program_id(0)
-    pid_d = tl.program_id(1)
     pid_r = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask_d = offs_d < dim
-    mask = mask_d[:, None] & (offs_l < L)[None, :]
-    partial_base = partial_ptr + (pid_r * n_lblocks + pid_l) * (K * dim * (W + 1))
+    offs_d, offs_l, mask_d, mask = _tile(dim, L, BLOCK_D, BLOCK_L)
+    partial_base = partial_ptr + (pid_r * n_lblocks + tl.program_id(0)) * (K * dim * (W + 1))
     for k in tl.static_range(K):
         # sum over the rows of g * x at taps 0..3 and of g (taps beyond W - 1 stay zero)
         acc0 = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
@@ -190,12 +189,8 @@ def _conv_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, dim, L, sg_b, sg_k, sg_d, sg_l,
                            K: tl.constexpr, W: tl.constexpr, REVERSE: tl.constexpr,
                            BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     """dx[t] = sum over k and c of w[k, W-1-c] g_k[t + c] (forward directions) or g_k[t - c] (reversed ones)."""
-    pid_l = tl.program_id(0)
-    pid_d = tl.program_id(1)
     pid_b = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask_d = offs_d < dim
+    offs_d, offs_l, mask_d, mask = _tile(dim, L, BLOCK_D, BLOCK_L)
     g_base = g_ptr + pid_b * sg_b + offs_d[:, None] * sg_d
     dx = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
     for k in tl.static_range(K):
@@ -205,7 +200,6 @@ def _conv_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, dim, L, sg_b, sg_k, sg_d, sg_l,
                         other=0.0)
             w = tl.load(w_ptr + (k * dim + offs_d) * W + (W - 1 - c), mask=mask_d, other=0.0).to(tl.float32)
             dx += w[:, None] * g
-    mask = mask_d[:, None] & (offs_l < L)[None, :]
     tl.store(dx_ptr + pid_b * sdx_b + offs_d[:, None] * sdx_d + offs_l[None, :] * sdx_l,
              dx.to(dx_ptr.dtype.element_ty), mask=mask)
 

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..scan_core import dense_strides, triton_interpret
+from ..scan_core import axis_order, dense_strides, triton_interpret
 
 LOG2E = 1.4426950408889634
 
@@ -500,19 +500,13 @@ def _common(u, A, B, paths):
     return batch, dim, length, k_total, n_state, steps, d_per_group
 
 
-def _axis_order(t: Tensor, axes: tuple[int, ...]) -> list[int]:
-    """t's ``axes`` ordered as they lie in memory, outermost (largest stride) first; size-1 axes (whose stride means
-    nothing) count as outermost."""
-    return sorted(axes, key=lambda a: (t.shape[a] != 1, -t.stride(a)))
-
-
 def empty_in_layout(u: Tensor, shape: tuple[int, ...], dtype: torch.dtype, zero: bool = False) -> Tensor:
     """A (batch, [K,] dim, L) tensor whose batch, dim and L axes lie in memory in the order of u's (batch, K, dim, L)
     (contiguous, channels-last, or dim-major as the Mamba mixer's (dim, batch, L) buffers); K sits right inside the
     batch axis. Outputs and gradients in the inputs' layout let a path of any order read and write whole rows."""
     rank = len(shape)
     axis = {0: 0, 2: rank - 2, 3: rank - 1}
-    phys = [axis[a] for a in _axis_order(u, (0, 2, 3))]
+    phys = [axis[a] for a in axis_order(u, (0, 2, 3))]
     if rank == 4:
         phys.insert(phys.index(0) + 1, 1)
     make = torch.zeros if zero else torch.empty
@@ -524,7 +518,7 @@ def _in_layout_of(x: Tensor, u: Tensor) -> Tensor:
     """x (batch, [K,] dim, L) with its batch, dim and L axes in the memory order of u's (a copy only when it
     differs, or when x is not dense)."""
     rank = x.dim()
-    same = [a if a == 0 else a - 4 + rank for a in _axis_order(u, (0, 2, 3))] == _axis_order(x, (0, rank - 2, rank - 1))
+    same = [a if a == 0 else a - 4 + rank for a in axis_order(u, (0, 2, 3))] == axis_order(x, (0, rank - 2, rank - 1))
     if same and dense_strides(x):
         return x
     return empty_in_layout(u, tuple(x.shape), x.dtype).copy_(x)
