@@ -1,7 +1,12 @@
-"""Test set-up: without a GPU, the Triton kernels run through Triton's CPU interpreter."""
+"""Test set-up: without a GPU, the Triton kernels run through Triton's CPU interpreter; hypothesis draws the same
+examples on every run (derandomized), so CI is reproducible and a red run points at a change, not at a new draw."""
 import os
 
 import torch
+from hypothesis import settings
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+settings.register_profile("reproducible", derandomize=True, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
