@@ -240,7 +240,7 @@ def sweep_configs(n_state):
     """Launch configurations to compare: the forward kernel kind, the chunk length and the (BLOCK_D, warps) tiles."""
     bn = triton.next_power_of_2(n_state)
     tiles = [(max(1, 32 * w // bn), w) for w in (1, 2, 4)]
-    fwd = [dict(sequential=False, chunk=c, fwd=t) for c in (16, 32) for t in tiles[:2]]
+    fwd = [dict(sequential=False, fwd_chunk=c, fwd=t) for c in (16, 32) for t in tiles[:2]]
     if n_state > 4:
         fwd += [dict(sequential=True, chunk=16, fwd=(bd, 1)) for bd in (8, 16, 32)]
     bwd = [dict(chunk=16, bwd=t) for t in tiles] + [dict(chunk=8, bwd=tiles[0])]

@@ -10,18 +10,20 @@ FLOAT_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 @contextmanager
 def backend(name: str):
-    """Force VSSM_SCAN_BACKEND for the duration of the block; "triton-seq" is the Triton backend with its
-    step-by-step kernels forced (by default small problems take the chunk-parallel ones)."""
+    """Force VSSM_SCAN_BACKEND for the duration of the block. Triton variants: "triton-seq" forces the step-by-step
+    forward (by default small problems take the chunk-parallel one); "triton-long-chunk" runs the forward in chunks
+    of 4 backward chunks (32 steps under the interpreter), so a training forward saves 3 states inside each chunk."""
     from vssm.ops.triton.scan import TILE_OVERRIDES
 
     old = os.environ.get("VSSM_SCAN_BACKEND")
-    os.environ["VSSM_SCAN_BACKEND"] = "triton" if name == "triton-seq" else name
-    if name == "triton-seq":
-        TILE_OVERRIDES["sequential"] = True
+    os.environ["VSSM_SCAN_BACKEND"] = "triton" if name.startswith("triton") else name
+    overrides = {"triton-seq": {"sequential": True}, "triton-long-chunk": {"fwd_chunk": 32}}.get(name, {})
+    TILE_OVERRIDES.update(overrides)
     try:
         yield
     finally:
-        TILE_OVERRIDES.pop("sequential", None)
+        for key in overrides:
+            TILE_OVERRIDES.pop(key)
         if old is None:
             del os.environ["VSSM_SCAN_BACKEND"]
         else:

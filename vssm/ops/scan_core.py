@@ -50,21 +50,42 @@ def eager(*tensors: Optional[Tensor]) -> bool:
     return not torch.compiler.is_compiling() and all(t is None or type(t) in _PLAIN for t in tensors)
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host-side launch arithmetic (``triton.cdiv`` costs microseconds per call in Triton 3.6)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1), on the host."""
+    return 1 << (n - 1).bit_length()
+
+
 def dense_strides(x: Tensor) -> bool:
     """True when x's elements fill its storage span without gaps or overlaps (any order of the axes), the layouts
     ``torch.empty_like`` preserves; checked on the strides alone, without an allocation."""
+    return _dense_strides(x.shape, x.stride())
+
+
+@functools.lru_cache(maxsize=1024)
+def _dense_strides(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
     expected = 1
-    for size, stride in sorted((d for d in zip(x.shape, x.stride()) if d[0] != 1), key=lambda d: d[1]):
+    for size, stride in sorted((d for d in zip(shape, strides) if d[0] != 1), key=lambda d: d[1]):
         if stride != expected:
             return False
         expected *= size
     return True
 
 
-def axis_order(t: Tensor, axes: tuple[int, ...]) -> list[int]:
+def axis_order(t: Tensor, axes: tuple[int, ...]) -> tuple[int, ...]:
     """t's ``axes`` ordered as they lie in memory, outermost (largest stride) first; size-1 axes (whose stride means
     nothing) count as outermost."""
-    return sorted(axes, key=lambda a: (t.shape[a] != 1, -t.stride(a)))
+    return axis_order_of_strides(t.shape, t.stride(), axes)
+
+
+@functools.lru_cache(maxsize=1024)
+def axis_order_of_strides(shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
+    """``axis_order`` of a tensor of these shape and strides (cached)."""
+    return tuple(sorted(axes, key=lambda a: (shape[a] != 1, -strides[a])))
 
 
 def check_kernel_backend(fn: str, backend: str, device: torch.device, dtypes) -> None:
@@ -205,15 +226,15 @@ def _(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_
 
 def _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
                    params_at_step, backend):
+    """Grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None."""
     if backend == "triton":
         from .triton.scan import scan_bwd_triton
 
-        grads = scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
-                                params_at_step)  # in the layouts the fake announces
-        return [g if g is not None else u.new_empty(0) for g in grads]
+        return scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
+                               params_at_step)  # in the layouts the fake announces
     grads = _scan_bwd_torch(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge,
                             params_at_step, backend)
-    return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
+    return [None if g is None else g.contiguous() for g in grads]
 
 
 @torch.library.custom_op("vssm::scan_bwd", mutates_args=())
@@ -222,7 +243,7 @@ def _scan_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: 
               states: Tensor, delta_softplus: bool, merge: bool, params_at_step: bool, backend: str) -> list[Tensor]:
     grads = _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
                            params_at_step, backend)
-    return _unaliased(grads)
+    return _unaliased([u.new_empty(0) if g is None else g for g in grads])
 
 
 def _unaliased(tensors: list[Tensor]) -> list[Tensor]:

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..scan_core import axis_order, dense_strides
+from ..scan_core import axis_order, cdiv, dense_strides, next_power_of_2
 
 # elements per thread of a program tile: the kernels keep seven shifted x tiles (and the backward g) in registers, and
 # more than 4 per thread cost occupancy (168-254 registers at 16 per thread against 48-80 at 4, ptxas for sm_90)
@@ -39,8 +39,8 @@ def empty_like_dense(x: Tensor) -> Tensor:
 
 def _tiles(dim: int, length: int) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_L, num_warps): up to 256 steps by up to 8 warps x 32 threads x 4 elements."""
-    block_l = min(256, triton.next_power_of_2(length))
-    block_d = max(1, min(triton.next_power_of_2(dim), 8 * 32 * _PER_THREAD // block_l))
+    block_l = min(256, next_power_of_2(length))
+    block_d = max(1, min(next_power_of_2(dim), 8 * 32 * _PER_THREAD // block_l))
     warps = max(1, min(8, block_d * block_l // (32 * _PER_THREAD)))
     return block_d, block_l, warps
 
@@ -219,7 +219,7 @@ def causal_conv1d_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, rev
     block_d, block_l, warps = _tiles(dim, length)
     weight = weight.contiguous()
     bias_arg = bias.contiguous() if bias is not None else weight
-    grid = (triton.cdiv(length, block_l), triton.cdiv(dim, block_d), batch)
+    grid = (cdiv(length, block_l), cdiv(dim, block_d), batch)
     _conv_fwd_kernel[grid](x, weight, bias_arg, out, dim, length, *x.stride(), *out.stride(),
                            K=k_total, W=width, REVERSE=reverse_mask, HAS_BIAS=bias is not None, SILU=silu,
                            BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
@@ -233,19 +233,19 @@ def causal_conv1d_bwd_triton(dout: Tensor, x: Tensor, weight: Tensor, bias: Tens
     batch, dim, length = x.shape
     k_total, _, width = weight.shape
     block_d, block_l, warps = _tiles(dim, length)
-    n_lblocks = triton.cdiv(length, block_l)
+    n_lblocks = cdiv(length, block_l)
     dx = empty_like_dense(x)
     gate = torch.empty(dout.shape, device=x.device, dtype=torch.float32)  # (batch, K, dim, L)
-    row_groups = triton.cdiv(batch, _ROWS_PER_PROGRAM)
+    row_groups = cdiv(batch, _ROWS_PER_PROGRAM)
     partial = torch.empty(row_groups * n_lblocks, k_total, dim, width + 1, device=x.device, dtype=torch.float32)
     weight_c = weight.contiguous()
     bias_arg = bias.contiguous() if bias is not None else weight_c
-    _conv_bwd_gate_kernel[(n_lblocks, triton.cdiv(dim, block_d), row_groups)](
+    _conv_bwd_gate_kernel[(n_lblocks, cdiv(dim, block_d), row_groups)](
         dout, x, weight_c, bias_arg, gate, partial, batch, dim, length, n_lblocks,
         *x.stride(), *dout.stride(), *gate.stride(),
         K=k_total, W=width, REVERSE=reverse_mask, HAS_BIAS=bias is not None, SILU=silu, ROWS=_ROWS_PER_PROGRAM,
         BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
-    grid = (n_lblocks, triton.cdiv(dim, block_d), batch)
+    grid = (n_lblocks, cdiv(dim, block_d), batch)
     _conv_bwd_input_kernel[grid](gate, weight_c, dx, dim, length, *gate.stride(), *dx.stride(),
                                  K=k_total, W=width, REVERSE=reverse_mask, BLOCK_D=block_d, BLOCK_L=block_l,
                                  num_warps=warps)

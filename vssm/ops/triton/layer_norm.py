@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..scan_core import triton_interpret
+from ..scan_core import cdiv, next_power_of_2, triton_interpret
 
 # elements per program tile (rows x padded channels)
 _TILE = 4096
@@ -23,7 +23,7 @@ _TILE = 4096
 
 def _tiles(channels: int) -> tuple[int, int, int]:
     """(BLOCK_M rows, BLOCK_C channels, num_warps) for rows of ``channels`` elements."""
-    block_c = triton.next_power_of_2(channels)
+    block_c = next_power_of_2(channels)
     block_m = max(1, _TILE // block_c)
     warps = 4 if block_c * block_m <= 4096 else 8
     return block_m, block_c, warps
@@ -97,7 +97,7 @@ def layer_norm_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, eps: f
     mean = torch.empty(rows, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     block_m, block_c, warps = _tiles(channels)
-    _layer_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
+    _layer_norm_fwd_kernel[(cdiv(rows, block_m),)](
         x2, weight, bias if bias is not None else weight, y, mean, rstd, rows, channels, x2.stride(0), y.stride(0),
         eps, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps)
     return y.view(x.shape), mean, rstd
@@ -126,7 +126,7 @@ def layer_norm_bwd_triton(dy: Tensor, x: Tensor, weight: Tensor, has_bias: bool,
     rows = x2.shape[0]
     dx = torch.empty(rows, channels, device=x.device, dtype=x.dtype)
     block_m, block_c, warps = _tiles(channels)
-    n_progs = _programs(x.device, triton.cdiv(rows, block_m))
+    n_progs = _programs(x.device, cdiv(rows, block_m))
     dw = torch.empty(n_progs, channels, device=x.device, dtype=torch.float32)
     db = torch.empty_like(dw) if has_bias else dw
     _layer_norm_bwd_kernel[(n_progs,)](

@@ -6,7 +6,8 @@ chunk of its (channel, state) pairs: ``tl.associative_scan`` over the steps comp
 h -> exp(delta A) h + delta B u sequentially in registers, and the carry passes between chunks. Tokens are read
 through the direction's path (any permutation of spatial positions, -1 = zero token) and written back at their
 spatial positions, summed over the directions with atomics when merging, so no per-direction copy of the feature map
-exists. For short sequences of large N over many rows a step-by-step forward (one token per step) is faster.
+exists. For short sequences of large N over many rows a step-by-step forward (one token per step) is faster. A
+training forward saves the state at the start of every backward chunk (its own chunks may be longer).
 
 Backward walks the chunks last to first: it recomputes the chunk's states from the chunk-start state saved by the
 forward, then runs the adjoint recurrence q_t = C_t dy_t + exp(delta_{t+1} A) q_{t+1} as a reverse associative scan
@@ -18,18 +19,19 @@ run side by side, so concurrent atomics rarely meet on one address.
 """
 from __future__ import annotations
 
+import functools
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..scan_core import axis_order, dense_strides, triton_interpret
+from ..scan_core import axis_order, axis_order_of_strides, cdiv, dense_strides, next_power_of_2, triton_interpret
 
 LOG2E = 1.4426950408889634
 
-# Launch-configuration overrides for tuning runs (tools/benchmark_scan.py --sweep); empty in normal use:
-# {"sequential": bool, "chunk": steps, "fwd": (BLOCK_D, num_warps), "bwd": (BLOCK_D, num_warps)}.
+# Launch-configuration overrides for tuning runs (tools/benchmark_scan.py --sweep) and tests; empty in normal use:
+# {"sequential": bool, "chunk": steps, "fwd_chunk": steps, "fwd": (BLOCK_D, num_warps), "bwd": (BLOCK_D, num_warps)}.
 TILE_OVERRIDES: dict[str, object] = {}
 
 
@@ -46,10 +48,10 @@ def sequential(n_state: int, rows: int, steps: int) -> bool:
 
 
 def chunk_len() -> int:
-    """Steps per chunk of the chunk-parallel kernels (power of two), also the granularity of the states a training
-    forward saves for the backward. Each thread scans a whole chunk in its registers, so chunks are short. Under
-    TRITON_INTERPRET=1 (CPU tests) chunks are 8 steps: the interpreter scans element by element, and short chunks put
-    chunk carries inside the small test sequences."""
+    """Steps per chunk of the backward (power of two), also the granularity of the states a training forward saves
+    for it. Each thread scans a whole chunk in its registers, so chunks are short. Under TRITON_INTERPRET=1 (CPU tests)
+    chunks are 8 steps: the interpreter scans element by element, and short chunks put chunk carries inside the small
+    test sequences."""
     if triton_interpret():
         return 8
     if "chunk" in TILE_OVERRIDES:
@@ -57,9 +59,12 @@ def chunk_len() -> int:
     return 16
 
 
-def inference_chunk_len(n_state: int, rows: int) -> int:
-    """Steps per chunk of a forward that saves no states: 32 where the loads in flight of longer chunks pay (small N,
-    or fewer than 4096 rows to spread over the GPU), else the training chunk (measured on an H100, BENCHMARKS.md)."""
+def forward_chunk_len(n_state: int, rows: int) -> int:
+    """Steps per chunk of the chunk-parallel forward, a multiple of ``chunk_len()`` (a training forward saves a state
+    every ``chunk_len()`` steps inside its chunks): 32 where the loads in flight of longer chunks pay (small N, or
+    fewer than 4096 rows to spread over the GPU), else ``chunk_len()`` (measured on an H100, BENCHMARKS.md)."""
+    if "fwd_chunk" in TILE_OVERRIDES:
+        return TILE_OVERRIDES["fwd_chunk"]
     if triton_interpret() or "chunk" in TILE_OVERRIDES:
         return chunk_len()
     return 32 if n_state <= 4 or rows < 4096 else chunk_len()
@@ -67,11 +72,7 @@ def inference_chunk_len(n_state: int, rows: int) -> int:
 
 def chunk_count(steps: int) -> int:
     """Number of chunk states a training forward saves."""
-    return triton.cdiv(steps, chunk_len())
-
-
-def _block_n(n_state: int) -> int:
-    return triton.next_power_of_2(n_state)
+    return cdiv(steps, chunk_len())
 
 
 def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chunk: int) -> tuple[int, int]:
@@ -81,7 +82,7 @@ def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chu
     of the warp splitting the chunk (more programs, more loads in flight). The backward runs one warp, so its reductions
     over channels stay inside the warp: 4 channels of N = 16 where 16384 rows fill the GPU, 8 channels of N = 1, else
     32 / N channels (one (channel, state) pair per thread)."""
-    bn = _block_n(n_state)
+    bn = next_power_of_2(n_state)
     if kind in TILE_OVERRIDES:
         block_d, warps = TILE_OVERRIDES[kind]
     elif kind == "fwd" and sequential(n_state, rows, steps):
@@ -96,7 +97,29 @@ def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chu
         block_d, warps = 4, 1
     else:
         block_d, warps = max(1, 32 // bn), 1
-    return max(1, min(triton.next_power_of_2(dim), block_d)), warps
+    return max(1, min(next_power_of_2(dim), block_d)), warps
+
+
+def _overrides_key() -> tuple:
+    return tuple(sorted(TILE_OVERRIDES.items())) if TILE_OVERRIDES else ()
+
+
+@functools.lru_cache(maxsize=1024)
+def _forward_plan(n_state: int, dim: int, rows: int, steps: int, interpret: bool, overrides: tuple) -> tuple:
+    """(step_by_step, chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks) of a forward. Cached: the host
+    path runs on every call; ``interpret`` and ``overrides`` only key the cache (the helpers read them)."""
+    chunk = forward_chunk_len(n_state, rows)
+    block_d, warps = _launch_config("fwd", n_state, dim, rows, steps, chunk)
+    return (sequential(n_state, rows, steps), chunk, cdiv(steps, chunk), block_d, warps, next_power_of_2(n_state),
+            cdiv(dim, block_d))
+
+
+@functools.lru_cache(maxsize=1024)
+def _backward_plan(n_state: int, dim: int, rows: int, steps: int, interpret: bool, overrides: tuple) -> tuple:
+    """(chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks) of a backward; cached like ``_forward_plan``."""
+    chunk = chunk_len()
+    block_d, warps = _launch_config("bwd", n_state, dim, rows, steps, chunk)
+    return chunk, cdiv(steps, chunk), block_d, warps, next_power_of_2(n_state), cdiv(dim, block_d)
 
 
 @triton.jit
@@ -172,14 +195,16 @@ def _load_chunk(u_ptr, dt_ptr, B_ptr, C_ptr, path_ptr, bias, g_tile, t, offs_d, 
 @triton.jit
 def _scan_fwd_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, path_ptr, y_ptr, last_ptr, states_ptr,
-        K, dim, L, Lp, N, d_per_group, n_chunks,
+        K, dim, L, Lp, N, d_per_group, n_chunks, n_states,
         su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
         sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
         sz_b, sz_d, sz_l, sy_b, sy_k, sy_d, sy_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, MERGE_ATOMIC: tl.constexpr,
-        SAVE_STATES: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
+        SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+    """Forward by chunks of CHUNK steps; a training forward saves the state before every SAVE_EVERY steps (CHUNK is
+    a multiple of SAVE_EVERY) into ``states`` (batch, K, dim, n_states, N)."""
     pid_d = tl.program_id(0)
     pid_bk = tl.program_id(1)
     pid_b = pid_bk // K
@@ -202,8 +227,9 @@ def _scan_fwd_kernel(
     B_base = B_ptr + pid_b * sB_b + pid_k * sB_k
     C_base = C_ptr + pid_b * sC_b + pid_k * sC_k
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    state_base = states_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * (n_chunks * N) + offs_n[None, :]
+    state_base = states_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * (n_states * N) + offs_n[None, :]
     last_step = tl.arange(0, CHUNK) == CHUNK - 1
+    SAVES: tl.constexpr = CHUNK // SAVE_EVERY
     g_tile = pid_d * BLOCK_D // d_per_group
     u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
         u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, tl.arange(0, CHUNK), offs_d, offs_n, mask_d, mask_n,
@@ -217,7 +243,7 @@ def _scan_fwd_kernel(
             offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n,
             sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
         if SAVE_STATES:
-            tl.store(state_base + c * N, h, mask=mask_dn)
+            tl.store(state_base + c * SAVES * N, h, mask=mask_dn)
         # [CHUNK, BLOCK_D, BLOCK_N] tiles with the step axis first: each thread holds whole chunks of its (d, n)
         # pairs, so the scan runs sequentially in registers
         decay = tl.exp2(dt[:, :, None] * A2[None, :, :])
@@ -226,6 +252,12 @@ def _scan_fwd_kernel(
         hs = acc_a * h[None, :, :] + acc_b
         y = tl.sum(hs * Ct, axis=2)
         h = tl.sum(tl.where(last_step[:, None, None], hs, 0.0), axis=0)
+        if SAVE_STATES:
+            for s in tl.static_range(1, SAVES):  # the states inside the chunk (each thread holds its whole chunk)
+                at = tl.arange(0, CHUNK) == s * SAVE_EVERY - 1
+                idx = c * SAVES + s + offs_n * 0  # the state index, broadcast over the states
+                tl.store(state_base + idx[None, :] * N, tl.sum(tl.where(at[:, None, None], hs, 0.0), axis=0),
+                         mask=mask_dn & (idx < n_states)[None, :])
         if HAS_D:
             y += u * Dv[None, :]
         m_out = valid[:, None] & mask_d[None, :]
@@ -275,14 +307,14 @@ def _load_step(u_base, dt_base, B_base, C_base, path_row, t, Lp, offs_d, mask_d,
 @triton.jit
 def _scan_fwd_seq_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, path_ptr, y_ptr, last_ptr, states_ptr,
-        K, dim, L, Lp, N, d_per_group, n_chunks,
+        K, dim, L, Lp, N, d_per_group, n_states,
         su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
         sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
         sz_b, sz_d, sz_l, sy_b, sy_k, sy_d, sy_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, MERGE_ATOMIC: tl.constexpr,
-        SAVE_STATES: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+        SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """Forward, one step at a time: the [BLOCK_D, N] state stays in registers, each step loads one token."""
     pid_d = tl.program_id(0)
     pid_bk = tl.program_id(1)
@@ -307,7 +339,7 @@ def _scan_fwd_seq_kernel(
     y_base = y_ptr + pid_b * sy_b + pid_k * sy_k + offs_d * sy_d
     z_base = z_ptr + pid_b * sz_b + offs_d * sz_d
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    state_base = states_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * (n_chunks * N) + offs_n[None, :]
+    state_base = states_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * (n_states * N) + offs_n[None, :]
     u, dt, Bt, Ct, pos, m_u = _load_step(u_base, dt_base, B_base, C_base, path_ptr + pid_k * Lp, 0, Lp, offs_d, mask_d,
                                          mask_n, su_l, sdt_l, sB_l, sC_l, HAS_PATH, PARAMS_AT_STEP)
     for t in range(0, Lp):
@@ -316,8 +348,8 @@ def _scan_fwd_seq_kernel(
             u_base, dt_base, B_base, C_base, path_ptr + pid_k * Lp, t + 1, Lp, offs_d, mask_d, mask_n, su_l, sdt_l,
             sB_l, sC_l, HAS_PATH, PARAMS_AT_STEP)
         if SAVE_STATES:
-            if t % CHUNK == 0:
-                tl.store(state_base + (t // CHUNK) * N, h, mask=mask_dn)
+            if t % SAVE_EVERY == 0:
+                tl.store(state_base + (t // SAVE_EVERY) * N, h, mask=mask_dn)
         uf = u.to(tl.float32)
         dtf = dt.to(tl.float32)
         if HAS_BIAS:
@@ -342,7 +374,7 @@ def _scan_fwd_seq_kernel(
 @triton.jit
 def _scan_bwd_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, path_ptr, states_ptr, dy_ptr, dlast_ptr,
-        du_ptr, ddt_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dz_ptr, dbias_ptr,
+        du_ptr, ddt_ptr, dB_ptr, dC_ptr, dz_ptr, partial_ptr,
         K, dim, L, Lp, N, d_per_group, n_chunks, partial_row,
         su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
         sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
@@ -352,7 +384,9 @@ def _scan_bwd_kernel(
         U_ATOMIC: tl.constexpr, DT_ATOMIC: tl.constexpr, Z_ATOMIC: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
     """Gradients; du/ddt/dz are written with the strides of u/delta/z (fp32 buffers where atomic). dB and dC are fp32
-    buffers of equal strides (sdB_*) with N contiguous, so that the atomics of a warp cover whole rows of states."""
+    buffers of equal strides (sdB_*) with N contiguous, so that the atomics of a warp cover whole rows of states. dA,
+    dD and d(delta_bias) go to ``partial`` as per-batch-row partial sums: rows of ``partial_row`` floats holding dA
+    (K, dim, N), then dD (K, dim), then d(delta_bias) (K, dim)."""
     pid_bk = tl.program_id(0)  # sequences vary fastest: programs running together hit different dB/dC rows
     pid_d = tl.program_id(1)
     pid_b = pid_bk // K
@@ -477,12 +511,12 @@ def _scan_bwd_kernel(
             u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
     # per-sequence partial sums, rows of ``partial_row`` floats (the host sums them): no atomics on the few dA/dD
     # addresses
-    row = pid_b * partial_row
-    tl.store(dA_ptr + row + kd[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
+    row = partial_ptr + pid_b * partial_row
+    tl.store(row + kd[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
     if HAS_D:
-        tl.store(dD_ptr + row + kd, dD_acc, mask=mask_d)
+        tl.store(row + K * dim * N + kd, dD_acc, mask=mask_d)
     if HAS_BIAS:
-        tl.store(dbias_ptr + row + kd, dbias_acc, mask=mask_d)
+        tl.store(row + K * dim * (N + 1) + kd, dbias_acc, mask=mask_d)
 
 
 def _check_dtypes(u: Tensor, *others) -> None:
@@ -500,25 +534,35 @@ def _common(u, A, B, paths):
     return batch, dim, length, k_total, n_state, steps, d_per_group
 
 
+@functools.lru_cache(maxsize=1024)
+def _layout_permutation(shape: tuple[int, ...], strides: tuple[int, ...], rank: int) -> tuple[tuple, tuple | None]:
+    """For ``empty_in_layout``: the axes of a rank-3 (batch, dim, L) or rank-4 (batch, K, dim, L) tensor in the memory
+    order of a (batch, K, dim, L) tensor of these shape and strides (K right inside the batch axis), and the
+    permutation that views a buffer allocated in that order with the logical axis order (None: the identity)."""
+    axis = {0: 0, 2: rank - 2, 3: rank - 1}
+    phys = [axis[a] for a in axis_order_of_strides(shape, strides, (0, 2, 3))]
+    if rank == 4:
+        phys.insert(phys.index(0) + 1, 1)
+    inverse = tuple(phys.index(a) for a in range(rank))
+    return tuple(phys), None if inverse == tuple(range(rank)) else inverse
+
+
 def empty_in_layout(u: Tensor, shape: tuple[int, ...], dtype: torch.dtype, zero: bool = False) -> Tensor:
     """A (batch, [K,] dim, L) tensor whose batch, dim and L axes lie in memory in the order of u's (batch, K, dim, L)
     (contiguous, channels-last, or dim-major as the Mamba mixer's (dim, batch, L) buffers); K sits right inside the
     batch axis. Outputs and gradients in the inputs' layout let a path of any order read and write whole rows."""
-    rank = len(shape)
-    axis = {0: 0, 2: rank - 2, 3: rank - 1}
-    phys = [axis[a] for a in axis_order(u, (0, 2, 3))]
-    if rank == 4:
-        phys.insert(phys.index(0) + 1, 1)
+    phys, inverse = _layout_permutation(u.shape, u.stride(), len(shape))
     make = torch.zeros if zero else torch.empty
-    out = make(*(shape[a] for a in phys), device=u.device, dtype=dtype)
-    return out.permute(*(phys.index(a) for a in range(rank)))
+    out = make([shape[a] for a in phys], device=u.device, dtype=dtype)
+    return out if inverse is None else out.permute(inverse)
 
 
 def _in_layout_of(x: Tensor, u: Tensor) -> Tensor:
     """x (batch, [K,] dim, L) with its batch, dim and L axes in the memory order of u's (a copy only when it
     differs, or when x is not dense)."""
     rank = x.dim()
-    same = [a if a == 0 else a - 4 + rank for a in axis_order(u, (0, 2, 3))] == axis_order(x, (0, rank - 2, rank - 1))
+    same = tuple(a if a == 0 else a - 4 + rank for a in axis_order(u, (0, 2, 3))) == axis_order(
+        x, (0, rank - 2, rank - 1))
     if same and dense_strides(x):
         return x
     return empty_in_layout(u, tuple(x.shape), x.dtype).copy_(x)
@@ -527,6 +571,15 @@ def _in_layout_of(x: Tensor, u: Tensor) -> Tensor:
 def _dense(x: Tensor) -> Tensor:
     """x itself if its strides describe a dense, non-overlapping tensor (grads can share them), else a copy."""
     return x if dense_strides(x) else x.contiguous()
+
+
+def _float32(x: Tensor) -> Tensor:
+    """x as a contiguous float32 tensor (x itself when it is one: parameters usually are)."""
+    return x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
+
+
+def _cast(x: Tensor, dtype: torch.dtype) -> Tensor:
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _path_arg(paths: Tensor | None, dummy: Tensor) -> Tensor:
@@ -538,36 +591,38 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     """Launch the forward. Returns (y, last_state, chunk_start_states or empty)."""
     _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    rows = batch * k_total * dim
-    chunk = chunk_len() if save_states else inference_chunk_len(n_state, rows)
-    block_d, warps = _launch_config("fwd", n_state, dim, rows, steps, chunk)
-    n_chunks = triton.cdiv(steps, chunk)
+    step_by_step, chunk, n_chunks, block_d, warps, block_n, d_blocks = _forward_plan(
+        n_state, dim, batch * k_total * dim, steps, triton_interpret(), _overrides_key())
+    save_every = chunk_len() if save_states else chunk
+    if chunk % save_every:
+        raise ValueError(f"triton scan: the forward chunk ({chunk} steps) must be a multiple of the saved-state "
+                         f"spacing ({save_every} steps)")
+    n_states = cdiv(steps, save_every)
     merge_atomic = merge and k_total > 1
     if merge_atomic:
         y = empty_in_layout(u, (batch, 1, dim, length), torch.float32, zero=True)
     else:
         y = empty_in_layout(u, (batch, k_total, dim, length), u.dtype)
     last = torch.empty(batch, k_total, dim, n_state, device=u.device, dtype=torch.float32)
-    states = torch.empty(batch, k_total, dim, n_chunks, n_state, device=u.device,
+    states = torch.empty(batch, k_total, dim, n_states, n_state, device=u.device,
                          dtype=torch.float32) if save_states else last
-    A = A.float().contiguous()
-    D = D.float().contiguous() if D is not None else None
-    bias = delta_bias.float().contiguous() if delta_bias is not None else None
     dummy = last
-    zs = z.stride() if z is not None else (0, 0, 0)
-    grid = (triton.cdiv(dim, block_d), batch * k_total)
-    kernel = _scan_fwd_seq_kernel if sequential(n_state, rows, steps) else _scan_fwd_kernel
-    kernel[grid](
-        u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        bias if bias is not None else dummy, _path_arg(paths, dummy), y, last, states,
-        k_total, dim, length, steps, n_state, d_per_group, n_chunks,
-        *_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(), *zs, *_k_strides(y),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=delta_softplus,
-        HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step, MERGE_ATOMIC=merge_atomic,
-        SAVE_STATES=save_states, TILE_ONE_GROUP=d_per_group % block_d == 0,
-        BLOCK_D=block_d, BLOCK_N=_block_n(n_state), CHUNK=chunk, num_warps=warps)
+    args = (u, delta, _float32(A), B, C, dummy if D is None else _float32(D), dummy if z is None else z,
+            dummy if delta_bias is None else _float32(delta_bias), _path_arg(paths, dummy), y, last, states,
+            k_total, dim, length, steps, n_state, d_per_group)
+    strides = (*_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
+               *(z.stride() if z is not None else (0, 0, 0)), *_k_strides(y))
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+                 HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step, MERGE_ATOMIC=merge_atomic,
+                 SAVE_STATES=save_states, SAVE_EVERY=save_every, TILE_ONE_GROUP=d_per_group % block_d == 0,
+                 BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps)
+    grid = (d_blocks, batch * k_total)
+    if step_by_step:
+        _scan_fwd_seq_kernel[grid](*args, n_states, *strides, **flags)
+    else:
+        _scan_fwd_kernel[grid](*args, n_chunks, n_states, *strides, CHUNK=chunk, **flags)
     if merge:
-        y = y[:, 0].to(u.dtype)
+        y = _cast(y[:, 0], u.dtype)
     return y, last, states if save_states else last.new_empty(0)
 
 
@@ -580,12 +635,10 @@ def _k_strides(t: Tensor) -> tuple[int, int, int, int]:
 def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
                     params_at_step):
     """Launch the backward. Returns grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None."""
-    _check_dtypes(u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    chunk = chunk_len()
     rows = batch * k_total * dim
-    block_d, warps = _launch_config("bwd", n_state, dim, rows, steps, chunk)
-    n_chunks = triton.cdiv(steps, chunk)
+    chunk, n_chunks, block_d, warps, block_n, d_blocks = _backward_plan(
+        n_state, dim, rows, steps, triton_interpret(), _overrides_key())
     if states.numel() != rows * n_chunks * n_state:
         raise RuntimeError("triton scan backward: the forward did not save its chunk states")
     u_atomic = u.shape[1] != k_total
@@ -593,7 +646,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     z_atomic = k_total > 1
     f32 = torch.float32
     # the grads share the strides of the inputs (of dense copies where an input is an expanded view)
-    u, delta, B, C = (_dense(x) for x in (u, delta, B, C))
+    u, delta, B, C = _dense(u), _dense(delta), _dense(B), _dense(C)
     z = _dense(z) if z is not None else None
     du = torch.zeros_like(u, dtype=f32) if u_atomic else torch.empty_like(u)
     ddt = torch.zeros_like(delta, dtype=f32) if dt_atomic else torch.empty_like(delta)
@@ -601,32 +654,30 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     if z is not None:
         dz = torch.zeros_like(z, dtype=f32) if z_atomic else torch.empty_like(z)
     # dB, dC: (..., N, L) views of one zeroed (2, ..., L, N) buffer, the states of one step contiguous
-    dBC = torch.zeros(2, *B.shape[:-2], B.shape[-1], B.shape[-2], device=u.device, dtype=f32).transpose(-1, -2)
-    dB, dC = dBC[0], dBC[1]
-    # per-sequence partial sums in one buffer, summed over the batch below: rows of dA (K, dim, N), then dD (K, dim),
-    # then d(delta_bias) (K, dim)
-    kdn = k_total * dim * n_state
-    partial = torch.empty(batch, kdn + 2 * k_total * dim, device=u.device, dtype=f32)
+    dB, dC = torch.zeros(2, *B.shape[:-2], B.shape[-1], B.shape[-2], device=u.device, dtype=f32).transpose(
+        -1, -2).unbind(0)
+    # per-batch-row partial sums of dA, dD and d(delta_bias) in one buffer (layout in the kernel's docstring)
+    kd = k_total * dim
+    partial = torch.empty(batch, kd * (n_state + 2), device=u.device, dtype=f32)
     dy = _in_layout_of(dy, u)  # an incoming gradient often arrives transposed: read it like u
     if merge:
         dy = dy.unsqueeze(1)
     dy_strides = (dy.stride(0), 0 if dy.shape[1] == 1 else dy.stride(1), dy.stride(2), dy.stride(3))
     dummy = partial
     has_dlast = dlast is not None and dlast.numel() > 0
-    _scan_bwd_kernel[(batch * k_total, triton.cdiv(dim, block_d))](
-        u, delta, A.float().contiguous(), B, C, D.float().contiguous() if D is not None else dummy,
-        z if z is not None else dummy, delta_bias.float().contiguous() if delta_bias is not None else dummy,
-        _path_arg(paths, dummy), states, dy, dlast.float().contiguous() if has_dlast else dummy,
-        du, ddt, partial, dB, dC, partial[:, kdn:], dz if dz is not None else dummy, partial[:, kdn + rows // batch:],
+    _scan_bwd_kernel[(batch * k_total, d_blocks)](
+        u, delta, _float32(A), B, C, dummy if D is None else _float32(D), dummy if z is None else z,
+        dummy if delta_bias is None else _float32(delta_bias), _path_arg(paths, dummy), states, dy,
+        _float32(dlast) if has_dlast else dummy, du, ddt, dB, dC, dummy if dz is None else dz, partial,
         k_total, dim, length, steps, n_state, d_per_group, n_chunks, partial.shape[1],
         *_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
         *(z.stride() if z is not None else (0, 0, 0)), *dy_strides, *dB.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step, HAS_DLAST=has_dlast,
         U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, TILE_ONE_GROUP=d_per_group % block_d == 0,
-        BLOCK_D=block_d, BLOCK_N=_block_n(n_state), CHUNK=chunk, num_warps=warps)
-    sums = partial.sum(0)
-    dA, dD, dbias = sums[:kdn].view(A.shape), sums[kdn:kdn + rows // batch], sums[kdn + rows // batch:]
-    return (du.to(u.dtype), ddt.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-            None if D is None else dD.view(D.shape).to(D.dtype), None if dz is None else dz.to(z.dtype),
-            None if delta_bias is None else dbias.view(delta_bias.shape).to(delta_bias.dtype))
+        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps)
+    dA, dD, dbias = partial.sum(0).split([kd * n_state, kd, kd])
+    return (_cast(du, u.dtype), _cast(ddt, delta.dtype), _cast(dA.view(A.shape), A.dtype), _cast(dB, B.dtype),
+            _cast(dC, C.dtype), None if D is None else _cast(dD.view(D.shape), D.dtype),
+            None if dz is None else _cast(dz, z.dtype),
+            None if delta_bias is None else _cast(dbias.view(delta_bias.shape), delta_bias.dtype))
