@@ -5,7 +5,9 @@
 
 Inference: eval forward under ``torch.no_grad``; training: forward, cross-entropy, backward and an SGD step. Both
 under bf16 autocast (``--amp``), images per second from CUDA-event timings of ``--iters`` steps after ``--warmup``
-steps, peak allocated memory from ``torch.cuda.max_memory_allocated``. A model that runs out of memory is reported as
+steps, peak allocated memory from ``torch.cuda.max_memory_allocated``. ``--profile K`` also runs one step of each
+mode under the torch profiler and prints its GPU kernel time (against the timed step: a smaller share means the host
+sets the pace) and its K most expensive kernels. A model that runs out of memory is reported as
 OOM. Video models take (batch, 3, frames, H, W); their attention peer is timm's VisionTransformer of the same width on
 the frames stacked along the height (joint space-time attention over the same tokens). Prints a markdown table per
 suite and writes all rows as JSON.
@@ -141,6 +143,11 @@ def measure(case: Case, args) -> dict:
             ms = _timed(step, args.warmup, args.iters)
             row[f"{mode}_per_s"] = case.batch * 1000 / ms
             row[f"{mode}_peak_GiB"] = torch.cuda.max_memory_allocated() / 2 ** 30
+            if args.profile:
+                gpu_ms, table = _profiled(step, args.profile)
+                row[f"{mode}_ms"], row[f"{mode}_gpu_ms"] = ms, gpu_ms
+                print(f"{row['name']} {mode}: {ms:.1f} ms per step, GPU kernels {gpu_ms:.1f} ms "
+                      f"({gpu_ms / ms:.0%})\n{table}", flush=True)
         except torch.OutOfMemoryError:
             row[f"{mode}_per_s"] = "OOM"
         except Exception as exc:  # a peer that cannot take the size: record why, go on with the table
@@ -150,6 +157,18 @@ def measure(case: Case, args) -> dict:
         print(f"{row['name']} {case.batch}x{case.frames or ''}{case.img_size}: {mode} {row[f'{mode}_per_s']}",
               flush=True)
     return row
+
+
+def _profiled(step, top: int) -> tuple[float, str]:
+    """GPU kernel milliseconds of one ``step`` and a table of its ``top`` kernels by CUDA time (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = prof.key_averages()
+    gpu_ms = sum(k.self_device_time_total for k in kernels) / 1e3
+    return gpu_ms, kernels.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=60)
 
 
 def _fmt(value, digits=0):
@@ -179,6 +198,8 @@ def main():
                         help="torch.compile every model (optionally with this mode; 'reduce-overhead' adds CUDA graphs)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--profile", type=int, default=0, metavar="K",
+                        help="profile one step per mode: GPU kernel time and the K most expensive kernels")
     parser.add_argument("--out", default="benchmark.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -189,6 +210,8 @@ def main():
     tables = {name: suites()[name] for name in args.suite}
     if args.models:
         tables["models"] = [Case(m, batch=args.batch, img_size=args.img_size) for m in args.models]
+    if not tables:
+        sys.exit("nothing to measure: give --suite and/or --models")
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, timm=timm.__version__,
                 python=platform.python_version(), date=str(date.today()), command=" ".join(sys.argv),
                 compile=args.compile)
