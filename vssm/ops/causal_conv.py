@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from .scan_core import check_kernel_backend, eager, resolve_backend
+from .scan_core import check_kernel_backend, eager, empty_like_dense, resolve_backend
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref"]
 
@@ -82,8 +82,6 @@ def _conv_bwd(dout: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], r
 
 @_conv_bwd.register_fake
 def _(dout, x, weight, bias, reverse_mask, silu):
-    from .triton.causal_conv import empty_like_dense
-
     return (empty_like_dense(x), weight.new_empty(weight.shape),
             weight.new_empty(bias.shape if bias is not None else 0))
 

@@ -76,6 +76,11 @@ def _dense_strides(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
     return True
 
 
+def empty_like_dense(x: Tensor) -> Tensor:
+    """Empty tensor of x's shape, in x's layout when x is dense, else contiguous."""
+    return torch.empty_like(x) if dense_strides(x) else x.new_empty(x.shape)
+
+
 def axis_order(t: Tensor, axes: tuple[int, ...]) -> tuple[int, ...]:
     """t's ``axes`` ordered as they lie in memory, outermost (largest stride) first; size-1 axes (whose stride means
     nothing) count as outermost."""
@@ -98,6 +103,14 @@ def check_kernel_backend(fn: str, backend: str, device: torch.device, dtypes) ->
             raise RuntimeError(f"{fn}: the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 on the CPU")
         if torch.float64 in dtypes:
             raise TypeError(f"{fn}: the triton backend supports float32, bfloat16 and float16, not float64")
+
+
+def check_kernel_dtypes(fn: str, *tensors: Optional[Tensor]) -> None:
+    """Raise TypeError unless every tensor given (None skipped) is float32, bfloat16 or float16, the dtypes the Triton
+    kernels read; ``fn`` names the op in the message."""
+    for t in tensors:
+        if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"{fn}: tensors must be float32, bfloat16 or float16, got {t.dtype}")
 
 
 def resolve_backend(device: torch.device, dtype: torch.dtype) -> str:
@@ -294,7 +307,7 @@ def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softp
         if backend == "triton" and name in ("B", "C"):  # fp32 buffers with the N states of a step contiguous
             return t.new_empty(*t.shape[:-2], t.shape[-1], t.shape[-2]).transpose(-1, -2)
         if backend == "triton" and name in ("u", "delta", "z"):  # the kernel writes grads in the input's layout
-            return torch.empty_like(t) if dense_strides(t) else t.new_empty(t.shape)
+            return empty_like_dense(t)
         return t.new_empty(t.shape)
 
     return [grad_like(n, t) for n, t in zip("u delta A B C D z delta_bias".split(), (u, delta, A, B, C, D, z, delta_bias))]

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..scan_core import axis_order, cdiv, dense_strides, next_power_of_2
+from ..scan_core import axis_order, cdiv, check_kernel_dtypes, empty_like_dense, next_power_of_2
 
 # elements per thread of a program tile: the kernels keep seven shifted x tiles (and the backward g) in registers, and
 # more than 4 per thread cost occupancy (168-254 registers at 16 per thread against 48-80 at 4, ptxas for sm_90)
@@ -30,11 +30,6 @@ def empty_directions(x: Tensor, k_total: int) -> Tensor:
     shape = (x.shape[0], k_total, x.shape[1], x.shape[2])
     out = torch.empty(*(shape[a] for a in phys), device=x.device, dtype=x.dtype)
     return out.permute(*(phys.index(a) for a in range(4)))
-
-
-def empty_like_dense(x: Tensor) -> Tensor:
-    """Empty tensor of x's shape, in x's layout when x is dense, else contiguous."""
-    return torch.empty_like(x) if dense_strides(x) else x.new_empty(x.shape)
 
 
 def _tiles(dim: int, length: int) -> tuple[int, int, int]:
@@ -204,15 +199,9 @@ def _conv_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, dim, L, sg_b, sg_k, sg_d, sg_l,
              dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_dtypes(*tensors) -> None:
-    for t in tensors:
-        if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise TypeError(f"triton causal_conv1d: tensors must be float32, bfloat16 or float16, got {t.dtype}")
-
-
 def causal_conv1d_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, reverse_mask: int, silu: bool) -> Tensor:
     """x (batch, dim, L), weight (K, dim, W), bias (K, dim) -> (batch, K, dim, L) in x's dtype and axis order."""
-    _check_dtypes(x, weight, bias)
+    check_kernel_dtypes("triton causal_conv1d", x, weight, bias)
     batch, dim, length = x.shape
     k_total, _, width = weight.shape
     out = empty_directions(x, k_total)
@@ -229,7 +218,6 @@ def causal_conv1d_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, rev
 def causal_conv1d_bwd_triton(dout: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, reverse_mask: int,
                              silu: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """Gradients (dx in x's layout, dweight, dbias or None) for the output gradient dout (batch, K, dim, L)."""
-    _check_dtypes(dout, x, weight, bias)
     batch, dim, length = x.shape
     k_total, _, width = weight.shape
     block_d, block_l, warps = _tiles(dim, length)

@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..scan_core import axis_order, axis_order_of_strides, cdiv, dense_strides, next_power_of_2, triton_interpret
+from ..scan_core import (axis_order, axis_order_of_strides, cdiv, check_kernel_dtypes, dense_strides, next_power_of_2,
+                         triton_interpret)
 
 LOG2E = 1.4426950408889634
 
@@ -519,12 +520,6 @@ def _scan_bwd_kernel(
         tl.store(row + K * dim * (N + 1) + kd, dbias_acc, mask=mask_d)
 
 
-def _check_dtypes(u: Tensor, *others) -> None:
-    for t in (u, *others):
-        if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise TypeError(f"triton scan: tensors must be float32, bfloat16 or float16, got {t.dtype}")
-
-
 def _common(u, A, B, paths):
     batch, _, dim, length = u.shape
     k_total, _, n_state = A.shape
@@ -589,7 +584,7 @@ def _path_arg(paths: Tensor | None, dummy: Tensor) -> Tensor:
 
 def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states):
     """Launch the forward. Returns (y, last_state, chunk_start_states or empty)."""
-    _check_dtypes(u, delta, B, C, z)
+    check_kernel_dtypes("triton scan", u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
     step_by_step, chunk, n_chunks, block_d, warps, block_n, d_blocks = _forward_plan(
         n_state, dim, batch * k_total * dim, steps, triton_interpret(), _overrides_key())
