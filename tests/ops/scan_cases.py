@@ -12,12 +12,14 @@ FLOAT_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 def backend(name: str):
     """Force VSSM_SCAN_BACKEND for the duration of the block. Triton variants: "triton-seq" forces the step-by-step
     forward (by default small problems take the chunk-parallel one); "triton-long-chunk" runs the forward in chunks
-    of 4 backward chunks (32 steps under the interpreter), so a training forward saves 3 states inside each chunk."""
+    of 4 backward chunks (32 steps under the interpreter), so a training forward saves 3 states inside each chunk;
+    "triton-gpu-plan" launches as on a GPU filled with rows (the measured chunk lengths, tiles and kernel kinds)."""
     from vssm.ops.triton.scan import TILE_OVERRIDES
 
     old = os.environ.get("VSSM_SCAN_BACKEND")
     os.environ["VSSM_SCAN_BACKEND"] = "triton" if name.startswith("triton") else name
-    overrides = {"triton-seq": {"sequential": True}, "triton-long-chunk": {"fwd_chunk": 32}}.get(name, {})
+    overrides = {"triton-seq": {"sequential": True}, "triton-long-chunk": {"fwd_chunk": 32},
+                 "triton-gpu-plan": {"gpu_plan": True, "min_rows": 1}}.get(name, {})
     TILE_OVERRIDES.update(overrides)
     try:
         yield

@@ -96,12 +96,13 @@ def _matches_reference(name, inputs, paths, weights):
     return y, grads
 
 
-@pytest.mark.parametrize("name", ["torch", "triton", "triton-seq"])
-@pytest.mark.parametrize("n_state", [2, 16])
+@pytest.mark.parametrize("name", ["torch", "triton", "triton-seq", "triton-gpu-plan"])
+@pytest.mark.parametrize("n_state", [1, 2, 16])
 @pytest.mark.parametrize("kind,shape,opts", [CASES[2], CASES[4]], ids=["cross", "local"])
 def test_channels_last_inputs(name, n_state, kind, shape, opts):
     """(batch, L, dim) views transposed to (batch, dim, L), as models hand them over: same numbers, and the Triton
-    outputs and grads keep the channels-last layout."""
+    outputs and grads keep the channels-last layout ("triton-gpu-plan": the GPU's channels-last plans, 4-step
+    backward chunks of 32 channels for N = 1 and 8-step chunks of 8 channels for N = 16)."""
     paths = scan_paths.build(kind, shape, **opts)
     length = int(torch.tensor(shape).prod())
     inputs = _inputs(paths, length, False, False, n_state=n_state, dim=6)
@@ -112,7 +113,7 @@ def test_channels_last_inputs(name, n_state, kind, shape, opts):
         assert y.stride(1) == 1 and grads["x"].stride(1) == 1 and grads["delta"].stride(2) == 1
 
 
-@pytest.mark.parametrize("name", ["torch", "triton", "triton-seq"])
+@pytest.mark.parametrize("name", ["torch", "triton", "triton-seq", "triton-gpu-plan"])
 def test_dim_major_inputs_keep_their_layout(name):
     """The Mamba mixer's layout: per-direction x, delta as (batch, K, dim, L) views of (K, dim, batch, L) buffers and
     z as a (batch, dim, L) view of (dim, batch, L): same numbers, and the Triton output is dim-major too."""
@@ -146,13 +147,16 @@ def test_bad_input_names_the_argument(change, exc, match):
         multi_scan(**args)
 
 
+@pytest.mark.parametrize("plan", ["triton", "triton-gpu-plan"])
+@pytest.mark.parametrize("n_state", [1, 2])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "dim_major"])
-def test_triton_fakes_announce_the_layouts_the_kernels_return(layout):
+def test_triton_fakes_announce_the_layouts_the_kernels_return(layout, n_state, plan):
     """torch.compile's inductor asserts that the real outputs of the ops have the strides of their fakes: B/C sliced
-    from one projection, channels-last views (VMamba) or dim-major (K, dim, batch, L) buffers (the Mamba mixer)."""
+    from one projection, channels-last views (VMamba) or dim-major (K, dim, batch, L) buffers (the Mamba mixer); the
+    saved states follow the layout-dependent chunk length of the GPU plans."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    batch, k_total, dim, length, n_state = 2, 2, 4, 5, 2
+    batch, k_total, dim, length, n_state = 2, 2, 4, 9, n_state
     g = torch.Generator().manual_seed(0)
     if layout == "channels_last":
         u = torch.randn(batch, k_total, length, dim, generator=g).transpose(-1, -2)
@@ -168,11 +172,12 @@ def test_triton_fakes_announce_the_layouts_the_kernels_return(layout):
     A = -torch.rand(k_total, dim, n_state, generator=g)
     paths = scan_paths.build("bidirectional", (length,))
     fwd_args = (u, delta, A, B, C, None, None, None, paths, True, True, False, True, "triton")
-    y, last, states = torch.ops.vssm.scan_fwd(*fwd_args)
-    bwd_args = (torch.randn_like(y), None, u, delta, A, B, C, None, None, None, paths, states, True, True, False,
-                "triton")
-    real = [y, last, states, *torch.ops.vssm.scan_bwd(*bwd_args)]
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        fake = [*torch.ops.vssm.scan_fwd(*fwd_args), *torch.ops.vssm.scan_bwd(*bwd_args)]
+    with backend(plan):
+        y, last, states = torch.ops.vssm.scan_fwd(*fwd_args)
+        bwd_args = (torch.randn_like(y), None, u, delta, A, B, C, None, None, None, paths, states, True, True, False,
+                    "triton")
+        real = [y, last, states, *torch.ops.vssm.scan_bwd(*bwd_args)]
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            fake = [*torch.ops.vssm.scan_fwd(*fwd_args), *torch.ops.vssm.scan_bwd(*bwd_args)]
     for r, f in zip(real, fake):
         assert (r.shape, r.stride(), r.dtype) == (f.shape, f.stride(), f.dtype)

@@ -80,7 +80,7 @@ def test_triton_step_by_step_kernels_match_reference(case):
     _check_backend_against_reference("triton-seq", case)
 
 
-@pytest.mark.parametrize("name", ["torch", "triton", "triton-seq", "triton-long-chunk"])
+@pytest.mark.parametrize("name", ["torch", "triton", "triton-seq", "triton-long-chunk", "triton-gpu-plan"])
 @pytest.mark.parametrize("length,n_state", [(1, 16), (97, 1), (67, 16), (33, 64)])
 def test_backends_on_chunk_boundaries_and_extreme_sizes(name, length, n_state):
     case = dict(batch=1, dim=3, length=length, n_state=n_state, bc_layout="batch", has_d=True, has_z=True,

@@ -229,9 +229,11 @@ def _(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_
         y = u.new_empty(_y_shape(u, k_total, merge))
     last = u.new_empty((batch, k_total, dim, n_state), dtype=_compute_dtype(u, delta, A, B, C, D, z, delta_bias))
     if backend == "triton" and save_states:
-        from .triton.scan import chunk_count
+        from .triton.scan import channels_fastest, chunk_count
 
-        states = u.new_empty((batch, k_total, dim, chunk_count(B.shape[-1]), n_state), dtype=torch.float32)
+        steps = B.shape[-1] if paths is None else paths.shape[1]
+        n_states = chunk_count(steps, n_state, batch * k_total * dim, channels_fastest(u))
+        states = u.new_empty((batch, k_total, dim, n_states, n_state), dtype=torch.float32)
     else:
         states = u.new_empty(0, dtype=torch.float32)
     return y, last, states

@@ -32,7 +32,9 @@ from ..scan_core import (axis_order, axis_order_of_strides, cdiv, check_kernel_d
 LOG2E = 1.4426950408889634
 
 # Launch-configuration overrides for tuning runs (tools/benchmark_scan.py --sweep) and tests; empty in normal use:
-# {"sequential": bool, "chunk": steps, "fwd_chunk": steps, "fwd": (BLOCK_D, num_warps), "bwd": (BLOCK_D, num_warps)}.
+# {"sequential": bool, "chunk": steps, "fwd_chunk": steps, "fwd": (BLOCK_D, num_warps), "bwd": (BLOCK_D, num_warps),
+#  "fwd_maxnreg": registers or None; for tests under TRITON_INTERPRET=1: "gpu_plan": bool (plan as on a GPU),
+#  "min_rows": rows (from which the GPU counts as filled, SEQUENTIAL_MIN_ROWS)}.
 TILE_OVERRIDES: dict[str, object] = {}
 
 
@@ -42,63 +44,102 @@ SEQUENTIAL_MIN_ROWS = 16384
 SEQUENTIAL_MAX_STEPS = 512
 
 
+def channels_fastest(u: Tensor) -> bool:
+    """Whether u (batch, [K,] dim, L) lies with channels closer in memory than steps (the channels-last maps of the
+    2-D models) rather than each channel's sequence contiguous (the 1-D mixers' dim-major buffers). The launch plans
+    differ: along a channels-last path a program reads BLOCK_D contiguous channels per step."""
+    return u.shape[-2] > 1 and u.shape[-1] > 1 and u.stride(-2) < u.stride(-1)
+
+
+def _many_rows(rows: int) -> bool:
+    """Whether ``rows`` sequences fill the GPU (the plans below differ)."""
+    return rows >= TILE_OVERRIDES.get("min_rows", SEQUENTIAL_MIN_ROWS)
+
+
 def sequential(n_state: int, rows: int, steps: int) -> bool:
     """Step-by-step forward (the [BLOCK_D, N] state in registers, one token per step) or the chunk-parallel one."""
-    default = n_state > 4 and rows >= SEQUENTIAL_MIN_ROWS and steps <= SEQUENTIAL_MAX_STEPS
+    default = n_state > 4 and _many_rows(rows) and steps <= SEQUENTIAL_MAX_STEPS
     return bool(TILE_OVERRIDES.get("sequential", default))
 
 
-def chunk_len() -> int:
-    """Steps per chunk of the backward (power of two), also the granularity of the states a training forward saves
-    for it. Each thread scans a whole chunk in its registers, so chunks are short. Under TRITON_INTERPRET=1 (CPU tests)
-    chunks are 8 steps: the interpreter scans element by element, and short chunks put chunk carries inside the small
-    test sequences."""
-    if triton_interpret():
-        return 8
+def _backward_tile(n_state: int, rows: int, steps: int, cl: bool) -> tuple[int, int]:
+    """(chunk steps, BLOCK_D channels) of the one-warp backward, measured best on an H100 (BENCHMARKS.md). Where
+    16384 rows fill the GPU: channels-last N = 1 takes 4-step chunks of 32 channels (coalesced reads of 64 bytes per
+    step), N = 16 8-step chunks of 8 channels when channels-last or short (<= 512 steps), else 16-step chunks of 4
+    channels; with fewer rows 16-step chunks of 8 channels for N = 1, else 32 / N channels."""
+    bn = next_power_of_2(n_state)
+    many = _many_rows(rows)
+    if bn == 1:
+        return (4, 32) if cl and many else (16, 8)
+    if bn == 16 and many:
+        return (8, 8) if cl or steps <= SEQUENTIAL_MAX_STEPS else (16, 4)
+    return 16, max(1, 32 // bn)
+
+
+def _plans_as_gpu() -> bool:
+    return not triton_interpret() or bool(TILE_OVERRIDES.get("gpu_plan", False))
+
+
+def chunk_len(n_state: int, rows: int, steps: int, cl: bool) -> int:
+    """Steps per chunk of the backward (power of two), also the spacing of the states a training forward saves for
+    it, for ``rows`` = batch x K x dim sequences of N = ``n_state`` over ``steps``, channels-last if ``cl``. Each
+    thread scans a whole chunk in its registers, so chunks are short. Under TRITON_INTERPRET=1 (CPU tests) chunks
+    are 8 steps: the interpreter scans element by element, and short chunks put chunk carries inside the small test
+    sequences."""
     if "chunk" in TILE_OVERRIDES:
         return TILE_OVERRIDES["chunk"]
-    return 16
+    if not _plans_as_gpu():
+        return 8
+    return _backward_tile(n_state, rows, steps, cl)[0]
 
 
-def forward_chunk_len(n_state: int, rows: int) -> int:
-    """Steps per chunk of the chunk-parallel forward, a multiple of ``chunk_len()`` (a training forward saves a state
-    every ``chunk_len()`` steps inside its chunks): 32 where the loads in flight of longer chunks pay (small N, or
-    fewer than 4096 rows to spread over the GPU), else ``chunk_len()`` (measured on an H100, BENCHMARKS.md)."""
+def forward_chunk_len(n_state: int, rows: int, steps: int, cl: bool) -> int:
+    """Steps per chunk of the chunk-parallel forward, a multiple of ``chunk_len`` (a training forward saves a state
+    every ``chunk_len`` steps inside its chunks): 32 where the loads in flight of longer chunks pay (small N, or
+    fewer than 4096 rows to spread over the GPU), else 16 (measured on an H100, BENCHMARKS.md)."""
     if "fwd_chunk" in TILE_OVERRIDES:
         return TILE_OVERRIDES["fwd_chunk"]
-    if triton_interpret() or "chunk" in TILE_OVERRIDES:
-        return chunk_len()
-    return 32 if n_state <= 4 or rows < 4096 else chunk_len()
+    saved = chunk_len(n_state, rows, steps, cl)
+    if not _plans_as_gpu():
+        return saved
+    return max(saved, 32 if n_state <= 4 or rows < 4096 else 16)
 
 
-def chunk_count(steps: int) -> int:
+def chunk_count(steps: int, n_state: int, rows: int, cl: bool) -> int:
     """Number of chunk states a training forward saves."""
-    return cdiv(steps, chunk_len())
+    return cdiv(steps, chunk_len(n_state, rows, steps, cl))
 
 
-def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chunk: int) -> tuple[int, int]:
+def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chunk: int,
+                   cl: bool) -> tuple[int, int]:
     """(BLOCK_D, num_warps), measured best on an H100 (BENCHMARKS.md). The step-by-step forward keeps a [BLOCK_D, N]
-    state of 256 fp32 in one warp. The chunk-parallel forward takes two warps for N from 5 to 32, one warp of one
-    channel for N = 64 (2.4x faster than two at 128 x 128 x 3136 steps), and for small N 8 steps per thread, the rest
-    of the warp splitting the chunk (more programs, more loads in flight). The backward runs one warp, so its reductions
-    over channels stay inside the warp: 4 channels of N = 16 where 16384 rows fill the GPU, 8 channels of N = 1, else
-    32 / N channels (one (channel, state) pair per thread)."""
+    state of 256 fp32 in one warp. The chunk-parallel forward takes two warps of 64 / N channels for N from 5 to 32
+    (one warp of 8 channels for channels-last N = 16 over many rows), one warp of one channel for N = 64 (2.4x faster
+    than two at 128 x 128 x 3136 steps), and for small N 8 steps per thread, the rest of the warp splitting the chunk
+    (more programs, more loads in flight). The backward runs one warp, so its reductions over channels stay inside the
+    warp (tiles in ``_backward_tile``)."""
     bn = next_power_of_2(n_state)
     if kind in TILE_OVERRIDES:
         block_d, warps = TILE_OVERRIDES[kind]
-    elif kind == "fwd" and sequential(n_state, rows, steps):
+    elif kind == "bwd":
+        block_d, warps = _backward_tile(n_state, rows, steps, cl)[1], 1
+    elif sequential(n_state, rows, steps):
         block_d, warps = max(1, 256 // bn), 1
-    elif kind == "fwd" and n_state > 32:
+    elif n_state > 32:
         block_d, warps = 1, 1
-    elif kind == "fwd":
-        block_d, warps = (max(1, 64 // bn), 2) if n_state > 4 else (max(1, 256 // (chunk * bn)), 1)
-    elif bn == 1:
+    elif bn == 16 and cl and _many_rows(rows):
         block_d, warps = 8, 1
-    elif bn == 16 and rows >= 16384:
-        block_d, warps = 4, 1
     else:
-        block_d, warps = max(1, 32 // bn), 1
+        block_d, warps = (max(1, 64 // bn), 2) if n_state > 4 else (max(1, 256 // (chunk * bn)), 1)
     return max(1, min(next_power_of_2(dim), block_d)), warps
+
+
+def _forward_maxnreg(n_state: int, rows: int, cl: bool) -> int | None:
+    """ptxas register limit of the chunk-parallel forward: 128 for channels-last N = 1 over many rows (ptxas then
+    allocates 120 registers instead of 96 and the VMamba-T stage-1 scan runs 17% faster), else ptxas's choice."""
+    if "fwd_maxnreg" in TILE_OVERRIDES:
+        return TILE_OVERRIDES["fwd_maxnreg"]
+    return 128 if next_power_of_2(n_state) == 1 and cl and _many_rows(rows) else None
 
 
 def _overrides_key() -> tuple:
@@ -106,20 +147,25 @@ def _overrides_key() -> tuple:
 
 
 @functools.lru_cache(maxsize=1024)
-def _forward_plan(n_state: int, dim: int, rows: int, steps: int, interpret: bool, overrides: tuple) -> tuple:
-    """(step_by_step, chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks) of a forward. Cached: the host
-    path runs on every call; ``interpret`` and ``overrides`` only key the cache (the helpers read them)."""
-    chunk = forward_chunk_len(n_state, rows)
-    block_d, warps = _launch_config("fwd", n_state, dim, rows, steps, chunk)
-    return (sequential(n_state, rows, steps), chunk, cdiv(steps, chunk), block_d, warps, next_power_of_2(n_state),
-            cdiv(dim, block_d))
+def _forward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool,
+                  overrides: tuple) -> tuple:
+    """(step_by_step, chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks, extra launch options) of a
+    forward. Cached: the host path runs on every call; ``interpret`` and ``overrides`` only key the cache (the
+    helpers read them)."""
+    chunk = forward_chunk_len(n_state, rows, steps, cl)
+    step_by_step = sequential(n_state, rows, steps)
+    block_d, warps = _launch_config("fwd", n_state, dim, rows, steps, chunk, cl)
+    maxnreg = None if step_by_step else _forward_maxnreg(n_state, rows, cl)
+    return (step_by_step, chunk, cdiv(steps, chunk), block_d, warps, next_power_of_2(n_state), cdiv(dim, block_d),
+            {} if maxnreg is None else {"maxnreg": maxnreg})
 
 
 @functools.lru_cache(maxsize=1024)
-def _backward_plan(n_state: int, dim: int, rows: int, steps: int, interpret: bool, overrides: tuple) -> tuple:
+def _backward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool,
+                   overrides: tuple) -> tuple:
     """(chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks) of a backward; cached like ``_forward_plan``."""
-    chunk = chunk_len()
-    block_d, warps = _launch_config("bwd", n_state, dim, rows, steps, chunk)
+    chunk = chunk_len(n_state, rows, steps, cl)
+    block_d, warps = _launch_config("bwd", n_state, dim, rows, steps, chunk, cl)
     return chunk, cdiv(steps, chunk), block_d, warps, next_power_of_2(n_state), cdiv(dim, block_d)
 
 
@@ -586,9 +632,10 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     """Launch the forward. Returns (y, last_state, chunk_start_states or empty)."""
     check_kernel_dtypes("triton scan", u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    step_by_step, chunk, n_chunks, block_d, warps, block_n, d_blocks = _forward_plan(
-        n_state, dim, batch * k_total * dim, steps, triton_interpret(), _overrides_key())
-    save_every = chunk_len() if save_states else chunk
+    rows, cl = batch * k_total * dim, channels_fastest(u)
+    step_by_step, chunk, n_chunks, block_d, warps, block_n, d_blocks, options = _forward_plan(
+        n_state, dim, rows, steps, cl, triton_interpret(), _overrides_key())
+    save_every = chunk_len(n_state, rows, steps, cl) if save_states else chunk
     if chunk % save_every:
         raise ValueError(f"triton scan: the forward chunk ({chunk} steps) must be a multiple of the saved-state "
                          f"spacing ({save_every} steps)")
@@ -615,7 +662,7 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     if step_by_step:
         _scan_fwd_seq_kernel[grid](*args, n_states, *strides, **flags)
     else:
-        _scan_fwd_kernel[grid](*args, n_chunks, n_states, *strides, CHUNK=chunk, **flags)
+        _scan_fwd_kernel[grid](*args, n_chunks, n_states, *strides, CHUNK=chunk, **flags, **options)
     if merge:
         y = _cast(y[:, 0], u.dtype)
     return y, last, states if save_states else last.new_empty(0)
@@ -633,7 +680,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
     rows = batch * k_total * dim
     chunk, n_chunks, block_d, warps, block_n, d_blocks = _backward_plan(
-        n_state, dim, rows, steps, triton_interpret(), _overrides_key())
+        n_state, dim, rows, steps, channels_fastest(u), triton_interpret(), _overrides_key())
     if states.numel() != rows * n_chunks * n_state:
         raise RuntimeError("triton scan backward: the forward did not save its chunk states")
     u_atomic = u.shape[1] != k_total
