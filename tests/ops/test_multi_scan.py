@@ -156,7 +156,7 @@ def test_triton_fakes_announce_the_layouts_the_kernels_return(layout, n_state, p
     saved states follow the layout-dependent chunk length of the GPU plans."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    batch, k_total, dim, length, n_state = 2, 2, 4, 9, n_state
+    batch, k_total, dim, length = 2, 2, 4, 9
     g = torch.Generator().manual_seed(0)
     if layout == "channels_last":
         u = torch.randn(batch, k_total, length, dim, generator=g).transpose(-1, -2)
