@@ -149,15 +149,16 @@ def _overrides_key() -> tuple:
 @functools.lru_cache(maxsize=1024)
 def _forward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool,
                   overrides: tuple) -> tuple:
-    """(step_by_step, chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks, extra launch options) of a
-    forward. Cached: the host path runs on every call; ``interpret`` and ``overrides`` only key the cache (the
-    helpers read them)."""
+    """(step_by_step, chunk, n_chunks, saved-state spacing of a training forward, BLOCK_D, num_warps, BLOCK_N, channel
+    blocks, extra launch options) of a forward. Cached: the host path runs on every call; ``interpret`` and
+    ``overrides`` only key the cache (the helpers read them)."""
     chunk = forward_chunk_len(n_state, rows, steps, cl)
+    save_every = chunk_len(n_state, rows, steps, cl)
     step_by_step = sequential(n_state, rows, steps)
     block_d, warps = _launch_config("fwd", n_state, dim, rows, steps, chunk, cl)
     maxnreg = None if step_by_step else _forward_maxnreg(n_state, rows, cl)
-    return (step_by_step, chunk, cdiv(steps, chunk), block_d, warps, next_power_of_2(n_state), cdiv(dim, block_d),
-            {} if maxnreg is None else {"maxnreg": maxnreg})
+    return (step_by_step, chunk, cdiv(steps, chunk), save_every, block_d, warps, next_power_of_2(n_state),
+            cdiv(dim, block_d), {} if maxnreg is None else {"maxnreg": maxnreg})
 
 
 @functools.lru_cache(maxsize=1024)
@@ -632,10 +633,9 @@ def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, 
     """Launch the forward. Returns (y, last_state, chunk_start_states or empty)."""
     check_kernel_dtypes("triton scan", u, delta, B, C, z)
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    rows, cl = batch * k_total * dim, channels_fastest(u)
-    step_by_step, chunk, n_chunks, block_d, warps, block_n, d_blocks, options = _forward_plan(
-        n_state, dim, rows, steps, cl, triton_interpret(), _overrides_key())
-    save_every = chunk_len(n_state, rows, steps, cl) if save_states else chunk
+    step_by_step, chunk, n_chunks, state_spacing, block_d, warps, block_n, d_blocks, options = _forward_plan(
+        n_state, dim, batch * k_total * dim, steps, channels_fastest(u), triton_interpret(), _overrides_key())
+    save_every = state_spacing if save_states else chunk
     if chunk % save_every:
         raise ValueError(f"triton scan: the forward chunk ({chunk} steps) must be a multiple of the saved-state "
                          f"spacing ({save_every} steps)")
