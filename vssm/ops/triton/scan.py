@@ -428,7 +428,7 @@ def _scan_bwd_kernel(
         sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
         sz_b, sz_d, sz_l, sdy_b, sdy_k, sdy_d, sdy_l, sdB_b, sdB_k, sdB_g, sdB_n, sdB_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, HAS_DLAST: tl.constexpr,
+        HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr,
         U_ATOMIC: tl.constexpr, DT_ATOMIC: tl.constexpr, Z_ATOMIC: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
     """Gradients; du/ddt/dz are written with the strides of u/delta/z (fp32 buffers where atomic). dB and dC are fp32
@@ -463,10 +463,7 @@ def _scan_bwd_kernel(
     dC_base = dC_ptr + pid_b * sdB_b + pid_k * sdB_k
     seq = (pid_b * K + pid_k) * dim + offs_d[:, None]
     state_base = states_ptr + seq * (n_chunks * N) + offs_n[None, :]
-    if HAS_DLAST:
-        carry = tl.load(dlast_ptr + seq * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    else:
-        carry = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    carry = tl.load(dlast_ptr + seq * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
     dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -675,8 +672,12 @@ def _k_strides(t: Tensor) -> tuple[int, int, int, int]:
 
 
 def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
-                    params_at_step):
-    """Launch the backward. Returns grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None."""
+                    params_at_step, grad_BC_into=None, accumulators=False):
+    """Launch the backward. Returns grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None.
+
+    ``grad_BC_into``: zeroed float32 tensors of B's and C's shapes (any strides) that receive dB and dC (returned as
+    None then), for a caller that lays them out next to other gradients. ``accumulators``: return the gradients as the
+    kernel leaves them (float32 where it accumulates) instead of in the inputs' dtypes."""
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
     rows = batch * k_total * dim
     chunk, n_chunks, block_d, warps, block_n, d_blocks = _backward_plan(
@@ -695,9 +696,14 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     dz = None
     if z is not None:
         dz = torch.zeros_like(z, dtype=f32) if z_atomic else torch.empty_like(z)
-    # dB, dC: (..., N, L) views of one zeroed (2, ..., L, N) buffer, the states of one step contiguous
-    dB, dC = torch.zeros(2, *B.shape[:-2], B.shape[-1], B.shape[-2], device=u.device, dtype=f32).transpose(
-        -1, -2).unbind(0)
+    if grad_BC_into is None:  # (..., N, L) views of one zeroed (2, ..., L, N) buffer, the states of a step contiguous
+        dB, dC = torch.zeros(2, *B.shape[:-2], B.shape[-1], B.shape[-2], device=u.device, dtype=f32).transpose(
+            -1, -2).unbind(0)
+    else:
+        dB, dC = grad_BC_into
+        if dB.shape != B.shape or dC.shape != C.shape or dB.stride() != dC.stride() or dB.dtype != f32:
+            raise ValueError(f"triton scan backward: grad_BC_into must be float32 tensors of B's and C's shape "
+                             f"{tuple(B.shape)} with equal strides, got {tuple(dB.shape)} and {tuple(dC.shape)}")
     # per-batch-row partial sums of dA, dD and d(delta_bias) in one buffer (layout in the kernel's docstring)
     kd = k_total * dim
     partial = torch.empty(batch, kd * (n_state + 2), device=u.device, dtype=f32)
@@ -706,20 +712,26 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
         dy = dy.unsqueeze(1)
     dy_strides = (dy.stride(0), 0 if dy.shape[1] == 1 else dy.stride(1), dy.stride(2), dy.stride(3))
     dummy = partial
-    has_dlast = dlast is not None and dlast.numel() > 0
+    # the kernel always loads the adjoint of the last state: its variant with a constant zero there compiled to a
+    # backward 10-15% slower on an H100 (BENCHMARKS.md), so no gradient of the last state reads as zeros
+    if dlast is None or not dlast.numel():
+        dlast = torch.zeros(batch, k_total, dim, n_state, device=u.device, dtype=f32)
     _scan_bwd_kernel[(batch * k_total, d_blocks)](
         u, delta, _float32(A), B, C, dummy if D is None else _float32(D), dummy if z is None else z,
         dummy if delta_bias is None else _float32(delta_bias), _path_arg(paths, dummy), states, dy,
-        _float32(dlast) if has_dlast else dummy, du, ddt, dB, dC, dummy if dz is None else dz, partial,
+        _float32(dlast), du, ddt, dB, dC, dummy if dz is None else dz, partial,
         k_total, dim, length, steps, n_state, d_per_group, n_chunks, partial.shape[1],
         *_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
         *(z.stride() if z is not None else (0, 0, 0)), *dy_strides, *dB.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step, HAS_DLAST=has_dlast,
+        HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step,
         U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, TILE_ONE_GROUP=d_per_group % block_d == 0,
         BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps)
     dA, dD, dbias = partial.sum(0).split([kd * n_state, kd, kd])
-    return (_cast(du, u.dtype), _cast(ddt, delta.dtype), _cast(dA.view(A.shape), A.dtype), _cast(dB, B.dtype),
-            _cast(dC, C.dtype), None if D is None else _cast(dD.view(D.shape), D.dtype),
-            None if dz is None else _cast(dz, z.dtype),
-            None if delta_bias is None else _cast(dbias.view(delta_bias.shape), delta_bias.dtype))
+    grads = (du, ddt, dA.view(A.shape), None if grad_BC_into is not None else dB,
+             None if grad_BC_into is not None else dC, None if D is None else dD.view(D.shape), dz,
+             None if delta_bias is None else dbias.view(delta_bias.shape))
+    if accumulators:
+        return grads
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    return tuple(None if g is None else _cast(g, t.dtype) for g, t in zip(grads, inputs))
