@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import vssm.layers.ss2d as ss2d_module
+import vssm.ops.projected_scan as projected_scan
 from vssm.layers.ss2d import SS2D, LocalSS2D, RouteChannelAttention, official_v_unscan
 from vssm.ops import multi_scan, selective_scan_ref
+from vssm.ops.projected_scan import scan_projections
 
 
 def randomise(module, seed=0):
@@ -173,17 +175,18 @@ def test_channel_first_and_last_agree(make):
 
 @pytest.mark.parametrize("channel_first", [False, True])
 def test_mixers_hand_channels_last_views_to_multi_scan(monkeypatch, channel_first):
-    """One fused multi_scan call per mixer; x, delta, B and C arrive as views whose fastest axis is the channel (or
-    state) axis, so the GPU kernel reads whole channel rows per token along any path."""
+    """One fused multi_scan call per mixer (the composed path of projected_multi_scan, which the CPU runs); x, delta,
+    B and C arrive as views whose fastest axis is the channel (or state) axis, so the GPU kernel reads whole channel
+    rows per token along any path."""
     calls = []
-    real = ss2d_module.multi_scan
+    real = projected_scan.multi_scan
 
     def spy(u, delta, A, B, C, paths, *rest):
         calls.append((tuple(paths.shape), rest[-3], u.stride(1), delta.stride(2), B.stride(2), C.stride(2),
                       u._base is not None, delta._base is not None))
         return real(u, delta, A, B, C, paths, *rest)
 
-    monkeypatch.setattr(ss2d_module, "multi_scan", spy)
+    monkeypatch.setattr(projected_scan, "multi_scan", spy)
     shape = (1, 8, 3, 5) if channel_first else (1, 3, 5, 8)
     SS2D(8, d_state=1, gated=False, channel_first=channel_first)(torch.randn(shape))
     LocalSS2D(8, ["h", "v_flip", "w2", "w7_flip"], channel_first=channel_first)(torch.randn(shape))
@@ -215,7 +218,7 @@ def test_window_padding_steps_are_scanned():
     x = torch.randn(1, 16, 5, 5).contiguous(memory_format=torch.channels_last)  # conv features, d_inner = 16
     with torch.no_grad():
         u = x.flatten(2)
-        delta, B, C = mixer.ssm_inputs(u.transpose(1, 2))
+        delta, B, C = scan_projections(u.transpose(1, 2), mixer.x_proj_weight, mixer.dt_proj_weight)
 
         def scan(route_paths):
             return multi_scan(u, delta, -torch.exp(mixer.A_log), B, C, route_paths, mixer.D, None, mixer.dt_proj_bias,
@@ -286,16 +289,21 @@ def test_bf16_autocast_keeps_dtype_and_agrees():
 @pytest.mark.parametrize("make", [lambda: SS2D(8, d_state=2, gated=False),
                                   lambda: LocalSS2D(8, ["h", "v_flip", "w2", "w7"], d_state=2)])
 def test_triton_path_matches_torch_path(monkeypatch, make):
-    """The Triton kernels (CPU interpreter here) on the mixers' strided channels-last views: outputs and all grads."""
+    """The Triton kernels (CPU interpreter here) on the mixers' strided channels-last views, behind the fused
+    projections + scan node: outputs and all grads."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     mixer = randomise(make())
     x = torch.randn(1, 3, 4, 8, requires_grad=True)
+    fused = []
+    real = projected_scan._FusedProjectedScan.apply
+    monkeypatch.setattr(projected_scan._FusedProjectedScan, "apply", lambda *a: fused.append(1) or real(*a))
     results = []
     for backend in ("torch", "triton"):
         monkeypatch.setenv("VSSM_SCAN_BACKEND", backend)
         y = mixer(x)
         results.append((y, torch.autograd.grad(y.square().sum(), [x, *mixer.parameters()])))
+    assert len(fused) == 1  # the triton run
     (y_torch, g_torch), (y_triton, g_triton) = results
     torch.testing.assert_close(y_triton, y_torch, atol=1e-5, rtol=1e-5)
     for a, b in zip(g_triton, g_torch):

@@ -5,10 +5,12 @@ Both mixers take a (B, H, W, C) map, or (B, C, H, W) with ``channel_first=True``
     in_proj -> [x | z] -> depthwise 3x3 conv -> SiLU -> K-direction selective scan -> merge -> out_norm [* SiLU(z)]
     -> out_proj
 
-The scan runs on ``vssm.ops.multi_scan``: each direction is a scan path (``vssm.ops.scan_paths``) with its own
-projections (``x_proj_weight``, ``dt_proj_weight``, ``dt_proj_bias``), ``A_log`` and ``D``; B and C are computed per
-direction and shared by all channels. The projections act per token, so they are computed once in spatial order and
-the kernel reads them along each path; on the GPU the gather, the scan and the scatter (+ merge) are one Triton kernel.
+The scan runs on ``vssm.ops.projected_multi_scan`` (``multi_scan`` with its input projections): each direction is a
+scan path (``vssm.ops.scan_paths``) with its own projections (``x_proj_weight``, ``dt_proj_weight``,
+``dt_proj_bias``), ``A_log`` and ``D``; B and C are computed per direction and shared by all channels. The projections
+act per token, so they are computed once in spatial order and the kernel reads them along each path; on the GPU the
+gather, the scan and the scatter (+ merge) are one Triton kernel, and in eager mode the projections and the scan are
+one autograd node.
 Inside the mixer everything is channels-last: the conv runs on channels-last storage and the scan gets (B, L, C) views
 (``.transpose``), so the kernel reads whole rows of channels per token along any path and returns channels-last
 outputs; the layout option only decides the mixer's input and output.
@@ -36,7 +38,7 @@ from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from vssm.layers.norm import LayerNorm
-from vssm.ops import multi_scan, scan_paths
+from vssm.ops import projected_multi_scan, scan_paths
 
 __all__ = ["SS2D", "LocalSS2D", "RouteChannelAttention", "official_v_unscan"]
 
@@ -185,34 +187,11 @@ class SS2D(nn.Module):
         self.A_log.copy_(states.log().expand_as(self.A_log))
         self.D.fill_(1.0)
 
-    def ssm_inputs(self, tokens: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Per-direction scan inputs from the conv features, all in spatial order and channels-last storage.
-
-        Args:
-            tokens: (B, L, d) conv features.
-
-        Returns:
-            delta (B, K, d, L) (before bias and softplus), B and C (B, K, N, L); views whose fastest axis is d / N.
-        """
-        k = self.x_proj_weight.shape[0]
-        x_dbl = F.linear(tokens, self.x_proj_weight.flatten(0, 1)).unflatten(-1, (k, -1))  # (B, L, K, R+2N)
-        dt_low, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # all K dt projections as one GEMM with a block-diagonal (K d, K R) weight: its weight gradient is one wide
-        # GEMM, where a batched (K, R, B L) x (K, B L, d) product over the long B L axis took 9 ms on an H100
-        weight = self.dt_proj_weight  # (K, d, R)
-        eye = torch.eye(k, device=weight.device, dtype=weight.dtype)
-        block_diagonal = (weight[:, :, None, :] * eye[:, None, :, None]).flatten(2).flatten(0, 1)  # (K d, K R)
-        delta = F.linear(dt_low.flatten(-2), block_diagonal).unflatten(-1, (k, -1))
-        return delta.permute(0, 2, 3, 1), B.permute(0, 2, 3, 1), C.permute(0, 2, 3, 1)
-
     def scan(self, x: Tensor) -> Tensor:
         """Cross scan of the conv features x (B, d, H, W), channels-last storage; returns the merged (B, L, d)."""
         height, width = x.shape[-2:]
-        u = x.flatten(2)  # (B, d, L), a view of the channels-last (B, L, d) storage
-        delta, B, C = self.ssm_inputs(u.transpose(1, 2))
-        A = -torch.exp(self.A_log.float())  # (K, d, N)
-        y = multi_scan(u, delta, A, B, C, cross_paths(height, width, x.device), self.D.float(), None,
-                       self.dt_proj_bias.float(), True, "sum", False, False)  # (B, d, L)
+        y = projected_multi_scan(x.flatten(2), self.x_proj_weight, self.dt_proj_weight, self.dt_proj_bias,
+                                 self.A_log, self.D, cross_paths(height, width, x.device), "sum")  # (B, d, L)
         return y.transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -259,11 +238,9 @@ class LocalSS2D(SS2D):
     def scan(self, x: Tensor) -> Tensor:
         """Local-route scans of x (B, d, H, W), channels-last storage, merged by channel attention -> (B, L, d)."""
         height, width = x.shape[-2:]
-        u = x.flatten(2)
-        delta, B, C = self.ssm_inputs(u.transpose(1, 2))
-        A = -torch.exp(self.A_log.float())
-        ys = multi_scan(u, delta, A, B, C, local_paths(height, width, self.directions, x.device), self.D.float(),
-                        None, self.dt_proj_bias.float(), True, "none", False, False)  # (B, K, d, L)
+        ys = projected_multi_scan(x.flatten(2), self.x_proj_weight, self.dt_proj_weight, self.dt_proj_bias,
+                                  self.A_log, self.D, local_paths(height, width, self.directions, x.device),
+                                  "none")  # (B, K, d, L)
         routes = ys.transpose(2, 3)  # (B, K, L, d)
         if self.reproduce_v_unscan_bug:
             routes = official_v_unscan(routes, self.directions, height, width)
