@@ -141,16 +141,17 @@ def test_pretrained_through_timm(tmp_path):
 
 
 @pytest.mark.parametrize("name,d_state,merge", [("test_vmamba", 1, "sum"), ("vmamba_tiny_v0", 16, "sum")])
-def test_scan_runs_on_multi_scan(monkeypatch, name, d_state, merge):
-    """One fused multi_scan call per block (cross paths, merged in the kernel) with the variant's d_state."""
+def test_scan_runs_on_projected_multi_scan(monkeypatch, name, d_state, merge):
+    """One fused projections + multi_scan call per block (cross paths, merged in the kernel) with the variant's
+    d_state."""
     calls = []
-    real = ss2d_module.multi_scan
+    real = ss2d_module.projected_multi_scan
 
     def spy(*args):
-        calls.append((args[2].shape[-1], tuple(args[5].shape), args[10]))  # A (K, d, N), paths (K, L), merge
+        calls.append((args[4].shape[-1], tuple(args[6].shape), args[7]))  # A_log (K, d, N), paths (K, L), merge
         return real(*args)
 
-    monkeypatch.setattr(ss2d_module, "multi_scan", spy)
+    monkeypatch.setattr(ss2d_module, "projected_multi_scan", spy)
     timm.create_model(name, depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))(torch.randn(1, 3, 32, 32))
     assert calls == [(d_state, (4, 64), merge), (d_state, (4, 16), merge)] + [(d_state, (4, 4), merge)] * 2 + [
         (d_state, (4, 1), merge)]

@@ -9,9 +9,9 @@ For a feature map x (batch, dim, L) in spatial order and K directions, each with
 ``projected_multi_scan_composed`` writes this with PyTorch ops (the K dt projections as one GEMM with a block-diagonal
 weight) around ``multi_scan``; it is what the CPU, torch.compile, torch.export, TorchScript and FX run. On CUDA (or
 under TRITON_INTERPRET=1) eager calls run the same GEMMs and the Triton scan inside one ``autograd.Function`` with a
-hand-written backward: about 15 launches per forward + backward and no autograd node per op, where the composed form
-takes about 50 ops and 35 autograd nodes, which cost more host time than an eager model's GPU work on small maps.
-Under autocast both run the GEMMs in the autocast dtype, as ``F.linear`` would.
+hand-written backward: one autograd node where the composed form records about 30, and about 15% fewer dispatched
+ops (89 against 106 per forward + backward, most of the rest views), host time that eager models with small maps
+pay on every step. Under autocast both run the GEMMs in the autocast dtype, as ``F.linear`` would.
 """
 from typing import Optional
 
