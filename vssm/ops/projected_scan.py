@@ -29,7 +29,9 @@ _MERGES = ("sum", "none")
 
 
 def block_diagonal(weight: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
-    """(K, d, R) per-direction weights -> the (K d, K R) block-diagonal matrix that applies all K at once."""
+    """(K, d, R) per-direction weights -> the (K d, K R) block-diagonal matrix that applies all K at once
+    (differentiable). The K dt projections as one GEMM: its weight gradient is one wide GEMM, where a batched
+    (K, R, batch L) x (K, batch L, d) product over the long batch L axis took 9 ms on an H100."""
     k, d, r = weight.shape
     out = weight.new_zeros(k, d, k, r, dtype=dtype)
     out.diagonal(dim1=0, dim2=2).copy_(weight.permute(1, 2, 0))
@@ -47,11 +49,7 @@ def scan_projections(tokens: Tensor, x_proj_weight: Tensor, dt_proj_weight: Tens
     n_state = (x_proj_weight.shape[1] - rank) // 2
     x_dbl = F.linear(tokens, x_proj_weight.flatten(0, 1)).unflatten(-1, (k, -1))  # (batch, L, K, R + 2N)
     dt_low, B, C = torch.split(x_dbl, [rank, n_state, n_state], dim=-1)
-    # all K dt projections as one GEMM: its weight gradient is one wide GEMM, where a batched (K, R, batch L) x
-    # (K, batch L, d) product over the long batch L axis took 9 ms on an H100
-    eye = torch.eye(k, device=dt_proj_weight.device, dtype=dt_proj_weight.dtype)
-    weight = (dt_proj_weight[:, :, None, :] * eye[:, None, :, None]).flatten(2).flatten(0, 1)  # (K d, K R)
-    delta = F.linear(dt_low.flatten(-2), weight).unflatten(-1, (k, -1))
+    delta = F.linear(dt_low.flatten(-2), block_diagonal(dt_proj_weight)).unflatten(-1, (k, -1))
     return delta.permute(0, 2, 3, 1), B.permute(0, 2, 3, 1), C.permute(0, 2, 3, 1)
 
 
@@ -141,7 +139,7 @@ class _FusedProjectedScan(torch.autograd.Function):
             y, _, states = scan_fwd_triton(u, delta, A, B, C, D.float(), None, dt_proj_bias.float(), paths, True,
                                            merge, False, training)
         if training:
-            ctx.save_for_backward(u, tokens, w_x, x_dbl, dt_low, w_dt, delta, A, D, dt_proj_bias, paths, states)
+            ctx.save_for_backward(u, tokens, w_x, dt_low, w_dt, delta, A, B, C, D, dt_proj_bias, paths, states)
             ctx.params_dtype = (x_proj_weight.dtype, dt_proj_weight.dtype, A_log.dtype)
             ctx.merge = merge
         return y
@@ -150,19 +148,17 @@ class _FusedProjectedScan(torch.autograd.Function):
     def backward(ctx, dy):
         from .triton.scan import scan_bwd_triton
 
-        u, tokens, w_x, x_dbl, dt_low, w_dt, delta, A, D, dt_proj_bias, paths, states = ctx.saved_tensors
+        u, tokens, w_x, dt_low, w_dt, delta, A, B, C, D, dt_proj_bias, paths, states = ctx.saved_tensors
         x_proj_dtype, dt_proj_dtype, a_log_dtype = ctx.params_dtype
-        batch, length, k, rank2n = x_dbl.shape
+        batch, k, _, n_state, length = B.shape
         dim = u.shape[2]
         rank = dt_low.shape[1] // k
-        n_state = (rank2n - rank) // 2
+        rank2n = rank + 2 * n_state
         with torch.autocast(u.device.type, enabled=False):
             # dB and dC accumulate in one float32 buffer (2, batch, K, 1, L, N), where a warp's atomics cover
             # consecutive steps (accumulating into their strided columns of x_dbl's gradient cost LocalVMamba-T about
             # 9% of its training step on an H100)
             grad_BC = torch.zeros(2, batch, k, 1, length, n_state, device=u.device, dtype=torch.float32)
-            B = x_dbl[..., rank:rank + n_state].permute(0, 2, 3, 1).unsqueeze(2)
-            C = x_dbl[..., rank + n_state:].permute(0, 2, 3, 1).unsqueeze(2)
             du, ddelta, dA, _, _, dD, _, dbias = scan_bwd_triton(
                 dy if dense_strides(dy) else dy.contiguous(), None, u, delta, A, B, C, D.float(), None,
                 dt_proj_bias.float(), paths, states, True, ctx.merge, False,
