@@ -1,6 +1,6 @@
 """projected_multi_scan: the fused autograd node (Triton kernels, interpreter on CPU) against the composed PyTorch ops
 in float64, forward and every gradient, for cross and padded local paths, both merges and both layouts; bf16 autocast;
-no-grad calls; the composed form against explicit per-direction projections; bad input."""
+no-grad calls; the composed form against explicit per-direction projections; bad shapes, dtypes and devices."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,6 +135,21 @@ def test_bad_input_names_the_argument(change, match):
     args = dict(_inputs(paths, (3, 5), 1, 2, 1, True), paths=paths, merge="sum")
     args.update(change)
     with pytest.raises(ValueError, match=match):
+        projected_multi_scan(**args)
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (dict(x=torch.randint(0, 5, (1, 6, 15))), TypeError, "projected_multi_scan: x must be float32"),
+    (dict(A_log=torch.randn(4, 6, 1, dtype=torch.complex64)), TypeError, "A_log must be real"),
+    (dict(D=torch.ones(4, 6, dtype=torch.long)), TypeError, "D must be float32"),
+    (dict(x_proj_weight="weights"), TypeError, "x_proj_weight must be a torch.Tensor"),
+    (dict(D=torch.ones(4, 6, device="meta")), ValueError, "all tensors must be on one device"),
+])
+def test_bad_dtypes_and_devices_name_the_argument(change, error, match):
+    paths = scan_paths.build("cross", (3, 5))
+    args = dict(_inputs(paths, (3, 5), 1, 2, 1, True), paths=paths, merge="sum")
+    args.update(change)
+    with pytest.raises(error, match=match):
         projected_multi_scan(**args)
 
 

@@ -21,6 +21,7 @@ from timm.layers import register_notrace_function
 from torch import Tensor
 
 from .multi_scan import multi_scan
+from .selective_scan import check_float_tensor
 from .scan_core import dense_strides, eager, resolve_backend
 
 __all__ = ["projected_multi_scan", "projected_multi_scan_composed", "scan_projections"]
@@ -66,9 +67,15 @@ def _check(x, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, paths, merg
     fn = "projected_multi_scan"
     if merge not in _MERGES:
         raise ValueError(f"{fn}: merge must be one of {_MERGES}, got {merge!r}")
-    if not isinstance(x, Tensor) or x.dim() != 3:
-        raise ValueError(f"{fn}: x must be a (batch, dim, L) tensor, got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    params = dict(x_proj_weight=x_proj_weight, dt_proj_weight=dt_proj_weight, dt_proj_bias=dt_proj_bias,
+                  A_log=A_log, D=D)
+    for name, t in (("x", x), *params.items()):  # dtypes here, shapes below
+        check_float_tensor(name, t, (t.dim(),) if isinstance(t, Tensor) else (), fn)
+    devices = {t.device for t in (x, paths, *params.values()) if isinstance(t, Tensor)}
+    if len(devices) > 1:
+        raise ValueError(f"{fn}: all tensors must be on one device, got {sorted(map(str, devices))}")
+    if x.dim() != 3:
+        raise ValueError(f"{fn}: x must be a (batch, dim, L) tensor, got {tuple(x.shape)}")
     dim = x.shape[1]
     if x_proj_weight.dim() != 3 or x_proj_weight.shape[2] != dim:
         raise ValueError(f"{fn}: x_proj_weight must be (K, R + 2N, dim={dim}), got {tuple(x_proj_weight.shape)}")
