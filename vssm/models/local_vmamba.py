@@ -50,14 +50,14 @@ from typing import Dict, Final, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (DropPath, PatchEmbed, RmsNorm, register_notrace_function, resample_abs_pos_embed,
-                         trunc_normal_)
+from timm.layers import DropPath, PatchEmbed, register_notrace_function, resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vssm.convert import register_official, unwrap_checkpoint
+from vssm.layers.norm import RmsNorm
 from vssm.layers.ss2d import RouteChannelAttention, official_v_unscan
 from vssm.ops import scan_paths, selective_scan
 
@@ -210,7 +210,7 @@ class LocalVimBlock(nn.Module):
     def __init__(self, dim: int, mixer: LocalMambaMixer, drop_path: float = 0.0, norm_eps: float = 1e-5, device=None,
                  dtype=None):
         super().__init__()
-        self.norm = RmsNorm(dim, eps=norm_eps, device=device, dtype=dtype)
+        self.norm = RmsNorm(dim, eps=norm_eps, autocast_output=True, device=device, dtype=dtype)
         self.mixer = mixer
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 

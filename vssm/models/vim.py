@@ -62,6 +62,7 @@ from torch.jit import Final
 
 from ..convert import register_official, unwrap_checkpoint
 from ..layers.mamba_mixer import MambaBlock, stack_official_directions
+from ..layers.norm import RmsNorm
 
 __all__ = [
     "Vim", "StridedPatchEmbed", "VimRope", "checkpoint_filter_fn", "convert_official", "resize_pos_embed_official",
@@ -248,11 +249,15 @@ class Vim(nn.Module):
         self.pos_drop = nn.Dropout(pos_drop_rate)
         self.rope = VimRope(embed_dim, spatial_grid, rope_ref_size, device=device) if rope else None
 
-        norm_layer = partial(get_norm_layer(norm_layer), eps=norm_eps)
+        if norm_layer == "rmsnorm":  # vssm's one-kernel RMSNorm; a block's norm feeds in_proj in the autocast dtype
+            block_norm = partial(RmsNorm, eps=norm_eps, autocast_output=True)
+            norm_layer = partial(RmsNorm, eps=norm_eps)
+        else:
+            block_norm = norm_layer = partial(get_norm_layer(norm_layer), eps=norm_eps)
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList([
             MambaBlock(
-                embed_dim, norm_layer, drop_path=dpr[i], d_state=d_state, d_conv=d_conv, expand=expand,
+                embed_dim, block_norm, drop_path=dpr[i], d_state=d_state, d_conv=d_conv, expand=expand,
                 dt_rank=dt_rank, bidirectional=bidirectional, merge=merge, **dd,
             )
             for i in range(depth)

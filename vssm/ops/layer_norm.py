@@ -1,10 +1,13 @@
-"""LayerNorm over the last axis that writes its output in a chosen dtype (Triton on CUDA, PyTorch elsewhere).
+"""LayerNorm and RMSNorm over the last axis that write their output in a chosen dtype (Triton on CUDA, PyTorch
+elsewhere).
 
 Under autocast PyTorch runs ``layer_norm`` in float32: it casts a bf16 input up, writes a float32 output, and the
 matmul that follows casts it back down. ``layer_norm(x, weight, bias, eps, out_dtype)`` reads x in its own dtype,
-normalises in float32 and writes ``out_dtype`` directly (one pass over memory each way). The op is a
-``torch.library.custom_op`` with a fake and an autograd formula (torch.compile, torch.export) and a notrace leaf for
-FX; the PyTorch path (``layer_norm_ref``) is the definition the Triton kernels are tested against.
+normalises in float32 and writes ``out_dtype`` directly (one pass over memory each way). ``rms_norm(x, weight, eps,
+out_dtype)`` does the same for RMSNorm, which PyTorch (timm's ``RmsNorm``) computes as six separate ops. Both are one
+``torch.library.custom_op`` with a fake and an autograd formula (torch.compile, torch.export) and notrace leaves for
+FX; the PyTorch paths (``layer_norm_ref``, ``rms_norm_ref``) are the definitions the Triton kernels are tested
+against.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from torch import Tensor
 
 from .scan_core import check_kernel_backend, eager, triton_available
 
-__all__ = ["layer_norm", "layer_norm_ref"]
+__all__ = ["layer_norm", "layer_norm_ref", "rms_norm", "rms_norm_ref"]
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -33,45 +36,56 @@ def layer_norm_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float
     return y.to(out_dtype or x.dtype)
 
 
+def rms_norm_ref(x: Tensor, weight: Tensor, eps: float = 1e-6, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """RMSNorm x / sqrt(mean(x^2) + eps) * weight of x (..., C) over C, computed in float32 (float64 for float64
+    input), returned as ``out_dtype`` (x's dtype when None)."""
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    with torch.autocast(x.device.type, enabled=False):
+        xc = x.to(compute)
+        y = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps) * weight.to(compute)
+    return y.to(out_dtype or x.dtype)
+
+
 @torch.library.custom_op("vssm::layer_norm_fwd", mutates_args=())
-def _layer_norm_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float,
-                    out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+def _layer_norm_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float, out_dtype: torch.dtype,
+                    rms: bool) -> tuple[Tensor, Tensor, Tensor]:
     from .triton.layer_norm import layer_norm_fwd_triton
 
-    return layer_norm_fwd_triton(x, weight, bias, eps, out_dtype)
+    return layer_norm_fwd_triton(x, weight, bias, eps, out_dtype, rms)
 
 
 @_layer_norm_fwd.register_fake
-def _(x, weight, bias, eps, out_dtype):
+def _(x, weight, bias, eps, out_dtype, rms):
     rows = x.numel() // x.shape[-1]
-    return (x.new_empty(x.shape, dtype=out_dtype), x.new_empty(rows, dtype=torch.float32),
+    return (x.new_empty(x.shape, dtype=out_dtype), x.new_empty(0 if rms else rows, dtype=torch.float32),
             x.new_empty(rows, dtype=torch.float32))
 
 
 @torch.library.custom_op("vssm::layer_norm_bwd", mutates_args=())
-def _layer_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, has_bias: bool, mean: Tensor,
-                    rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _layer_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, has_bias: bool, mean: Tensor, rstd: Tensor,
+                    rms: bool) -> tuple[Tensor, Tensor, Tensor]:
     from .triton.layer_norm import layer_norm_bwd_triton
 
-    dx, dw, db = layer_norm_bwd_triton(dy, x, weight, has_bias, mean, rstd)
+    dx, dw, db = layer_norm_bwd_triton(dy, x, weight, has_bias, mean, rstd, rms)
     return dx, dw, db if db is not None else dw.new_empty(0)
 
 
 @_layer_norm_bwd.register_fake
-def _(dy, x, weight, has_bias, mean, rstd):
+def _(dy, x, weight, has_bias, mean, rstd, rms):
     return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape if has_bias else 0)
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, eps, out_dtype = inputs
+    x, weight, bias, eps, out_dtype, rms = inputs
     ctx.save_for_backward(x, weight, output[1], output[2])
     ctx.has_bias = bias is not None
+    ctx.rms = rms
 
 
 def _backward(ctx, dy, dmean, drstd, layer_norm_bwd=torch.ops.vssm.layer_norm_bwd):
     x, weight, mean, rstd = ctx.saved_tensors
-    dx, dw, db = layer_norm_bwd(dy, x, weight, ctx.has_bias, mean, rstd)
-    return dx, dw, db if ctx.has_bias else None, None, None
+    dx, dw, db = layer_norm_bwd(dy, x, weight, ctx.has_bias, mean, rstd, ctx.rms)
+    return dx, dw, db if ctx.has_bias else None, None, None, None
 
 
 torch.library.register_autograd("vssm::layer_norm_fwd", _backward, setup_context=_setup_context)
@@ -97,14 +111,30 @@ class _EagerLayerNorm(torch.autograd.Function):
         return _backward(ctx, dy, dmean, drstd, layer_norm_bwd=layer_norm_bwd_triton)
 
 
-def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+def _check(fn: str, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
     if not isinstance(x, Tensor) or x.dtype not in _FLOATS or x.dim() < 1:
-        raise TypeError(f"layer_norm: x must be a floating tensor (..., C), got "
+        raise TypeError(f"{fn}: x must be a floating tensor (..., C), got "
                         f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
     for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and (t.dim() != 1 or t.shape[0] != x.shape[-1]):
-            raise ValueError(f"layer_norm: {name} must be (C,) = ({x.shape[-1]},) for x {tuple(x.shape)}, got "
-                             f"{tuple(t.shape)}")
+        if (t is not None or name == "weight") and (not isinstance(t, Tensor) or t.dim() != 1
+                                                    or t.shape[0] != x.shape[-1]):
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{fn}: {name} must be (C,) = ({x.shape[-1]},) for x {tuple(x.shape)}, got {got}")
+
+
+def _norm(fn: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float, out_dtype: Optional[torch.dtype],
+          backend: Optional[str], rms: bool) -> Tensor:
+    _check(fn, x, weight, bias)
+    out_dtype = out_dtype or x.dtype
+    if backend is None:
+        use_triton = x.is_cuda and x.dtype != torch.float64 and triton_available()
+        backend = "triton" if use_triton else "torch"
+    check_kernel_backend(fn, backend, x.device, (x.dtype, out_dtype))
+    if backend == "torch":
+        return rms_norm_ref(x, weight, eps, out_dtype) if rms else layer_norm_ref(x, weight, bias, eps, out_dtype)
+    if eager(x, weight, bias):
+        return _EagerLayerNorm.apply(x, weight, bias, float(eps), out_dtype, rms)[0]
+    return _layer_norm_fwd(x, weight, bias, float(eps), out_dtype, rms)[0]
 
 
 @register_notrace_function
@@ -117,14 +147,13 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float = 1
         backend: 'triton' (default for CUDA tensors other than float64; CPU tensors need TRITON_INTERPRET=1) or
             'torch' (``layer_norm_ref``, the default elsewhere).
     """
-    _check(x, weight, bias)
-    out_dtype = out_dtype or x.dtype
-    if backend is None:
-        use_triton = x.is_cuda and x.dtype != torch.float64 and triton_available()
-        backend = "triton" if use_triton else "torch"
-    check_kernel_backend("layer_norm", backend, x.device, (x.dtype, out_dtype))
-    if backend == "torch":
-        return layer_norm_ref(x, weight, bias, eps, out_dtype)
-    if eager(x, weight, bias):
-        return _EagerLayerNorm.apply(x, weight, bias, float(eps), out_dtype)[0]
-    return _layer_norm_fwd(x, weight, bias, float(eps), out_dtype)[0]
+    return _norm("layer_norm", x, weight, bias, eps, out_dtype, backend, False)
+
+
+@register_notrace_function
+@torch.jit.ignore
+def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, out_dtype: Optional[torch.dtype] = None,
+             backend: Optional[str] = None) -> Tensor:
+    """RMSNorm x / sqrt(mean(x^2) + eps) * weight of x (..., C) over its last axis, weight (C,), output in
+    ``out_dtype`` (default x's); ``backend`` as for ``layer_norm``."""
+    return _norm("rms_norm", x, weight, None, eps, out_dtype, backend, True)

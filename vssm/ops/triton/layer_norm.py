@@ -1,10 +1,13 @@
-"""Triton LayerNorm over the last axis, forward and backward (reference: ``vssm.ops.layer_norm.layer_norm_ref``).
+"""Triton LayerNorm and RMSNorm over the last axis, forward and backward (references: ``layer_norm_ref`` and
+``rms_norm_ref`` in ``vssm.ops.layer_norm``).
 
 The forward reads rows in their own dtype, normalises in fp32 and writes the output in a requested dtype, so a norm
 under autocast reads a float32 residual stream (or a bf16 scan output) once and writes bf16 for the matmul that
-follows, where autocast would run it in float32 and add a cast before and after. Mean and 1/std (fp32, one per row)
-are kept for the backward. The backward gives each program a strided set of row blocks: it writes dx and keeps the
-weight and bias gradients of its rows in registers, stored once as per-program partial sums that the host adds up.
+follows, where autocast would run it in float32 and add a cast before and after. Mean (LayerNorm only) and 1/std
+(fp32, one per row) are kept for the backward. RMSNorm (``RMS``) skips the centring: x / sqrt(mean(x^2) + eps) * w,
+one kernel where PyTorch (timm's ``RmsNorm``) runs five elementwise ops and a reduction. The backward gives each
+program a strided set of row blocks: it writes dx and keeps the weight and bias gradients of its rows in registers,
+stored once as per-program partial sums that the host adds up.
 """
 from __future__ import annotations
 
@@ -31,28 +34,32 @@ def _tiles(channels: int) -> tuple[int, int, int]:
 
 @triton.jit
 def _layer_norm_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, C, sx_m, sy_m, eps,
-                           HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                           HAS_BIAS: tl.constexpr, RMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_C)
     mask_m = rows < M
     mask_c = cols < C
     mask = mask_m[:, None] & mask_c[None, :]
     x = tl.load(x_ptr + rows[:, None] * sx_m + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / C
-    xc = tl.where(mask, x - mean[:, None], 0.0)
+    if RMS:
+        xc = x
+    else:
+        mean = tl.sum(x, axis=1) / C
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        tl.store(mean_ptr + rows, mean, mask=mask_m)
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
     w = tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)
     y = xc * rstd[:, None] * w[None, :]
     if HAS_BIAS:
         y += tl.load(b_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + rows[:, None] * sy_m + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(mean_ptr + rows, mean, mask=mask_m)
     tl.store(rstd_ptr + rows, rstd, mask=mask_m)
 
 
 @triton.jit
 def _layer_norm_bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, M, C, sdy_m, sx_m,
-                           sdx_m, n_progs, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                           sdx_m, n_progs, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
     mask_c = cols < C
@@ -65,13 +72,18 @@ def _layer_norm_bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_
         mask = mask_m[:, None] & mask_c[None, :]
         x = tl.load(x_ptr + rows[:, None] * sx_m + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + rows[:, None] * sdy_m + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + rows, mask=mask_m, other=0.0)
         rstd = tl.load(rstd_ptr + rows, mask=mask_m, other=0.0)
-        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
         wdy = dy * w[None, :]
-        c1 = tl.sum(xhat * wdy, axis=1) / C
-        c2 = tl.sum(wdy, axis=1) / C
-        dx = (wdy - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+        if RMS:
+            xhat = x * rstd[:, None]
+            c1 = tl.sum(xhat * wdy, axis=1) / C
+            dx = (wdy - xhat * c1[:, None]) * rstd[:, None]
+        else:
+            mean = tl.load(mean_ptr + rows, mask=mask_m, other=0.0)
+            xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+            c1 = tl.sum(xhat * wdy, axis=1) / C
+            c2 = tl.sum(wdy, axis=1) / C
+            dx = (wdy - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
         tl.store(dx_ptr + rows[:, None] * sdx_m + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
         dw_acc += dy * xhat
         if HAS_BIAS:
@@ -87,19 +99,20 @@ def _rows(t: Tensor) -> Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def layer_norm_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float,
-                          out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """y (x's shape, ``out_dtype``), mean and rstd (M,) float32 of rows x (..., C)."""
+def layer_norm_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, out_dtype: torch.dtype,
+                          rms: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """y (x's shape, ``out_dtype``), mean and rstd (M,) float32 of rows x (..., C); with ``rms`` the RMSNorm
+    (no bias; mean is empty and the kernel is handed rstd in its place, never reading it)."""
     channels = x.shape[-1]
     x2 = _rows(x)
     rows = x2.shape[0]
     y = torch.empty(rows, channels, device=x.device, dtype=out_dtype)
-    mean = torch.empty(rows, device=x.device, dtype=torch.float32)
-    rstd = torch.empty_like(mean)
+    rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
+    mean = rstd.new_empty(0 if rms else rows)
     block_m, block_c, warps = _tiles(channels)
     _layer_norm_fwd_kernel[(cdiv(rows, block_m),)](
-        x2, weight, bias if bias is not None else weight, y, mean, rstd, rows, channels, x2.stride(0), y.stride(0),
-        eps, HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps)
+        x2, weight, bias if bias is not None else weight, y, rstd if rms else mean, rstd, rows, channels,
+        x2.stride(0), y.stride(0), eps, HAS_BIAS=bias is not None, RMS=rms, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps)
     return y.view(x.shape), mean, rstd
 
 
@@ -119,8 +132,9 @@ def _programs(device: torch.device, blocks: int) -> int:
 
 
 def layer_norm_bwd_triton(dy: Tensor, x: Tensor, weight: Tensor, has_bias: bool, mean: Tensor,
-                          rstd: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    """dx (x's shape and dtype), dweight and dbias (weight's dtype; dbias None without a bias)."""
+                          rstd: Tensor, rms: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """dx (x's shape and dtype), dweight and dbias (weight's dtype; dbias None without a bias); ``rms`` for RMSNorm
+    (mean unused)."""
     channels = x.shape[-1]
     x2, dy2 = _rows(x), _rows(dy)
     rows = x2.shape[0]
@@ -130,7 +144,7 @@ def layer_norm_bwd_triton(dy: Tensor, x: Tensor, weight: Tensor, has_bias: bool,
     dw = torch.empty(n_progs, channels, device=x.device, dtype=torch.float32)
     db = torch.empty_like(dw) if has_bias else dw
     _layer_norm_bwd_kernel[(n_progs,)](
-        dy2, x2, weight, mean, rstd, dx, dw, db, rows, channels, dy2.stride(0), x2.stride(0), dx.stride(0), n_progs,
-        HAS_BIAS=has_bias, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps)
+        dy2, x2, weight, rstd if rms else mean, rstd, dx, dw, db, rows, channels, dy2.stride(0), x2.stride(0),
+        dx.stride(0), n_progs, HAS_BIAS=has_bias, RMS=rms, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps)
     return (dx.view(x.shape), dw.sum(0).to(weight.dtype),
             db.sum(0).to(weight.dtype) if has_bias else None)
