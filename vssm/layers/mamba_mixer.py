@@ -140,14 +140,16 @@ class MambaMixer(nn.Module):
         # every (E-channel, B, L) activation lies dim-major, as (E, B * L): the projections are plain (batched)
         # matmuls without copies, and the conv and the scan read each channel's sequence contiguously
         xz = torch.matmul(self.in_proj.weight, x.reshape(batch * length, dim).t())  # (2E, B*L)
-        x_in = xz[:inner].view(inner, batch, length).transpose(0, 1)  # (B, E, L) views
-        z = xz[inner:].view(inner, batch, length).transpose(0, 1)
+        # split, not slices: its backward is one cat, where each slice's backward fills a zero (2E, B*L) buffer
+        x_in, z = torch.split(xz, [inner, inner])
+        x_in = x_in.view(inner, batch, length).transpose(0, 1)  # (B, E, L) views
+        z = z.view(inner, batch, length).transpose(0, 1)
         xs = causal_conv1d(x_in, self.conv_weight, self.conv_bias, self.reverse, "silu", None)  # (B, K, E, L), K outer
         xs_flat = xs.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)  # a view
         x_dbl = torch.matmul(self.x_proj_weight, xs_flat)  # (K, R + 2N, B*L)
-        dt = x_dbl[:, :rank]
-        B = x_dbl[:, rank:rank + n_state].view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3)  # (B, K, N, L)
-        C = x_dbl[:, rank + n_state:].view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3)
+        dt, B, C = torch.split(x_dbl, [rank, n_state, n_state], dim=1)
+        B = B.view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3)  # (B, K, N, L)
+        C = C.view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3)
         delta = torch.matmul(self.dt_proj_weight, dt)  # (K, E, B*L); bias and softplus in the scan
         delta = delta.view(num_dirs, inner, batch, length).permute(2, 0, 1, 3)  # (B, K, E, L)
         A = -torch.exp(self.A_log.float())  # (K, E, N)
