@@ -146,11 +146,11 @@ class MambaMixer(nn.Module):
         z = z.view(inner, batch, length).transpose(0, 1)
         xs = causal_conv1d(x_in, self.conv_weight, self.conv_bias, self.reverse, "silu", None)  # (B, K, E, L), K outer
         xs_flat = xs.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)  # a view
-        x_dbl = torch.matmul(self.x_proj_weight, xs_flat)  # (K, R + 2N, B*L)
+        x_dbl = torch.bmm(self.x_proj_weight, xs_flat)  # (K, R + 2N, B*L)
         dt, B, C = torch.split(x_dbl, [rank, n_state, n_state], dim=1)
         B = B.view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3)  # (B, K, N, L)
         C = C.view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3)
-        delta = torch.matmul(self.dt_proj_weight, dt)  # (K, E, B*L); bias and softplus in the scan
+        delta = torch.bmm(self.dt_proj_weight, dt)  # (K, E, B*L); bias and softplus in the scan
         delta = delta.view(num_dirs, inner, batch, length).permute(2, 0, 1, 3)  # (B, K, E, L)
         A = -torch.exp(self.A_log.float())  # (K, E, N)
         D = self.D.float()
