@@ -116,8 +116,9 @@ def _check(fn: str, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
         raise TypeError(f"{fn}: x must be a floating tensor (..., C), got "
                         f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
     for name, t in (("weight", weight), ("bias", bias)):
-        if (t is not None or name == "weight") and (not isinstance(t, Tensor) or t.dim() != 1
-                                                    or t.shape[0] != x.shape[-1]):
+        if name == "bias" and t is None:  # the weight is required, the bias optional
+            continue
+        if not isinstance(t, Tensor) or t.dim() != 1 or t.shape[0] != x.shape[-1]:
             got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"{fn}: {name} must be (C,) = ({x.shape[-1]},) for x {tuple(x.shape)}, got {got}")
 
