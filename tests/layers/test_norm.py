@@ -71,14 +71,15 @@ def test_rms_module_on_the_kernel_matches_timm(monkeypatch):
     from vssm.ops.layer_norm import rms_norm
 
     monkeypatch.setattr(norm_module, "rms_norm", lambda *args: rms_norm(*args, backend="triton"))
-    ref, ours = _timm_and_ours(48, autocast_output=True)
-    x = torch.randn(3, 7, 48, requires_grad=True)
-    dy = torch.randn(3, 7, 48)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ref, ours = (module.to(device) for module in _timm_and_ours(48, autocast_output=True))
+    x = torch.randn(3, 7, 48, device=device, requires_grad=True)
+    dy = torch.randn(3, 7, 48, device=device)
     y, y_ref = ours(x), ref(x)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     for g, g_ref in zip(torch.autograd.grad(y, (x, ours.weight), dy), torch.autograd.grad(y_ref, (x, ref.weight), dy)):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
-    with torch.autocast("cpu", torch.bfloat16):
+    with torch.autocast(device, torch.bfloat16):
         y = ours(x)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), y_ref, rtol=1e-2, atol=1e-2)
