@@ -80,6 +80,23 @@ def test_triton_step_by_step_kernels_match_reference(case):
     _check_backend_against_reference("triton-seq", case)
 
 
+@pytest.mark.parametrize("dim,groups,n_state", [(32, 2, 16), (8, 4, 16), (6, 1, 2)])
+def test_step_by_step_forward_on_one_group_and_group_spanning_tiles(dim, groups, n_state):
+    """The step-by-step forward reads a step's B and C as one row when its channel tile lies in one group (32 channels
+    in 2 groups: tiles of 16 = one group each, the second at a group offset), as a per-channel tile otherwise (8
+    channels in 4 groups; 6 channels in a tile of 8)."""
+    inputs = make_inputs(2, dim, 23, n_state, "group", groups, seed=dim)
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(2, dim, 23, generator=g, dtype=torch.float64)
+    ws = torch.randn(2, dim, n_state, generator=g, dtype=torch.float64)
+    y_ref, last_ref, g_ref = run_with_grads(selective_scan_ref, inputs, w, ws, True, delta_softplus=True)
+    with backend("triton-seq"):
+        y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=True)
+    assert rel_err(y, y_ref) < 2e-6 and rel_err(last, last_ref) < 2e-6
+    for key, ref in g_ref.items():
+        assert rel_err(grads[key], ref) < 2e-5, key
+
+
 @pytest.mark.parametrize("name", ["torch", "triton", "triton-seq", "triton-long-chunk", "triton-gpu-plan"])
 @pytest.mark.parametrize("length,n_state", [(1, 16), (97, 1), (67, 16), (33, 64)])
 def test_backends_on_chunk_boundaries_and_extreme_sizes(name, length, n_state):
