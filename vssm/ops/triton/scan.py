@@ -351,8 +351,8 @@ def _load_step(u_base, dt_base, B_base, C_base, path_row, t, Lp, offs_d, offs_n,
                sC_l, HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, TILE_ONE_GROUP: tl.constexpr):
     """Raw u, delta [BLOCK_D] and B, C of step t (zeros for t >= Lp or a padding step), the token position per
     channel and its mask. B, C are [1, BLOCK_N] rows broadcast over the channels when the tile lies in one group
-    (B_base, C_base [BLOCK_N] pointers), else [BLOCK_D, BLOCK_N] (pointer tiles); the row form keeps 50-70 fewer
-    registers per thread."""
+    (B_base, C_base [BLOCK_N] pointers), else [BLOCK_D, BLOCK_N] (pointer tiles); the row form needs fewer registers
+    (the Vim layer's forward: 96 instead of 151 per thread on an H100)."""
     pos, m_u, pidx, m_p = _step_index(path_row, t, Lp, offs_d, HAS_PATH, PARAMS_AT_STEP)
     u = tl.load(u_base + pos * su_l, mask=mask_d & m_u, other=0.0)
     dt = tl.load(dt_base + pidx * sdt_l, mask=mask_d & m_p, other=0.0)
