@@ -112,7 +112,8 @@ def layer_norm_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, eps: f
     block_m, block_c, warps = _tiles(channels)
     _layer_norm_fwd_kernel[(cdiv(rows, block_m),)](
         x2, weight, bias if bias is not None else weight, y, rstd if rms else mean, rstd, rows, channels,
-        x2.stride(0), y.stride(0), eps, HAS_BIAS=bias is not None, RMS=rms, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps)
+        x2.stride(0), y.stride(0), eps, HAS_BIAS=bias is not None, RMS=rms, BLOCK_M=block_m, BLOCK_C=block_c,
+        num_warps=warps)
     return y.view(x.shape), mean, rstd
 
 
