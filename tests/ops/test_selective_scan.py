@@ -97,6 +97,30 @@ def test_step_by_step_forward_on_one_group_and_group_spanning_tiles(dim, groups,
         assert rel_err(grads[key], ref) < 2e-5, key
 
 
+@pytest.mark.parametrize("states_middle", [True, False])
+@pytest.mark.parametrize("dim,groups,n_state", [(32, 2, 4), (12, 3, 4), (6, 1, 16)])
+def test_backward_tile_layouts_on_one_group_and_group_spanning_tiles(states_middle, dim, groups, n_state):
+    """The backward's two chunk-tile layouts ([chunk, N, channels] where rows fill a GPU, [chunk, channels, N]
+    otherwise) on channel tiles inside one group (32 channels in 2 groups, tiles of 8, some at a group offset; 6
+    channels in tiles of 2) and spanning groups (12 channels in 3 groups, tiles of 8)."""
+    from vssm.ops.triton.scan import TILE_OVERRIDES
+
+    inputs = make_inputs(2, dim, 29, n_state, "group", groups, seed=dim + n_state)
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(2, dim, 29, generator=g, dtype=torch.float64)
+    ws = torch.randn(2, dim, n_state, generator=g, dtype=torch.float64)
+    y_ref, last_ref, g_ref = run_with_grads(selective_scan_ref, inputs, w, ws, True, delta_softplus=True)
+    TILE_OVERRIDES["states_middle"] = states_middle
+    try:
+        with backend("triton"):
+            y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=True)
+    finally:
+        TILE_OVERRIDES.pop("states_middle")
+    assert rel_err(y, y_ref) < 2e-6 and rel_err(last, last_ref) < 2e-6
+    for key, ref in g_ref.items():
+        assert rel_err(grads[key], ref) < 2e-5, key
+
+
 @pytest.mark.parametrize("name", ["torch", "triton", "triton-seq", "triton-long-chunk", "triton-gpu-plan"])
 @pytest.mark.parametrize("length,n_state", [(1, 16), (97, 1), (67, 16), (33, 64)])
 def test_backends_on_chunk_boundaries_and_extreme_sizes(name, length, n_state):

@@ -9,13 +9,14 @@ spatial positions, summed over the directions with atomics when merging, so no p
 exists. For short sequences of large N over many rows a step-by-step forward (one token per step) is faster. A
 training forward saves the state at the start of every backward chunk (its own chunks may be longer).
 
-Backward walks the chunks last to first: it recomputes the chunk's states from the chunk-start state saved by the
-forward, then runs the adjoint recurrence q_t = C_t dy_t + exp(delta_{t+1} A) q_{t+1} as a reverse associative scan
-(the summary of a segment carries its first decay separately, so no shifted loads are needed). a_t h_{t-1} is
-h_t - delta_t B_t u_t, so no division by a decay ever happens. dB/dC are reduced over the channel tile (inside one
-warp) and added with relaxed fp32 atomics into buffers whose states are contiguous; dA, dD and d(delta_bias) are
-reduced over the chunks and stored once per program, as per-sequence partial sums. Programs of different sequences
-run side by side, so concurrent atomics rarely meet on one address.
+Backward walks the chunks last to first (with [CHUNK, N, BLOCK_D] tiles where that needs fewer shuffles, see
+``_backward_plan``): it recomputes the chunk's states from the chunk-start state saved by the forward, then runs the
+adjoint recurrence q_t = C_t dy_t + exp(delta_{t+1} A) q_{t+1} as a reverse associative scan (the summary of a
+segment carries its first decay separately, so no shifted loads are needed). a_t h_{t-1} is h_t - delta_t B_t u_t,
+so no division by a decay ever happens. dB/dC are reduced over the channel tile (inside one warp) and added with
+relaxed fp32 atomics into buffers whose states are contiguous; dA, dD and d(delta_bias) are reduced over the chunks
+and stored once per program, as per-sequence partial sums. Programs of different sequences run side by side, so
+concurrent atomics rarely meet on one address.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ LOG2E = 1.4426950408889634
 
 # Launch-configuration overrides for tuning runs (tools/benchmark_scan.py --sweep) and tests; empty in normal use:
 # {"sequential": bool, "chunk": steps, "fwd_chunk": steps, "fwd": (BLOCK_D, num_warps), "bwd": (BLOCK_D, num_warps),
-#  "fwd_maxnreg": registers or None; for tests under TRITON_INTERPRET=1: "gpu_plan": bool (plan as on a GPU),
+#  "fwd_maxnreg": registers or None, "states_middle": bool (backward tile layout, ``_backward_plan``); for tests
+#  under TRITON_INTERPRET=1: "gpu_plan": bool (plan as on a GPU),
 #  "min_rows": rows (from which the GPU counts as filled, SEQUENTIAL_MIN_ROWS)}.
 TILE_OVERRIDES: dict[str, object] = {}
 
@@ -164,10 +166,15 @@ def _forward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, inter
 @functools.lru_cache(maxsize=1024)
 def _backward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool,
                    overrides: tuple) -> tuple:
-    """(chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks) of a backward; cached like ``_forward_plan``."""
+    """(chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks, states middle) of a backward; cached like
+    ``_forward_plan``. States middle: [CHUNK, N, BLOCK_D] chunk tiles (lanes over channels first) for dim-major rows
+    that fill the GPU, else [CHUNK, BLOCK_D, N]. On an H100 the first cut the Vim layer's backward by 16% (fewer
+    shuffles in the reductions over states and in the layout conversions); with the few-row tiles it cost 5%, and
+    along the channels-last routes of LocalVMamba 5% (BENCHMARKS.md)."""
     chunk = chunk_len(n_state, rows, steps, cl)
     block_d, warps = _launch_config("bwd", n_state, dim, rows, steps, chunk, cl)
-    return chunk, cdiv(steps, chunk), block_d, warps, next_power_of_2(n_state), cdiv(dim, block_d)
+    states_middle = bool(TILE_OVERRIDES.get("states_middle", _many_rows(rows) and not cl))
+    return chunk, cdiv(steps, chunk), block_d, warps, next_power_of_2(n_state), cdiv(dim, block_d), states_middle
 
 
 @triton.jit
@@ -192,12 +199,58 @@ def _softplus(x):
 
 
 @triton.jit
+def _ch_st(ch, st, STATES_MIDDLE: tl.constexpr):
+    """Channel and state vectors as broadcastable axes of a [BLOCK_N, BLOCK_D] tile (STATES_MIDDLE) or a
+    [BLOCK_D, BLOCK_N] one."""
+    if STATES_MIDDLE:
+        ch2 = ch[None, :]
+        st2 = st[:, None]
+    else:
+        ch2 = ch[:, None]
+        st2 = st[None, :]
+    return ch2, st2
+
+
+@triton.jit
+def _ch_st3(ch, st, STATES_MIDDLE: tl.constexpr):
+    """Channel and state vectors as broadcastable axes of a [CHUNK, BLOCK_N, BLOCK_D] tile (STATES_MIDDLE) or a
+    [CHUNK, BLOCK_D, BLOCK_N] one."""
+    if STATES_MIDDLE:
+        ch3 = ch[None, None, :]
+        st3 = st[None, :, None]
+    else:
+        ch3 = ch[None, :, None]
+        st3 = st[None, None, :]
+    return ch3, st3
+
+
+@triton.jit
+def _over_states(x, STATES_MIDDLE: tl.constexpr):
+    """A [CHUNK, BLOCK_D] tile broadcast along the states axis of the 3-D chunk tiles."""
+    if STATES_MIDDLE:
+        x3 = x[:, None, :]
+    else:
+        x3 = x[:, :, None]
+    return x3
+
+
+@triton.jit
+def _over_channels(x, STATES_MIDDLE: tl.constexpr):
+    """A [CHUNK, BLOCK_N] tile broadcast along the channel axis of the 3-D chunk tiles."""
+    if STATES_MIDDLE:
+        x3 = x[:, :, None]
+    else:
+        x3 = x[:, None, :]
+    return x3
+
+
+@triton.jit
 def _load_chunk(u_ptr, dt_ptr, B_ptr, C_ptr, path_ptr, bias, g_tile, t, offs_d, offs_n, mask_d, mask_n, pid_k, L, Lp,
                 d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_PATH: tl.constexpr,
-                PARAMS_AT_STEP: tl.constexpr, TILE_ONE_GROUP: tl.constexpr):
-    """Load one chunk: u, raw delta, delta [CHUNK, BLOCK_D] and B, C as [CHUNK, BLOCK_D or 1, BLOCK_N] (fp32); steps
-    outside [0, Lp) load nothing."""
+                PARAMS_AT_STEP: tl.constexpr, TILE_ONE_GROUP: tl.constexpr, STATES_MIDDLE: tl.constexpr):
+    """Load one chunk: u, raw delta, delta [CHUNK, BLOCK_D] and B, C as [CHUNK, BLOCK_D or 1, BLOCK_N] (fp32), or
+    as [CHUNK, BLOCK_N, BLOCK_D or 1] if STATES_MIDDLE; steps outside [0, Lp) load nothing."""
     mask_t = (t >= 0) & (t < Lp)
     if HAS_PATH:
         pos = tl.load(path_ptr + pid_k * Lp + t, mask=mask_t, other=-1)
@@ -228,15 +281,14 @@ def _load_chunk(u_ptr, dt_ptr, B_ptr, C_ptr, path_ptr, bias, g_tile, t, offs_d, 
         g = g_tile
         Bt = tl.load(B_ptr + g * sB_g + pidx[:, None] * sB_l + offs_n[None, :] * sB_n, mask=m_bc, other=0.0)
         Ct = tl.load(C_ptr + g * sC_g + pidx[:, None] * sC_l + offs_n[None, :] * sC_n, mask=m_bc, other=0.0)
-        Bt = Bt.to(tl.float32)[:, None, :]
-        Ct = Ct.to(tl.float32)[:, None, :]
+        Bt = _over_channels(Bt.to(tl.float32), STATES_MIDDLE)
+        Ct = _over_channels(Ct.to(tl.float32), STATES_MIDDLE)
     else:
-        g = (offs_d // d_per_group)[None, :, None]
-        m3 = m_bc[:, None, :] & mask_d[None, :, None]
-        Bt = tl.load(B_ptr + g * sB_g + pidx[:, None, None] * sB_l + offs_n[None, None, :] * sB_n, mask=m3,
-                     other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + g * sC_g + pidx[:, None, None] * sC_l + offs_n[None, None, :] * sC_n, mask=m3,
-                     other=0.0).to(tl.float32)
+        g, n3 = _ch_st3(offs_d // d_per_group, offs_n, STATES_MIDDLE)
+        md3 = _ch_st3(mask_d, offs_n, STATES_MIDDLE)[0]
+        m3 = _over_channels(m_bc, STATES_MIDDLE) & md3
+        Bt = tl.load(B_ptr + g * sB_g + pidx[:, None, None] * sB_l + n3 * sB_n, mask=m3, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + g * sC_g + pidx[:, None, None] * sC_l + n3 * sC_n, mask=m3, other=0.0).to(tl.float32)
     return u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t
 
 
@@ -282,14 +334,14 @@ def _scan_fwd_kernel(
     u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
         u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, tl.arange(0, CHUNK), offs_d, offs_n, mask_d, mask_n,
         pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
-        HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
+        HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, False)
     for c in range(n_chunks):
         # issue the next chunk's loads first (all masked off after the last chunk): their latency hides behind this
         # chunk's scan and stores
         u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx = _load_chunk(
             u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (c + 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
             offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n,
-            sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
+            sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, False)
         if SAVE_STATES:
             tl.store(state_base + c * SAVES * N, h, mask=mask_dn)
         # [CHUNK, BLOCK_D, BLOCK_N] tiles with the step axis first: each thread holds whole chunks of its (d, n)
@@ -452,11 +504,15 @@ def _scan_bwd_kernel(
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr,
         U_ATOMIC: tl.constexpr, DT_ATOMIC: tl.constexpr, Z_ATOMIC: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+        STATES_MIDDLE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
     """Gradients; du/ddt/dz are written with the strides of u/delta/z (fp32 buffers where atomic). dB and dC are fp32
     buffers of equal strides (sdB_*) with N contiguous, so that the atomics of a warp cover whole rows of states. dA,
     dD and d(delta_bias) go to ``partial`` as per-batch-row partial sums: rows of ``partial_row`` floats holding dA
-    (K, dim, N), then dD (K, dim), then d(delta_bias) (K, dim)."""
+    (K, dim, N), then dD (K, dim), then d(delta_bias) (K, dim). Chunk tiles are [CHUNK, BLOCK_N, BLOCK_D] if
+    STATES_MIDDLE, else [CHUNK, BLOCK_D, BLOCK_N]: Triton spreads the last axis over the lanes first, and which
+    layout needs fewer shuffles for the reductions over states and channels depends on the tile (``_backward_plan``)."""
+    S_AXIS: tl.constexpr = 1 if STATES_MIDDLE else 2  # the states axis of the 3-D tiles
+    D_AXIS: tl.constexpr = 2 if STATES_MIDDLE else 1  # the channel axis
     pid_bk = tl.program_id(0)  # sequences vary fastest: programs running together hit different dB/dC rows
     pid_d = tl.program_id(1)
     pid_b = pid_bk // K
@@ -465,9 +521,11 @@ def _scan_bwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_d = offs_d < dim
     mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
     kd = pid_k * dim + offs_d
-    A = tl.load(A_ptr + kd[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    kd2, n2 = _ch_st(kd, offs_n, STATES_MIDDLE)  # [BLOCK_N, BLOCK_D] or [BLOCK_D, BLOCK_N] state tiles
+    md2, mn2 = _ch_st(mask_d, mask_n, STATES_MIDDLE)
+    mask_dn = md2 & mn2
+    A = tl.load(A_ptr + kd2 * N + n2, mask=mask_dn, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
@@ -483,10 +541,10 @@ def _scan_bwd_kernel(
     ddt_base = ddt_ptr + pid_b * sdt_b + pid_k * sdt_k
     dB_base = dB_ptr + pid_b * sdB_b + pid_k * sdB_k
     dC_base = dC_ptr + pid_b * sdB_b + pid_k * sdB_k
-    seq = (pid_b * K + pid_k) * dim + offs_d[:, None]
-    state_base = states_ptr + seq * (n_chunks * N) + offs_n[None, :]
-    carry = tl.load(dlast_ptr + seq * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    seq = _ch_st((pid_b * K + pid_k) * dim + offs_d, offs_n, STATES_MIDDLE)[0]
+    state_base = states_ptr + seq * (n_chunks * N) + n2
+    carry = tl.load(dlast_ptr + seq * N + n2, mask=mask_dn, other=0.0).to(tl.float32)
+    dA_acc = tl.zeros_like(A)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     first_step = tl.arange(0, CHUNK) == 0
@@ -494,29 +552,29 @@ def _scan_bwd_kernel(
     u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
         u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (n_chunks - 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
         offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
-        HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
+        HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, STATES_MIDDLE)
     for i in range(n_chunks):
         c = n_chunks - 1 - i
         # the previous chunk's loads go out first (all masked off before the first chunk)
         u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx = _load_chunk(
             u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (c - 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
             offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n,
-            sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP)
+            sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, STATES_MIDDLE)
         m_out = valid[:, None] & mask_d[None, :]
         m_par = pvalid[:, None] & mask_d[None, :]
         dy = tl.load(dy_ptr + pid_b * sdy_b + pid_k * sdy_k + pos[:, None] * sdy_l + offs_d[None, :] * sdy_d,
                      mask=m_out, other=0.0).to(tl.float32)
-        # recompute the chunk's states from its saved start state; [CHUNK, BLOCK_D, BLOCK_N] tiles with the step axis
-        # first, so both scans run sequentially in each thread's registers
+        # recompute the chunk's states from its saved start state; 3-D tiles with the step axis first, so both scans
+        # run sequentially in each thread's registers
         h0 = tl.load(state_base + c * N, mask=mask_dn, other=0.0)
-        decay = tl.exp2(dt[:, :, None] * A2[None, :, :])
-        inp = (dt * u)[:, :, None] * Bt
+        decay = tl.exp2(_over_states(dt, STATES_MIDDLE) * A2[None, :, :])
+        inp = _over_states(dt * u, STATES_MIDDLE) * Bt
         acc_a, acc_b = tl.associative_scan((decay, inp), 0, _affine_combine)
         hs = acc_a * h0[None, :, :] + acc_b
         if HAS_Z:
             zp = z_ptr + pid_b * sz_b + pos[:, None] * sz_l + offs_d[None, :] * sz_d
             zt = tl.load(zp, mask=m_out, other=0.0).to(tl.float32)
-            y_pre = tl.sum(hs * Ct, axis=2)
+            y_pre = tl.sum(hs * Ct, axis=S_AXIS)
             if HAS_D:
                 y_pre += u * Dv[None, :]
             sig = tl.sigmoid(zt)
@@ -532,10 +590,10 @@ def _scan_bwd_kernel(
             dD_acc += tl.sum(dy * u, axis=0)
             du = dy * Dv[None, :]
         # dC_t[n] = sum_d h_t dy_t over the tile
-        dC_part = hs * dy[:, :, None]
+        dC_part = hs * _over_states(dy, STATES_MIDDLE)
         m_bc = pvalid[:, None] & mask_n[None, :]
         # adjoint states q_t, scanned from the end of the chunk; carry = adjoint flowing in from the next chunk
-        cq = Ct * dy[:, :, None]
+        cq = Ct * _over_states(dy, STATES_MIDDLE)
         ones = tl.full(decay.shape, 1.0, tl.float32)
         pex, _, v = tl.associative_scan((ones, decay, cq), 0, _adjoint_combine, reverse=True)
         q = v + pex * carry[None, :, :]
@@ -543,20 +601,21 @@ def _scan_bwd_kernel(
         carry = tl.sum(tl.where(first_step[:, None, None], qa, 0.0), axis=0)
         # h_t - delta_t B_t u_t = a_t h_{t-1}
         q_hprev = q * (hs - inp)
-        dB_part = q * (dt * u)[:, :, None]
-        qB = tl.sum(q * Bt, axis=2)
+        dB_part = q * _over_states(dt * u, STATES_MIDDLE)
+        qB = tl.sum(q * Bt, axis=S_AXIS)
         du += qB * dt
-        ddt = qB * u + tl.sum(q_hprev * A[None, :, :], axis=2)
-        dA_acc += tl.sum(q_hprev * dt[:, :, None], axis=0)
+        ddt = qB * u + tl.sum(q_hprev * A[None, :, :], axis=S_AXIS)
+        dA_acc += tl.sum(q_hprev * _over_states(dt, STATES_MIDDLE), axis=0)
         if TILE_ONE_GROUP:
             g = (pid_d * BLOCK_D) // d_per_group
             dBC_offs = g * sdB_g + pidx[:, None] * sdB_l + offs_n[None, :] * sdB_n
-            tl.atomic_add(dB_base + dBC_offs, tl.sum(dB_part, axis=1), mask=m_bc, sem="relaxed")
-            tl.atomic_add(dC_base + dBC_offs, tl.sum(dC_part, axis=1), mask=m_bc, sem="relaxed")
+            tl.atomic_add(dB_base + dBC_offs, tl.sum(dB_part, axis=D_AXIS), mask=m_bc, sem="relaxed")
+            tl.atomic_add(dC_base + dBC_offs, tl.sum(dC_part, axis=D_AXIS), mask=m_bc, sem="relaxed")
         else:
-            g3 = (offs_d // d_per_group)[None, :, None]
-            m3 = m_bc[:, None, :] & mask_d[None, :, None]
-            dBC_offs = g3 * sdB_g + pidx[:, None, None] * sdB_l + offs_n[None, None, :] * sdB_n
+            g3, n3 = _ch_st3(offs_d // d_per_group, offs_n, STATES_MIDDLE)
+            md3 = _ch_st3(mask_d, offs_n, STATES_MIDDLE)[0]
+            m3 = _over_channels(m_bc, STATES_MIDDLE) & md3
+            dBC_offs = g3 * sdB_g + pidx[:, None, None] * sdB_l + n3 * sdB_n
             tl.atomic_add(dB_base + dBC_offs, dB_part, mask=m3, sem="relaxed")
             tl.atomic_add(dC_base + dBC_offs, dC_part, mask=m3, sem="relaxed")
         if SOFTPLUS:
@@ -579,7 +638,7 @@ def _scan_bwd_kernel(
     # per-sequence partial sums, rows of ``partial_row`` floats (the host sums them): no atomics on the few dA/dD
     # addresses
     row = partial_ptr + pid_b * partial_row
-    tl.store(row + kd[:, None] * N + offs_n[None, :], dA_acc, mask=mask_dn)
+    tl.store(row + kd2 * N + n2, dA_acc, mask=mask_dn)
     if HAS_D:
         tl.store(row + K * dim * N + kd, dD_acc, mask=mask_d)
     if HAS_BIAS:
@@ -702,7 +761,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     kernel leaves them (float32 where it accumulates) instead of in the inputs' dtypes."""
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
     rows = batch * k_total * dim
-    chunk, n_chunks, block_d, warps, block_n, d_blocks = _backward_plan(
+    chunk, n_chunks, block_d, warps, block_n, d_blocks, states_middle = _backward_plan(
         n_state, dim, rows, steps, channels_fastest(u), triton_interpret(), _overrides_key())
     if states.numel() != rows * n_chunks * n_state:
         raise RuntimeError("triton scan backward: the forward did not save its chunk states")
@@ -748,7 +807,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step,
         U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, TILE_ONE_GROUP=d_per_group % block_d == 0,
-        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps)
+        STATES_MIDDLE=states_middle, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps)
     dA, dD, dbias = partial.sum(0).split([kd * n_state, kd, kd])
     grads = (du, ddt, dA.view(A.shape), None if grad_BC_into is not None else dB,
              None if grad_BC_into is not None else dC, None if D is None else dD.view(D.shape), dz,
