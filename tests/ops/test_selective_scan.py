@@ -99,10 +99,11 @@ def test_step_by_step_forward_on_one_group_and_group_spanning_tiles(dim, groups,
 
 @pytest.mark.parametrize("states_middle", [True, False])
 @pytest.mark.parametrize("dim,groups,n_state", [(32, 2, 4), (12, 3, 4), (6, 1, 16)])
-def test_backward_tile_layouts_on_one_group_and_group_spanning_tiles(states_middle, dim, groups, n_state):
-    """The backward's two chunk-tile layouts ([chunk, N, channels] where rows fill a GPU, [chunk, channels, N]
-    otherwise) on channel tiles inside one group (32 channels in 2 groups, tiles of 8, some at a group offset; 6
-    channels in tiles of 2) and spanning groups (12 channels in 3 groups, tiles of 8)."""
+def test_chunk_tile_layouts_on_one_group_and_group_spanning_tiles(states_middle, dim, groups, n_state):
+    """The two chunk-tile layouts of the chunk-parallel forward and the backward ([chunk, N, channels] for dim-major
+    rows that fill a GPU, [chunk, channels, N] otherwise) on channel tiles inside one group (32 channels in 2 groups,
+    tiles of 8, some at a group offset; 6 channels in tiles of 2) and spanning groups (12 channels in 3 groups, tiles
+    of 8)."""
     from vssm.ops.triton.scan import TILE_OVERRIDES
 
     inputs = make_inputs(2, dim, 29, n_state, "group", groups, seed=dim + n_state)
@@ -110,12 +111,14 @@ def test_backward_tile_layouts_on_one_group_and_group_spanning_tiles(states_midd
     w = torch.randn(2, dim, 29, generator=g, dtype=torch.float64)
     ws = torch.randn(2, dim, n_state, generator=g, dtype=torch.float64)
     y_ref, last_ref, g_ref = run_with_grads(selective_scan_ref, inputs, w, ws, True, delta_softplus=True)
-    TILE_OVERRIDES["states_middle"] = states_middle
+    layouts = {"states_middle": states_middle, "fwd_states_middle": states_middle}
+    TILE_OVERRIDES.update(layouts)
     try:
-        with backend("triton"):
+        with backend("triton"):  # small problems take the chunk-parallel forward
             y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=True)
     finally:
-        TILE_OVERRIDES.pop("states_middle")
+        for key in layouts:
+            TILE_OVERRIDES.pop(key)
     assert rel_err(y, y_ref) < 2e-6 and rel_err(last, last_ref) < 2e-6
     for key, ref in g_ref.items():
         assert rel_err(grads[key], ref) < 2e-5, key

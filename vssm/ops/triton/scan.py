@@ -6,8 +6,8 @@ chunk of its (channel, state) pairs: ``tl.associative_scan`` over the steps comp
 h -> exp(delta A) h + delta B u sequentially in registers, and the carry passes between chunks. Tokens are read
 through the direction's path (any permutation of spatial positions, -1 = zero token) and written back at their
 spatial positions, summed over the directions with atomics when merging, so no per-direction copy of the feature map
-exists. For short sequences of large N over many rows a step-by-step forward (one token per step) is faster. A
-training forward saves the state at the start of every backward chunk (its own chunks may be longer).
+exists. For short channels-last sequences of large N over many rows a step-by-step forward (one token per step) is
+faster. A training forward saves the state at the start of every backward chunk (its own chunks may be longer).
 
 Backward walks the chunks last to first (with [CHUNK, N, BLOCK_D] tiles where that needs fewer shuffles, see
 ``_backward_plan``): it recomputes the chunk's states from the chunk-start state saved by the forward, then runs the
@@ -34,14 +34,16 @@ LOG2E = 1.4426950408889634
 
 # Launch-configuration overrides for tuning runs (tools/benchmark_scan.py --sweep) and tests; empty in normal use:
 # {"sequential": bool, "chunk": steps, "fwd_chunk": steps, "fwd": (BLOCK_D, num_warps), "bwd": (BLOCK_D, num_warps),
-#  "fwd_maxnreg": registers or None, "states_middle": bool (backward tile layout, ``_backward_plan``); for tests
+#  "fwd_maxnreg": registers or None, "states_middle" / "fwd_states_middle": bool (tile layouts of the backward and
+#  the chunk-parallel forward, ``_backward_plan``, ``_short_dim_major``); for tests
 #  under TRITON_INTERPRET=1: "gpu_plan": bool (plan as on a GPU),
 #  "min_rows": rows (from which the GPU counts as filled, SEQUENTIAL_MIN_ROWS)}.
 TILE_OVERRIDES: dict[str, object] = {}
 
 
-# The step-by-step forward wins only for short sequences of large N over many rows (measured on an H100,
-# BENCHMARKS.md): there the chunk-parallel kernel's per-chunk overhead is not amortised.
+# The step-by-step forward wins only for short sequences of large N over many rows along channels-last routes or
+# for N > 16 (measured on an H100, BENCHMARKS.md); dim-major rows of 4 < N <= 16 take 8-step chunks of [chunk, N,
+# channels] tiles there instead (``_short_dim_major``).
 SEQUENTIAL_MIN_ROWS = 16384
 SEQUENTIAL_MAX_STEPS = 512
 
@@ -58,9 +60,17 @@ def _many_rows(rows: int) -> bool:
     return rows >= TILE_OVERRIDES.get("min_rows", SEQUENTIAL_MIN_ROWS)
 
 
-def sequential(n_state: int, rows: int, steps: int) -> bool:
+def _short_dim_major(n_state: int, rows: int, steps: int, cl: bool) -> bool:
+    """Short sequences (<= 512 steps) of 4 < N <= 16 over many dim-major rows (the Vim layer): the chunk-parallel
+    forward with 8-step chunks of [chunk, N, 256 / N channels] tiles in one warp beats the step-by-step one, which
+    reads each step's channels at a stride of L (Vim-Ti layer 0.56 -> 0.31 ms on an H100, BENCHMARKS.md)."""
+    return 4 < n_state <= 16 and _many_rows(rows) and steps <= SEQUENTIAL_MAX_STEPS and not cl
+
+
+def sequential(n_state: int, rows: int, steps: int, cl: bool) -> bool:
     """Step-by-step forward (the [BLOCK_D, N] state in registers, one token per step) or the chunk-parallel one."""
-    default = n_state > 4 and _many_rows(rows) and steps <= SEQUENTIAL_MAX_STEPS
+    default = (n_state > 4 and _many_rows(rows) and steps <= SEQUENTIAL_MAX_STEPS
+               and not _short_dim_major(n_state, rows, steps, cl))
     return bool(TILE_OVERRIDES.get("sequential", default))
 
 
@@ -102,7 +112,7 @@ def forward_chunk_len(n_state: int, rows: int, steps: int, cl: bool) -> int:
     if "fwd_chunk" in TILE_OVERRIDES:
         return TILE_OVERRIDES["fwd_chunk"]
     saved = chunk_len(n_state, rows, steps, cl)
-    if not _plans_as_gpu():
+    if not _plans_as_gpu() or _short_dim_major(n_state, rows, steps, cl):
         return saved
     return max(saved, 32 if n_state <= 4 or rows < 4096 else 16)
 
@@ -115,7 +125,8 @@ def chunk_count(steps: int, n_state: int, rows: int, cl: bool) -> int:
 def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chunk: int,
                    cl: bool) -> tuple[int, int]:
     """(BLOCK_D, num_warps), measured best on an H100 (BENCHMARKS.md). The step-by-step forward keeps a [BLOCK_D, N]
-    state of 256 fp32 in one warp. The chunk-parallel forward takes two warps of 64 / N channels for N from 5 to 32
+    state of 256 fp32 in one warp, and so does the chunk-parallel forward of short dim-major sequences
+    (``_short_dim_major``). Otherwise the chunk-parallel forward takes two warps of 64 / N channels for N from 5 to 32
     (one warp of 8 channels for channels-last N = 16 over many rows), one warp of one channel for N = 64 (2.4x faster
     than two at 128 x 128 x 3136 steps), and for small N 8 steps per thread, the rest of the warp splitting the chunk
     (more programs, more loads in flight). The backward runs one warp, so its reductions over channels stay inside the
@@ -125,7 +136,7 @@ def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chu
         block_d, warps = TILE_OVERRIDES[kind]
     elif kind == "bwd":
         block_d, warps = _backward_tile(n_state, rows, steps, cl)[1], 1
-    elif sequential(n_state, rows, steps):
+    elif sequential(n_state, rows, steps, cl) or _short_dim_major(n_state, rows, steps, cl):
         block_d, warps = max(1, 256 // bn), 1
     elif n_state > 32:
         block_d, warps = 1, 1
@@ -152,15 +163,20 @@ def _overrides_key() -> tuple:
 def _forward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool,
                   overrides: tuple) -> tuple:
     """(step_by_step, chunk, n_chunks, saved-state spacing of a training forward, BLOCK_D, num_warps, BLOCK_N, channel
-    blocks, extra launch options) of a forward. Cached: the host path runs on every call; ``interpret`` and
-    ``overrides`` only key the cache (the helpers read them)."""
+    blocks, launch options of the chunk-parallel kernel: its tile layout and ptxas register cap) of a forward.
+    Cached: the host path runs on every call; ``interpret`` and ``overrides`` only key the cache (the helpers read
+    them)."""
     chunk = forward_chunk_len(n_state, rows, steps, cl)
     save_every = chunk_len(n_state, rows, steps, cl)
-    step_by_step = sequential(n_state, rows, steps)
+    step_by_step = sequential(n_state, rows, steps, cl)
     block_d, warps = _launch_config("fwd", n_state, dim, rows, steps, chunk, cl)
-    maxnreg = None if step_by_step else _forward_maxnreg(n_state, rows, cl)
+    options = {"STATES_MIDDLE": bool(TILE_OVERRIDES.get("fwd_states_middle",
+                                                        _short_dim_major(n_state, rows, steps, cl)))}
+    maxnreg = _forward_maxnreg(n_state, rows, cl)
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
     return (step_by_step, chunk, cdiv(steps, chunk), save_every, block_d, warps, next_power_of_2(n_state),
-            cdiv(dim, block_d), {} if maxnreg is None else {"maxnreg": maxnreg})
+            cdiv(dim, block_d), options)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -302,9 +318,10 @@ def _scan_fwd_kernel(
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, MERGE_ATOMIC: tl.constexpr,
         SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+        STATES_MIDDLE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
     """Forward by chunks of CHUNK steps; a training forward saves the state before every SAVE_EVERY steps (CHUNK is
-    a multiple of SAVE_EVERY) into ``states`` (batch, K, dim, n_states, N)."""
+    a multiple of SAVE_EVERY) into ``states`` (batch, K, dim, n_states, N). Tile layouts as in the backward."""
+    S_AXIS: tl.constexpr = 1 if STATES_MIDDLE else 2  # the states axis of the 3-D tiles
     pid_d = tl.program_id(0)
     pid_bk = tl.program_id(1)
     pid_b = pid_bk // K
@@ -313,9 +330,11 @@ def _scan_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_d = offs_d < dim
     mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
     kd = pid_k * dim + offs_d
-    A2 = tl.load(A_ptr + kd[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    kd2, n2 = _ch_st(kd, offs_n, STATES_MIDDLE)  # [BLOCK_N, BLOCK_D] or [BLOCK_D, BLOCK_N] state tiles
+    md2, mn2 = _ch_st(mask_d, mask_n, STATES_MIDDLE)
+    mask_dn = md2 & mn2
+    A2 = tl.load(A_ptr + kd2 * N + n2, mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -326,38 +345,39 @@ def _scan_fwd_kernel(
     dt_base = dt_ptr + pid_b * sdt_b + pid_k * sdt_k
     B_base = B_ptr + pid_b * sB_b + pid_k * sB_k
     C_base = C_ptr + pid_b * sC_b + pid_k * sC_k
-    h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    state_base = states_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * (n_states * N) + offs_n[None, :]
+    h = tl.zeros_like(A2)
+    seq = _ch_st((pid_b * K + pid_k) * dim + offs_d, offs_n, STATES_MIDDLE)[0]
+    state_base = states_ptr + seq * (n_states * N) + n2
     last_step = tl.arange(0, CHUNK) == CHUNK - 1
     SAVES: tl.constexpr = CHUNK // SAVE_EVERY
     g_tile = pid_d * BLOCK_D // d_per_group
     u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
         u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, tl.arange(0, CHUNK), offs_d, offs_n, mask_d, mask_n,
         pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
-        HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, False)
+        HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, STATES_MIDDLE)
     for c in range(n_chunks):
         # issue the next chunk's loads first (all masked off after the last chunk): their latency hides behind this
         # chunk's scan and stores
         u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx = _load_chunk(
             u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (c + 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
             offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n,
-            sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, False)
+            sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, STATES_MIDDLE)
         if SAVE_STATES:
             tl.store(state_base + c * SAVES * N, h, mask=mask_dn)
-        # [CHUNK, BLOCK_D, BLOCK_N] tiles with the step axis first: each thread holds whole chunks of its (d, n)
-        # pairs, so the scan runs sequentially in registers
-        decay = tl.exp2(dt[:, :, None] * A2[None, :, :])
-        inp = (dt * u)[:, :, None] * Bt
+        # 3-D tiles with the step axis first: each thread holds whole chunks of its (d, n) pairs, so the scan runs
+        # sequentially in registers
+        decay = tl.exp2(_over_states(dt, STATES_MIDDLE) * A2[None, :, :])
+        inp = _over_states(dt * u, STATES_MIDDLE) * Bt
         acc_a, acc_b = tl.associative_scan((decay, inp), 0, _affine_combine)
         hs = acc_a * h[None, :, :] + acc_b
-        y = tl.sum(hs * Ct, axis=2)
+        y = tl.sum(hs * Ct, axis=S_AXIS)
         h = tl.sum(tl.where(last_step[:, None, None], hs, 0.0), axis=0)
         if SAVE_STATES:
             for s in tl.static_range(1, SAVES):  # the states inside the chunk (each thread holds its whole chunk)
                 at = tl.arange(0, CHUNK) == s * SAVE_EVERY - 1
-                idx = c * SAVES + s + offs_n * 0  # the state index, broadcast over the states
-                tl.store(state_base + idx[None, :] * N, tl.sum(tl.where(at[:, None, None], hs, 0.0), axis=0),
-                         mask=mask_dn & (idx < n_states)[None, :])
+                idx = _ch_st(offs_d * 0, c * SAVES + s + offs_n * 0, STATES_MIDDLE)[1]  # the state index
+                tl.store(state_base + idx * N, tl.sum(tl.where(at[:, None, None], hs, 0.0), axis=0),
+                         mask=mask_dn & (idx < n_states))
         if HAS_D:
             y += u * Dv[None, :]
         m_out = valid[:, None] & mask_d[None, :]
@@ -373,7 +393,7 @@ def _scan_fwd_kernel(
                      y.to(y_ptr.dtype.element_ty), mask=m_out)
         u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = (
             u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
-    tl.store(last_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * N + offs_n[None, :], h, mask=mask_dn)
+    tl.store(last_ptr + seq * N + n2, h, mask=mask_dn)
 
 
 @triton.jit
