@@ -132,7 +132,10 @@ def test_device_dtype_and_bf16_autocast():
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16, torch.float32}  # A_log, D stay float32
     model = timm.create_model(NAME).eval()
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
+    # oneDNN's bf16 convolution returns wrong values for some strided convs on AVX512-bf16/AMX CPUs (with torch 2.15.0
+    # here: the 8x8 stride-8 patch projection, relative error 1.2; pytorch/pytorch#169688 and its fix #188426 for the
+    # conv3d case), so the bf16 forward runs on PyTorch's own CPU kernels: the check is of the model's autocast policy
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x)
         torch.testing.assert_close(low.float(), model(x), atol=0.05, rtol=0.05)
