@@ -41,9 +41,9 @@ LOG2E = 1.4426950408889634
 TILE_OVERRIDES: dict[str, object] = {}
 
 
-# The step-by-step forward wins only for short sequences of large N over many rows along channels-last routes or
-# for N > 16 (measured on an H100, BENCHMARKS.md); dim-major rows of 4 < N <= 16 take 8-step chunks of [chunk, N,
-# channels] tiles there instead (``_short_dim_major``).
+# The step-by-step forward beat the chunk-parallel one for short sequences of large N over many rows (measured on an
+# H100, BENCHMARKS.md). Since then, for dim-major rows of 4 < N <= 16 the chunk-parallel forward with [chunk, N,
+# channels] tiles beats it (``_short_dim_major``); channels-last routes and N > 16 were not re-measured.
 SEQUENTIAL_MIN_ROWS = 16384
 SEQUENTIAL_MAX_STEPS = 512
 
