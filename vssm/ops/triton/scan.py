@@ -6,8 +6,9 @@ chunk of its (channel, state) pairs: ``tl.associative_scan`` over the steps comp
 h -> exp(delta A) h + delta B u sequentially in registers, and the carry passes between chunks. Tokens are read
 through the direction's path (any permutation of spatial positions, -1 = zero token) and written back at their
 spatial positions, summed over the directions with atomics when merging, so no per-direction copy of the feature map
-exists. For short channels-last sequences of large N over many rows a step-by-step forward (one token per step) is
-faster. A training forward saves the state at the start of every backward chunk (its own chunks may be longer).
+exists. Short sequences of large N over many rows run a step-by-step forward (one token per step) along
+channels-last routes or for N > 16 (``sequential``). A training forward saves the state at the start of every
+backward chunk (its own chunks may be longer).
 
 Backward walks the chunks last to first (with [CHUNK, N, BLOCK_D] tiles where that needs fewer shuffles, see
 ``_backward_plan``): it recomputes the chunk's states from the chunk-start state saved by the forward, then runs the
