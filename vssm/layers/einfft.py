@@ -84,14 +84,17 @@ class EinFFT(nn.Module):
         """
         shape, dtype = x.shape, x.dtype
         x = x.reshape(shape[0], -1, self.num_blocks, self.block_size).float()
-        spectrum = torch.fft.fft2(x, dim=(1, 2), norm="ortho")
+        # the 2-D (inverse) FFT as two 1-D passes, the same values as fft2 / ifft2: on the CPU those reach MKL's
+        # multi-threaded 2-D c2c DFT, which with torch 2.14-2.15 writes 8 bytes past its scratch buffer (valgrind:
+        # mkl_dft_avx2_gather_c_c under mkl_dft_compute_backward_c_out_par) and corrupted the heap of later tests
+        spectrum = torch.fft.fft(torch.fft.fft(x, dim=2, norm="ortho"), dim=1, norm="ortho")
         y = torch.cat((spectrum.real, spectrum.imag), -1)
         y = F.relu(self._spectral_linear(y, self.complex_weight_1, self.complex_bias_1))
         y = self._spectral_linear(y, self.complex_weight_2, self.complex_bias_2).float()
         if self.sparsity_threshold > 0:
             y = F.softshrink(y, self.sparsity_threshold)
         real, imag = y.chunk(2, -1)
-        x = torch.fft.ifft2(torch.complex(real, imag), dim=(1, 2), norm="ortho").real
+        x = torch.fft.ifft(torch.fft.ifft(torch.complex(real, imag), dim=2, norm="ortho"), dim=1, norm="ortho").real
         return x.reshape(shape).to(dtype)
 
     def extra_repr(self) -> str:
