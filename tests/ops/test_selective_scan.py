@@ -102,8 +102,8 @@ def test_step_by_step_forward_on_one_group_and_group_spanning_tiles(dim, groups,
 def test_chunk_tile_layouts_on_one_group_and_group_spanning_tiles(states_middle, dim, groups, n_state):
     """The two chunk-tile layouts of the chunk-parallel forward and the backward ([chunk, N, channels] for dim-major
     rows that fill a GPU, [chunk, channels, N] otherwise) on channel tiles inside one group (32 channels in 2 groups,
-    tiles of 8, some at a group offset; 6 channels in tiles of 2) and spanning groups (12 channels in 3 groups, tiles
-    of 8)."""
+    tiles of 8, some at a group offset; 6 channels in the backward's tiles of 2) and spanning groups (12 channels in 3
+    groups, tiles of 8; 6 channels in the forward's tiles of 4)."""
     from vssm.ops.triton.scan import TILE_OVERRIDES
 
     inputs = make_inputs(2, dim, 29, n_state, "group", groups, seed=dim + n_state)
