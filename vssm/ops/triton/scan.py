@@ -268,20 +268,7 @@ def _load_chunk(u_ptr, dt_ptr, B_ptr, C_ptr, path_ptr, bias, g_tile, t, offs_d, 
                 PARAMS_AT_STEP: tl.constexpr, TILE_ONE_GROUP: tl.constexpr, STATES_MIDDLE: tl.constexpr):
     """Load one chunk: u, raw delta, delta [CHUNK, BLOCK_D] and B, C as [CHUNK, BLOCK_D or 1, BLOCK_N] (fp32), or
     as [CHUNK, BLOCK_N, BLOCK_D or 1] if STATES_MIDDLE; steps outside [0, Lp) load nothing."""
-    mask_t = (t >= 0) & (t < Lp)
-    if HAS_PATH:
-        pos = tl.load(path_ptr + pid_k * Lp + t, mask=mask_t, other=-1)
-        valid = mask_t & (pos >= 0)
-        pos = tl.where(valid, pos, 0)
-    else:
-        pos = t
-        valid = mask_t
-    if PARAMS_AT_STEP:
-        pidx = t
-        pvalid = mask_t
-    else:
-        pidx = pos
-        pvalid = valid
+    pos, valid, pidx, pvalid, mask_t = _step_index(path_ptr + pid_k * Lp, t, Lp, t, HAS_PATH, PARAMS_AT_STEP)
     m_u = valid[:, None] & mask_d[None, :]
     m_p = pvalid[:, None] & mask_d[None, :]
     u = tl.load(u_ptr + pos[:, None] * su_l + offs_d[None, :] * su_d, mask=m_u, other=0.0).to(tl.float32)
@@ -399,14 +386,14 @@ def _scan_fwd_kernel(
 
 @triton.jit
 def _step_index(path_row, t, Lp, like, HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr):
-    """Token position and parameter index of step t, with their masks (false for t >= Lp or a padding step), each
-    broadcast to the shape of ``like`` (an arange)."""
+    """Token position and parameter index of step(s) t, with their masks (false outside [0, Lp) or at a padding step)
+    and the in-range mask, each broadcast to the shape of ``like`` (an arange)."""
     step = t + like * 0
-    in_range = step < Lp
+    in_range = (step >= 0) & (step < Lp)
     if HAS_PATH:
         pos = tl.load(path_row + step, mask=in_range, other=-1)
         valid = in_range & (pos >= 0)
-        pos = tl.maximum(pos, 0)
+        pos = tl.where(valid, pos, 0)
     else:
         pos = step
         valid = in_range
@@ -416,7 +403,7 @@ def _step_index(path_row, t, Lp, like, HAS_PATH: tl.constexpr, PARAMS_AT_STEP: t
     else:
         pidx = pos
         pvalid = valid
-    return pos, valid, pidx, pvalid
+    return pos, valid, pidx, pvalid, in_range
 
 
 @triton.jit
@@ -426,11 +413,11 @@ def _load_step(u_base, dt_base, B_base, C_base, path_row, t, Lp, offs_d, offs_n,
     channel and its mask. B, C are [1, BLOCK_N] rows broadcast over the channels when the tile lies in one group
     (B_base, C_base [BLOCK_N] pointers), else [BLOCK_D, BLOCK_N] (pointer tiles); the row form needs fewer registers
     (the Vim layer's forward: 96 instead of 151 per thread on an H100)."""
-    pos, m_u, pidx, m_p = _step_index(path_row, t, Lp, offs_d, HAS_PATH, PARAMS_AT_STEP)
+    pos, m_u, pidx, m_p, _ = _step_index(path_row, t, Lp, offs_d, HAS_PATH, PARAMS_AT_STEP)
     u = tl.load(u_base + pos * su_l, mask=mask_d & m_u, other=0.0)
     dt = tl.load(dt_base + pidx * sdt_l, mask=mask_d & m_p, other=0.0)
     if TILE_ONE_GROUP:
-        _, _, pidx_n, m_n = _step_index(path_row, t, Lp, offs_n, HAS_PATH, PARAMS_AT_STEP)
+        _, _, pidx_n, m_n, _ = _step_index(path_row, t, Lp, offs_n, HAS_PATH, PARAMS_AT_STEP)
         m_bc = mask_n & m_n
         Bt = tl.load(B_base + pidx_n * sB_l, mask=m_bc, other=0.0)[None, :]
         Ct = tl.load(C_base + pidx_n * sC_l, mask=m_bc, other=0.0)[None, :]
