@@ -47,7 +47,7 @@ def _grads(out, inputs, dout):
 @pytest.mark.parametrize("reverse", [[False], [True], [False, True]])
 @pytest.mark.parametrize("silu", [True, False])
 def test_reference_matches_the_definition(reverse, silu):
-    x, w, b = (t.detach().double() for t in _inputs(2, 3, 7, len(reverse), 4, True, torch.float32))
+    x, w, b = (t.detach().double().cpu() for t in _inputs(2, 3, 7, len(reverse), 4, True, torch.float32))
     out = causal_conv1d_ref(x, w, b, reverse, "silu" if silu else None)
     torch.testing.assert_close(out, loop_conv(x, w, b, reverse, silu))
 
@@ -66,6 +66,19 @@ def test_triton_matches_reference(batch, dim, length, reverse, width, bias, silu
     b64 = b.detach().double().requires_grad_() if bias else None
     ref = causal_conv1d_ref(x64, w64, b64, reverse, act)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(_grads(out, (x, w, b), dout), _grads(ref, (x64, w64, b64), dout.double())):
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4)
+
+
+@triton_cpu
+def test_triton_backward_over_several_row_groups():
+    """The backward sums its weight gradients over groups of batch rows per program: 19 rows make three groups, the
+    last one short."""
+    x, w, b = _inputs(19, 6, 23, 2, 4, True, torch.float32, seed=5)
+    out = causal_conv1d(x, w, b, [False, True], backend="triton")
+    dout = torch.randn_like(out)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = causal_conv1d_ref(x64, w64, b64, [False, True])
     for g, r in zip(_grads(out, (x, w, b), dout), _grads(ref, (x64, w64, b64), dout.double())):
         torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4)
 
