@@ -80,21 +80,27 @@ def test_triton_step_by_step_kernels_match_reference(case):
     _check_backend_against_reference("triton-seq", case)
 
 
+def _check_grouped_against_reference(name, dim, groups, n_state, length, seeds):
+    """Backend ``name`` against the float64 reference on B and C in ``groups`` groups (batch 2, softplus on): output
+    and last state to 2e-6, every gradient to 2e-5."""
+    inputs = make_inputs(2, dim, length, n_state, "group", groups, seed=seeds[0])
+    g = torch.Generator().manual_seed(seeds[1])
+    w = torch.randn(2, dim, length, generator=g, dtype=torch.float64)
+    ws = torch.randn(2, dim, n_state, generator=g, dtype=torch.float64)
+    y_ref, last_ref, g_ref = run_with_grads(selective_scan_ref, inputs, w, ws, True, delta_softplus=True)
+    with backend(name):
+        y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=True)
+    assert rel_err(y, y_ref) < 2e-6 and rel_err(last, last_ref) < 2e-6
+    for key, ref in g_ref.items():
+        assert rel_err(grads[key], ref) < 2e-5, key
+
+
 @pytest.mark.parametrize("dim,groups,n_state", [(32, 2, 16), (8, 4, 16), (6, 1, 2)])
 def test_step_by_step_forward_on_one_group_and_group_spanning_tiles(dim, groups, n_state):
     """The step-by-step forward reads a step's B and C as one row when its channel tile lies in one group (32 channels
     in 2 groups: tiles of 16 = one group each, the second at a group offset), as a per-channel tile otherwise (8
     channels in 4 groups; 6 channels in a tile of 8)."""
-    inputs = make_inputs(2, dim, 23, n_state, "group", groups, seed=dim)
-    g = torch.Generator().manual_seed(7)
-    w = torch.randn(2, dim, 23, generator=g, dtype=torch.float64)
-    ws = torch.randn(2, dim, n_state, generator=g, dtype=torch.float64)
-    y_ref, last_ref, g_ref = run_with_grads(selective_scan_ref, inputs, w, ws, True, delta_softplus=True)
-    with backend("triton-seq"):
-        y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=True)
-    assert rel_err(y, y_ref) < 2e-6 and rel_err(last, last_ref) < 2e-6
-    for key, ref in g_ref.items():
-        assert rel_err(grads[key], ref) < 2e-5, key
+    _check_grouped_against_reference("triton-seq", dim, groups, n_state, 23, seeds=(dim, 7))
 
 
 @pytest.mark.parametrize("states_middle", [True, False])
@@ -106,22 +112,13 @@ def test_chunk_tile_layouts_on_one_group_and_group_spanning_tiles(states_middle,
     groups, tiles of 8; 6 channels in the forward's tiles of 4)."""
     from vssm.ops.triton.scan import TILE_OVERRIDES
 
-    inputs = make_inputs(2, dim, 29, n_state, "group", groups, seed=dim + n_state)
-    g = torch.Generator().manual_seed(11)
-    w = torch.randn(2, dim, 29, generator=g, dtype=torch.float64)
-    ws = torch.randn(2, dim, n_state, generator=g, dtype=torch.float64)
-    y_ref, last_ref, g_ref = run_with_grads(selective_scan_ref, inputs, w, ws, True, delta_softplus=True)
     layouts = {"states_middle": states_middle, "fwd_states_middle": states_middle}
     TILE_OVERRIDES.update(layouts)
-    try:
-        with backend("triton"):  # small problems take the chunk-parallel forward
-            y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=True)
+    try:  # small problems take the chunk-parallel forward
+        _check_grouped_against_reference("triton", dim, groups, n_state, 29, seeds=(dim + n_state, 11))
     finally:
         for key in layouts:
             TILE_OVERRIDES.pop(key)
-    assert rel_err(y, y_ref) < 2e-6 and rel_err(last, last_ref) < 2e-6
-    for key, ref in g_ref.items():
-        assert rel_err(grads[key], ref) < 2e-5, key
 
 
 @pytest.mark.parametrize("name", ["torch", "triton", "triton-seq", "triton-long-chunk", "triton-gpu-plan"])

@@ -36,9 +36,8 @@ LOG2E = 1.4426950408889634
 # Launch-configuration overrides for tuning runs (tools/benchmark_scan.py --sweep) and tests; empty in normal use:
 # {"sequential": bool, "chunk": steps, "fwd_chunk": steps, "fwd": (BLOCK_D, num_warps), "bwd": (BLOCK_D, num_warps),
 #  "fwd_maxnreg": registers or None, "states_middle" / "fwd_states_middle": bool (tile layouts of the backward and
-#  the chunk-parallel forward, ``_backward_plan``, ``_short_dim_major``); for tests
-#  under TRITON_INTERPRET=1: "gpu_plan": bool (plan as on a GPU),
-#  "min_rows": rows (from which the GPU counts as filled, SEQUENTIAL_MIN_ROWS)}.
+#  the chunk-parallel forward, ``_backward_plan``, ``_short_dim_major``); for tests under TRITON_INTERPRET=1:
+#  "gpu_plan": bool (plan as on a GPU), "min_rows": rows (from which the GPU counts as filled, SEQUENTIAL_MIN_ROWS)}.
 TILE_OVERRIDES: dict[str, object] = {}
 
 
