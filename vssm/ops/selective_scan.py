@@ -149,20 +149,22 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     return (y, h) if return_last_state else y
 
 
-def _chunk_len(length: int, dim: int, n_state: int) -> int:
-    """Chunk length of the PyTorch path: the (batch, dim, T, T, N) decay tensor stays moderate."""
-    return max(1, min(length, 32 if dim * n_state <= 4096 else 16))
+def _chunk_len(length: int, rows: int) -> int:
+    """Tokens per chunk of the PyTorch path: a chunk's step factors, (T, rows) with rows = batch dim N, stay near
+    16M elements (64 MB in float32)."""
+    return max(1, min(length, (1 << 24) // rows))
 
 
 def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                            z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
                            delta_softplus: bool = False, return_last_state: bool = False,
                            initial_state: Optional[Tensor] = None):
-    """Chunked PyTorch scan (CPU path): within a chunk of T tokens the state is a masked sum of decayed inputs.
-
-    h_t = exp(cs_t) h_0 + sum_{s <= t} exp(cs_t - cs_s) delta_s B_s u_s with cs the in-chunk cumulative sum of
-    delta * A; only differences cs_t - cs_s with s <= t are exponentiated, so nothing overflows. Same signature as
-    ``selective_scan`` plus ``initial_state`` (batch, dim, N).
+    """PyTorch scan (the CPU path): for a chunk of T tokens at a time, the decays exp(delta A) and inputs delta B u
+    of every step are computed as (T, batch, dim, N) tensors, then the recurrence h_t = decay_t h_(t-1) + input_t runs
+    one fused multiply-add per token, and C reads the chunk's states in one product. The work is the sequential
+    scan's; chunks bound the memory of the factors. ``unbind`` / ``stack`` give autograd one node per chunk for the
+    per-step slices (indexing would give each step a full-size zero gradient). Same signature as ``selective_scan``
+    plus ``initial_state`` (batch, dim, N).
     """
     check_scan_args(u, delta, A, B, C, D, z, delta_bias)
     out_dtype = u.dtype
@@ -171,24 +173,23 @@ def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     n_state = A.shape[1]
     groups = B4.shape[1]
     h = u.new_zeros(batch, dim, n_state) if initial_state is None else initial_state.to(u.dtype)
-    chunk = _chunk_len(length, dim, n_state)
+    chunk = _chunk_len(length, batch * dim * n_state)
     ys = []
     for start in range(0, length, chunk):
         stop = min(start + chunk, length)
-        T = stop - start
-        dt = delta[:, :, start:stop]  # (b, d, T)
-        cs = torch.cumsum(dt[..., None] * A[:, None, :], dim=2)  # (b, d, T, N)
-        seg = cs[:, :, :, None, :] - cs[:, :, None, :, :]  # (b, d, t, s, N)
-        causal = torch.ones(T, T, dtype=torch.bool, device=u.device).tril()
-        decay = torch.exp(seg.masked_fill(~causal[:, :, None], float("-inf")))
-        # (b, G, d/G, s, N): inputs of each group's channels times that group's B
-        x = (dt * u[:, :, start:stop]).view(batch, groups, dim // groups, T)
-        bx = x[..., None] * B4[..., start:stop].transpose(-1, -2)[:, :, None]
-        hs = torch.einsum("bdtsn,bdsn->bdtn", decay, bx.reshape(batch, dim, T, n_state))
-        hs = hs + torch.exp(cs) * h[:, :, None, :]
-        c = C4[..., start:stop].transpose(-1, -2)[:, :, None].expand(batch, groups, dim // groups, T, n_state)
-        ys.append((hs * c.reshape(batch, dim, T, n_state)).sum(-1))
-        h = hs[:, :, -1]
+        # token-major operands, so the products below are laid out token-major and each step's slice is dense
+        dt = delta[:, :, start:stop].permute(2, 0, 1).contiguous()  # (T, b, d)
+        decays = torch.exp(dt[..., None] * A)  # (T, b, d, N)
+        x = (dt * u[:, :, start:stop].permute(2, 0, 1)).unflatten(-1, (groups, dim // groups))  # (T, b, G, d/G)
+        b_t = B4[..., start:stop].permute(3, 0, 1, 2).contiguous()  # (T, b, G, N)
+        inputs = (x[..., None] * b_t[:, :, :, None]).flatten(2, 3)  # (T, b, d, N)
+        states = []
+        for decay, step_input in zip(decays.unbind(0), inputs.unbind(0)):
+            h = torch.addcmul(step_input, decay, h)
+            states.append(h)
+        hs = torch.stack(states).unflatten(2, (groups, dim // groups))  # (T, b, G, d/G, N)
+        c = C4[..., start:stop].permute(3, 0, 1, 2)[:, :, :, None]  # (T, b, G, 1, N)
+        ys.append((hs * c).sum(-1).flatten(2).permute(1, 2, 0))
     y = _finish(torch.cat(ys, dim=-1), u, D, z, out_dtype)
     return (y, h) if return_last_state else y
 
