@@ -63,8 +63,10 @@ def test_fused_matches_composed_float64(kind, grid, opts, merge, n_state, rank, 
         assert rel_err(grads[name], g_ref[name]) < 1e-4, name
 
 
-def test_composed_matches_explicit_per_direction_projections():
-    """The block-diagonal GEMM of the composed form is the K dt projections, each direction on its own weights."""
+@pytest.mark.parametrize("grad", [True, False], ids=["block-diagonal", "no-grad-per-direction"])
+def test_composed_matches_explicit_per_direction_projections(grad):
+    """The composed form's dt projections (one block-diagonal GEMM with gradients, K GEMMs without) are the K
+    projections, each direction on its own weights."""
     paths = scan_paths.build("cross", (3, 4))
     inputs = {k: v.double() for k, v in _inputs(paths, (3, 4), 2, 3, 2, False).items()}
     x, x_proj, dt_proj = inputs["x"], inputs["x_proj_weight"], inputs["dt_proj_weight"]
@@ -76,7 +78,7 @@ def test_composed_matches_explicit_per_direction_projections():
         Cs.append(C)
     expected = multi_scan_ref(x, torch.stack(deltas, 1), -inputs["A_log"].exp(), torch.stack(Bs, 1),
                               torch.stack(Cs, 1), paths, inputs["D"], None, inputs["dt_proj_bias"], True, "sum")
-    with backend("torch"):
+    with backend("torch"), torch.set_grad_enabled(grad):
         actual = projected_multi_scan_composed(*inputs.values(), paths, "sum")
     assert rel_err(actual, expected) < 1e-8  # the chunked float64 scan against the sequential one
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 from .scan_core import check_kernel_backend, eager, empty_like_dense, resolve_backend
 
@@ -35,7 +36,7 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse
     """Reference: per direction a padded ``F.conv1d`` (kernel mirrored for reversed directions), computed in float32
     (float64 for float64 input), stacked to (batch, K, dim, L) in x's dtype."""
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    length, width = x.shape[-1], weight.shape[-1]
+    width = weight.shape[-1]
     outs = []
     with torch.autocast(x.device.type, enabled=False):
         xc = x.to(compute)
@@ -43,9 +44,9 @@ def causal_conv1d_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse
             w = weight[k].to(compute)
             b = None if bias is None else bias[k].to(compute)
             if rev:  # out[t] sees x[t .. t + W - 1] with the kernel mirrored
-                out = F.conv1d(xc, w.flip(-1).unsqueeze(1), b, padding=width - 1, groups=x.shape[1])[..., width - 1:]
+                out = F.conv1d(F.pad(xc, (0, width - 1)), w.flip(-1).unsqueeze(1), b, groups=x.shape[1])
             else:  # out[t] sees x[t - W + 1 .. t]
-                out = F.conv1d(xc, w.unsqueeze(1), b, padding=width - 1, groups=x.shape[1])[..., :length]
+                out = F.conv1d(F.pad(xc, (width - 1, 0)), w.unsqueeze(1), b, groups=x.shape[1])
             outs.append(out)
         out = torch.stack(outs, 1)
         if activation == "silu":
@@ -69,6 +70,13 @@ def _(x, weight, bias, reverse_mask, silu):
     from .triton.causal_conv import empty_directions
 
     return empty_directions(x, weight.shape[0])
+
+
+@register_flop_formula(torch.ops.vssm.causal_conv1d_fwd)
+def _conv_flops(x, weight, bias, reverse_mask, silu, out_shape=None, **kwargs) -> int:
+    """2 FLOPs per multiply-add, as torch's formula for ``F.conv1d`` (the reference) counts them."""
+    k_total, dim, width = weight
+    return 2 * x[0] * k_total * dim * x[-1] * width
 
 
 @torch.library.custom_op("vssm::causal_conv1d_bwd", mutates_args=())

@@ -22,6 +22,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+from torch.utils.flop_counter import register_flop_formula
 
 from .selective_scan import _compute_dtype, selective_scan_chunked, selective_scan_ref
 
@@ -45,9 +47,11 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def eager(*tensors: Optional[Tensor]) -> bool:
-    """True outside torch.compile / torch.export tracing and for plain tensors or parameters (no fake or functional
-    subclasses): then the kernels may run behind an ``autograd.Function`` instead of the registered custom op."""
-    return not torch.compiler.is_compiling() and all(t is None or type(t) in _PLAIN for t in tensors)
+    """True outside torch.compile / torch.export tracing and dispatch modes (``FlopCounterMode`` counts the custom ops
+    by their formulas) and for plain tensors or parameters (no fake or functional subclasses): then the kernels may run
+    behind an ``autograd.Function`` instead of the registered custom op."""
+    return (not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode()
+            and all(t is None or type(t) in _PLAIN for t in tensors))
 
 
 def cdiv(a: int, b: int) -> int:
@@ -237,6 +241,16 @@ def _(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_
     else:
         states = u.new_empty(0, dtype=torch.float32)
     return y, last, states
+
+
+@register_flop_formula(torch.ops.vssm.scan_fwd)
+def scan_flops(u, delta, A, B, C, D, z, delta_bias, paths, *flags, out_shape=None, **kwargs) -> int:
+    """FLOPs of one scan by the rule of the VMamba, LocalMamba and PlainMamba tables (Albert Gu's count of the
+    work-efficient parallel scan, state-spaces/mamba#110): 9 B L D N per direction, plus B L D each for the D skip
+    and the z gate, with L the path length (window padding counts). Arguments are the op's, tensors as shapes."""
+    batch, (k_total, dim, n_state) = u[0], A
+    steps = B[-1] if paths is None else paths[1]
+    return batch * k_total * dim * steps * (9 * n_state + (D is not None) + (z is not None))
 
 
 def _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
