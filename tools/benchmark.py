@@ -5,7 +5,10 @@
 
 Inference: eval forward under ``torch.no_grad``; training: forward, cross-entropy, backward and an SGD step. Both
 under bf16 autocast (``--amp``), images per second from CUDA-event timings of ``--iters`` steps after ``--warmup``
-steps, peak allocated memory from ``torch.cuda.max_memory_allocated``. ``--profile K`` also runs one step of each
+steps, the step time in milliseconds, peak allocated memory from ``torch.cuda.max_memory_allocated``. GFLOPs per
+image (clip) from ``vssm.flops.count_flops`` on a batch of one: GEMMs and convolutions as multiply-adds (the papers'
+fvcore convention), each scan by the 9 B L D N rule of the SSM papers (+ B L D for D and the gate); norms, elementwise
+work and FFTs are not counted. ``--profile K`` also runs one step of each
 mode under the torch profiler and prints its GPU kernel time (against the timed step: a smaller share means the host
 sets the pace) and its K most expensive kernels. A model that runs out of memory is reported as
 OOM. Video models take (batch, 3, frames, H, W); their attention peer is timm's VisionTransformer of the same width on
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vssm  # noqa: E402,F401  (registers the zoo)
+from vssm.flops import count_flops  # noqa: E402
 
 
 @dataclass
@@ -130,7 +134,7 @@ def warm_up_gpu(seconds: float = 3.0) -> None:
 
 
 def measure(case: Case, args) -> dict:
-    """Inference and training images (clips) per second and peak memory (GiB) of one case."""
+    """Inference and training images (clips) per second, step time (ms), peak memory (GiB) and GFLOPs of one case."""
     row = dict(asdict(case), name=case.label or case.model)
     # autocast's cast cache would hold tensors across graph replays: off when capturing
     amp = dict(device_type="cuda", dtype=getattr(torch, args.amp), enabled=args.amp != "float32",
@@ -140,10 +144,13 @@ def measure(case: Case, args) -> dict:
         torch.cuda.reset_peak_memory_stats()
         try:
             model = timm.create_model(case.model, **case.kwargs).cuda()
+            x, target = _inputs(case, "cuda")
+            if "gflops" not in row:
+                row["gflops"] = count_flops(model, x[:1]).gflops
+                torch.cuda.reset_peak_memory_stats()
             if args.compile:
                 model = torch.compile(model, mode=None if args.compile == "default" else args.compile)
             row["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
-            x, target = _inputs(case, "cuda")
             zero_grads = None
             if mode == "infer":
                 model.eval()
@@ -167,11 +174,11 @@ def measure(case: Case, args) -> dict:
             if args.cuda_graph:
                 step = graphed(step, zero_grads)
             ms = _timed(step, args.warmup, args.iters)
-            row[f"{mode}_per_s"] = case.batch * 1000 / ms
+            row[f"{mode}_per_s"], row[f"{mode}_ms"] = case.batch * 1000 / ms, ms
             row[f"{mode}_peak_GiB"] = torch.cuda.max_memory_allocated() / 2 ** 30
             if args.profile:
                 gpu_ms, table = _profiled(step, args.profile)
-                row[f"{mode}_ms"], row[f"{mode}_gpu_ms"] = ms, gpu_ms
+                row[f"{mode}_gpu_ms"] = gpu_ms
                 print(f"{row['name']} {mode}: {ms:.1f} ms per step, GPU kernels {gpu_ms:.1f} ms "
                       f"({gpu_ms / ms:.0%})\n{table}", flush=True)
         except torch.OutOfMemoryError:
@@ -202,13 +209,14 @@ def _fmt(value, digits=0):
 
 
 def print_table(suite: str, rows: list[dict]) -> None:
-    print(f"\n### {suite}\n\n| model | batch x [frames x] size | params (M) | infer /s | train /s | infer peak GiB | "
-          f"train peak GiB |\n|---|---|---|---|---|---|---|")
+    print(f"\n### {suite}\n\n| model | batch x [frames x] size | params (M) | GFLOPs | infer /s | infer ms | train /s | "
+          f"train ms | infer peak GiB | train peak GiB |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         size = f"{r['batch']} x {str(r['frames']) + ' x ' if r['frames'] else ''}{r['img_size']}"
-        print(f"| {r['name']} | {size} | {_fmt(r.get('params_M', '-'), 1)} | {_fmt(r.get('infer_per_s', '-'))} | "
-              f"{_fmt(r.get('train_per_s', '-'))} | {_fmt(r.get('infer_peak_GiB', '-'), 2)} | "
-              f"{_fmt(r.get('train_peak_GiB', '-'), 2)} |")
+        cells = [_fmt(r.get(key, "-"), digits) for key, digits in (
+            ("params_M", 1), ("gflops", 2), ("infer_per_s", 0), ("infer_ms", 1), ("train_per_s", 0), ("train_ms", 1),
+            ("infer_peak_GiB", 2), ("train_peak_GiB", 2))]
+        print(f"| {r['name']} | {size} | {' | '.join(cells)} |")
 
 
 def main():
