@@ -209,8 +209,8 @@ def _fmt(value, digits=0):
 
 
 def print_table(suite: str, rows: list[dict]) -> None:
-    print(f"\n### {suite}\n\n| model | batch x [frames x] size | params (M) | GFLOPs | infer /s | infer ms | train /s | "
-          f"train ms | infer peak GiB | train peak GiB |\n|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n### {suite}\n\n| model | batch x [frames x] size | params (M) | GFLOPs | infer /s | infer ms | "
+          f"train /s | train ms | infer peak GiB | train peak GiB |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         size = f"{r['batch']} x {str(r['frames']) + ' x ' if r['frames'] else ''}{r['img_size']}"
         cells = [_fmt(r.get(key, "-"), digits) for key, digits in (

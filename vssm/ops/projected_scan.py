@@ -7,11 +7,12 @@ For a feature map x (batch, dim, L) in spatial order and K directions, each with
     y = multi_scan(x, delta, -exp(A_log), B, C, paths, D, delta_bias=dt_proj_bias, delta_softplus=True, merge)
 
 ``projected_multi_scan_composed`` writes this with PyTorch ops (the K dt projections as one GEMM with a block-diagonal
-weight) around ``multi_scan``; it is what the CPU, torch.compile, torch.export, TorchScript and FX run. On CUDA (or
-under TRITON_INTERPRET=1) eager calls run the same GEMMs and the Triton scan inside one ``autograd.Function`` with a
-hand-written backward: one autograd node where the composed form records about 30, and about 20% fewer dispatched
-ops (83 against 105 per forward + backward, most of the rest views), host time that eager models with small maps
-pay on every step. Under autocast both run the GEMMs in the autocast dtype, as ``F.linear`` would.
+weight, or as K GEMMs without gradients) around ``multi_scan``; it is what the CPU, torch.compile, torch.export,
+TorchScript and FX run. On CUDA (or under TRITON_INTERPRET=1) eager calls run the same GEMMs and the Triton scan
+inside one ``autograd.Function`` with a hand-written backward: one autograd node where the composed form records
+about 30, and about 20% fewer dispatched ops (83 against 105 per forward + backward, most of the rest views), host
+time that eager models with small maps pay on every step. Under autocast both run the GEMMs in the autocast dtype, as
+``F.linear`` would.
 """
 from typing import Optional
 
