@@ -241,3 +241,27 @@ def test_full_depth(name):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_full_size_forward(name):
     check_forward(name, size=224)
+
+
+@pytest.mark.parametrize("grid,directions", [((4, 4), ("h", "v_flip")), ((5, 3), ("w2", "h_flip", "w3_flip"))])
+def test_routing_gradients_match_indexing(grid, directions):
+    """LocalVim's route / un-route nodes (gather-based backwards) against autograd through plain indexing, with
+    window padding on the 5 x 3 grid."""
+    from vssm.models.local_vmamba import _route_tables, route_tokens, unroute_tokens
+
+    height, width = grid
+    gather, unscan = _route_tables(directions, height, width, torch.device("cpu"))
+    assert gather.shape[1] >= height * width
+    tokens = torch.randn(2, 3, height * width, dtype=torch.float64, requires_grad=True)
+    routes_in = torch.randn(2, len(directions), 3, gather.shape[1], dtype=torch.float64, requires_grad=True)
+    routes = route_tokens(tokens, list(directions), height, width)
+    unrouted = unroute_tokens(routes_in, list(directions), height, width)
+    ref_routes = torch.nn.functional.pad(tokens, (0, 1))[:, :, gather].transpose(1, 2)
+    ref_unrouted = routes_in.gather(-1, unscan[None, :, None].expand(2, len(directions), 3, -1))
+    assert torch.equal(routes, ref_routes) and torch.equal(unrouted, ref_unrouted)
+    w_routes, w_unrouted = torch.randn_like(routes), torch.randn_like(unrouted)
+    grads = torch.autograd.grad((routes * w_routes).sum() + (unrouted * w_unrouted).sum(), [tokens, routes_in])
+    expected = torch.autograd.grad((ref_routes * w_routes).sum() + (ref_unrouted * w_unrouted).sum(),
+                                   [tokens, routes_in])
+    for actual, reference in zip(grads, expected):
+        torch.testing.assert_close(actual, reference, rtol=1e-12, atol=1e-12)
