@@ -289,12 +289,14 @@ def test_bf16_autocast_keeps_dtype_and_agrees():
 @pytest.mark.parametrize("make", [lambda: SS2D(8, d_state=2, gated=False),
                                   lambda: LocalSS2D(8, ["h", "v_flip", "w2", "w7"], d_state=2)])
 def test_triton_path_matches_torch_path(monkeypatch, make):
-    """The Triton kernels (CPU interpreter here) on the mixers' strided channels-last views, behind the fused
-    projections + scan node: outputs and all grads."""
+    """The Triton kernels (the CPU interpreter when there is no GPU) on the mixers' strided channels-last views,
+    behind the fused projections + scan node: outputs and all grads."""
     pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    mixer = randomise(make())
-    x = torch.randn(1, 3, 4, 8, requires_grad=True)
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    mixer = randomise(make()).to(device)
+    x = torch.randn(1, 3, 4, 8, device=device, requires_grad=True)
     fused = []
     real = projected_scan._FusedProjectedScan.apply
     monkeypatch.setattr(projected_scan._FusedProjectedScan, "apply", lambda *a: fused.append(1) or real(*a))

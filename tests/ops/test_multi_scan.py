@@ -5,7 +5,7 @@ import torch
 
 from vssm.ops import multi_scan, multi_scan_ref, scan_paths
 
-from .scan_cases import backend, rel_err
+from .scan_cases import backend, kernel_device, rel_err
 
 CASES = [
     ("raster", (3, 5), {}),
@@ -30,10 +30,12 @@ def _inputs(paths, length, per_direction_x, params_at_step, n_state=3, batch=2, 
 
 
 def _run(fn, inputs, paths, weights, to64, **kwargs):
-    leaves = {k: (v.double() if to64 else v.clone()).requires_grad_(True) for k, v in inputs.items()}
-    y, last = fn(**leaves, paths=paths, delta_softplus=True, return_last_state=True, **kwargs)
-    ((y.double() * weights).sum() + last.double().sum()).backward()
-    return y.detach(), last.detach(), {k: v.grad for k, v in leaves.items()}
+    """fn on ``kernel_device()`` (layouts kept); outputs and gradients back on the CPU."""
+    device = kernel_device()
+    leaves = {k: (v.double() if to64 else v.clone()).to(device).requires_grad_(True) for k, v in inputs.items()}
+    y, last = fn(**leaves, paths=paths.to(device), delta_softplus=True, return_last_state=True, **kwargs)
+    ((y.double() * weights.to(device)).sum() + last.double().sum()).backward()
+    return y.detach().cpu(), last.detach().cpu(), {k: v.grad.cpu() for k, v in leaves.items()}
 
 
 @pytest.mark.parametrize("name", ["torch", "triton", "triton-seq"])
@@ -157,6 +159,7 @@ def test_triton_fakes_announce_the_layouts_the_kernels_return(layout, n_state, p
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     batch, k_total, dim, length = 2, 2, 4, 9
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels' device (the interpreter's on a CPU)
     g = torch.Generator().manual_seed(0)
     if layout == "channels_last":
         u = torch.randn(batch, k_total, length, dim, generator=g).transpose(-1, -2)
@@ -167,10 +170,11 @@ def test_triton_fakes_announce_the_layouts_the_kernels_return(layout, n_state, p
     else:
         u = torch.randn(batch, k_total, dim, length, generator=g)
         x_dbl = torch.randn(batch, k_total, 1, 1 + 2 * n_state, length, generator=g)
-    delta = torch.randn(u.shape, generator=g)
+    u, x_dbl = u.to(device), x_dbl.to(device)  # strides kept
+    delta = torch.randn(u.shape, generator=g).to(device)
     B, C = x_dbl[:, :, :, 1:1 + n_state], x_dbl[:, :, :, 1 + n_state:]
-    A = -torch.rand(k_total, dim, n_state, generator=g)
-    paths = scan_paths.build("bidirectional", (length,))
+    A = -torch.rand(k_total, dim, n_state, generator=g).to(device)
+    paths = scan_paths.build("bidirectional", (length,), device=device)
     fwd_args = (u, delta, A, B, C, None, None, None, paths, True, True, False, True, "triton")
     with backend(plan):
         y, last, states = torch.ops.vssm.scan_fwd(*fwd_args)

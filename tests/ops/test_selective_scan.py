@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from vssm.ops import selective_scan, selective_scan_chunked, selective_scan_ref
 from vssm.ops.selective_scan import expand_bc
 
-from .scan_cases import backend, make_inputs, naive_scan_np, rel_err, run_with_grads
+from .scan_cases import backend, kernel_device, make_inputs, naive_scan_np, rel_err, run_with_grads
 
 PRIMES = [2, 3, 5, 7, 31, 37, 67, 97]
 
@@ -137,17 +137,17 @@ def test_low_precision_inputs(name, dtype, tol):
     low = {k: (v.to(dtype) if k in ("u", "delta", "B", "C", "z") else v) for k, v in inputs.items()}
     rounded = {k: (None if v is None else v.double()) for k, v in low.items()}
     y_ref = selective_scan_ref(**rounded, delta_softplus=True)
-    leaves = {k: v.clone().requires_grad_(True) for k, v in low.items()}
     with backend(name):
+        leaves = {k: v.clone().to(kernel_device()).requires_grad_(True) for k, v in low.items()}
         y = selective_scan(**leaves, delta_softplus=True)
     assert y.dtype == dtype
-    assert rel_err(y, y_ref) < tol
+    assert rel_err(y.cpu(), y_ref) < tol
     y.float().square().sum().backward()
     ref_leaves = {k: v.clone().requires_grad_(True) for k, v in rounded.items()}
     selective_scan_ref(**ref_leaves, delta_softplus=True).square().sum().backward()
     for key in leaves:
         assert leaves[key].grad.dtype == low[key].dtype
-        assert rel_err(leaves[key].grad, ref_leaves[key].grad) < 5 * tol, key
+        assert rel_err(leaves[key].grad.cpu(), ref_leaves[key].grad) < 5 * tol, key
 
 
 def test_autocast_keeps_parameters_in_float32():
