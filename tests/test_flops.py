@@ -9,9 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vssm.flops import FlopCount, count_flops
 from vssm.ops import causal_conv1d, multi_scan, scan_paths, selective_scan
 
-from .ops.scan_cases import backend
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels' device (the interpreter's on a CPU machine)
+from .ops.scan_cases import KERNEL_DEVICE, backend
 
 
 def _total(fn, *args, **kwargs) -> int:
@@ -34,11 +32,11 @@ def test_selective_scan_counts_by_the_rule_on_both_backends(kernel, with_d, with
     if kernel == "triton":
         pytest.importorskip("triton")
     batch, dim, length, n_state = 2, 6, 13, 4
-    u = torch.randn(batch, dim, length, device=DEVICE)
-    z = torch.randn(batch, dim, length, device=DEVICE) if with_z else None
-    delta, A = torch.rand(batch, dim, length, device=DEVICE), -torch.rand(dim, n_state, device=DEVICE)
-    B, C = torch.randn(batch, n_state, length, device=DEVICE), torch.randn(batch, n_state, length, device=DEVICE)
-    D = torch.randn(dim, device=DEVICE) if with_d else None
+    u, z, delta = (torch.randn(batch, dim, length, device=KERNEL_DEVICE) for _ in range(3))
+    delta, A = delta.abs(), -torch.rand(dim, n_state, device=KERNEL_DEVICE)
+    B, C = (torch.randn(batch, n_state, length, device=KERNEL_DEVICE) for _ in range(2))
+    z = z if with_z else None
+    D = torch.randn(dim, device=KERNEL_DEVICE) if with_d else None
     with backend(kernel):
         flops = _total(selective_scan, u, delta, A, B, C, D, z)
     assert flops == batch * length * dim * (9 * n_state + with_d + with_z)
@@ -58,7 +56,7 @@ def test_multi_scan_counts_every_direction_over_its_padded_path():
 
 def test_causal_conv_kernel_counts_as_the_reference_conv():
     pytest.importorskip("triton")
-    x, weight, bias = (torch.randn(shape, device=DEVICE) for shape in ((2, 6, 11), (2, 6, 4), (2, 6)))
+    x, weight, bias = (torch.randn(shape, device=KERNEL_DEVICE) for shape in ((2, 6, 11), (2, 6, 4), (2, 6)))
     counts = [_total(causal_conv1d, x, weight, bias, [False, True], backend=b) for b in ("torch", "triton")]
     assert counts == [2 * 2 * 2 * 6 * 11 * 4] * 2
 

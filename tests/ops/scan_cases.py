@@ -60,9 +60,12 @@ def make_inputs(batch, dim, length, n_state, bc_layout="batch", groups=1, has_d=
         delta_bias=bias if has_bias else None)
 
 
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # where the Triton kernels run (interpreter on a CPU)
+
+
 def kernel_device() -> str:
-    """Where a forced Triton backend runs: the GPU when there is one, else the CPU (Triton's interpreter)."""
-    return "cuda" if torch.cuda.is_available() and os.environ.get("VSSM_SCAN_BACKEND") == "triton" else "cpu"
+    """Where the forced backend runs: ``KERNEL_DEVICE`` for Triton, else the CPU."""
+    return KERNEL_DEVICE if os.environ.get("VSSM_SCAN_BACKEND") == "triton" else "cpu"
 
 
 def run_with_grads(fn, inputs: dict, weights: torch.Tensor, state_weights: torch.Tensor, to64: bool, **kwargs):

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from vssm.ops import causal_conv1d, causal_conv1d_ref
 
+from .scan_cases import KERNEL_DEVICE
+
 triton_cpu = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="the Triton kernels need CUDA or TRITON_INTERPRET=1")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def loop_conv(x, weight, bias, reverse, silu):
@@ -34,9 +35,9 @@ def loop_conv(x, weight, bias, reverse, silu):
 
 def _inputs(batch, dim, length, k_total, width, bias, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, dim, length, generator=g).to(DEVICE, dtype).requires_grad_()
-    w = (torch.randn(k_total, dim, width, generator=g) * 0.5).to(DEVICE).requires_grad_()
-    b = (torch.randn(k_total, dim, generator=g) * 0.1).to(DEVICE).requires_grad_() if bias else None
+    x = torch.randn(batch, dim, length, generator=g).to(KERNEL_DEVICE, dtype).requires_grad_()
+    w = (torch.randn(k_total, dim, width, generator=g) * 0.5).to(KERNEL_DEVICE).requires_grad_()
+    b = (torch.randn(k_total, dim, generator=g) * 0.1).to(KERNEL_DEVICE).requires_grad_() if bias else None
     return x, w, b
 
 
@@ -105,7 +106,7 @@ def test_triton_strided_input_and_output_layout(layout):
     x's axis order with the directions outermost, and dx x's strides."""
     batch, dim, length = 3, 5, 11
     base = torch.randn(dim, batch, length) if layout == "dim_major" else torch.randn(batch, length, dim)
-    base = base.to(DEVICE).requires_grad_()
+    base = base.to(KERNEL_DEVICE).requires_grad_()
     x = base.transpose(0, 1) if layout == "dim_major" else base.transpose(1, 2)
     _, w, b = _inputs(batch, dim, length, 2, 4, True, torch.float32)
     out = causal_conv1d(x, w, b, [False, True], backend="triton")

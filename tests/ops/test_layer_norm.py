@@ -7,17 +7,18 @@ import torch
 
 from vssm.ops.layer_norm import layer_norm, layer_norm_ref, rms_norm, rms_norm_ref
 
+from .scan_cases import KERNEL_DEVICE
+
 triton_cpu = pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="the Triton kernels need CUDA or TRITON_INTERPRET=1")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _inputs(shape, dtype, bias=True, seed=0):
     g = torch.Generator().manual_seed(seed)
     channels = shape[-1]
-    x = (torch.randn(shape, generator=g) * 3 + 1).to(DEVICE, dtype).requires_grad_()
-    w = (torch.rand(channels, generator=g) + 0.5).to(DEVICE).requires_grad_()
-    b = torch.randn(channels, generator=g).to(DEVICE).requires_grad_() if bias else None
+    x = (torch.randn(shape, generator=g) * 3 + 1).to(KERNEL_DEVICE, dtype).requires_grad_()
+    w = (torch.rand(channels, generator=g) + 0.5).to(KERNEL_DEVICE).requires_grad_()
+    b = torch.randn(channels, generator=g).to(KERNEL_DEVICE).requires_grad_() if bias else None
     return x, w, b
 
 
@@ -44,7 +45,7 @@ def _grads(out, inputs, dy):
 def test_triton_matches_float64_reference(shape, kind, bias):
     norm, ref, _ = NORMS[kind]
     x, w, b = _inputs(shape, torch.float32, bias)
-    dy = torch.randn(shape, device=DEVICE)
+    dy = torch.randn(shape, device=KERNEL_DEVICE)
     y = norm(x, w, b, 1e-5, backend="triton")
     grads = _grads(y, (x, w, b), dy)
     x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
@@ -63,7 +64,7 @@ def test_triton_matches_float64_reference(shape, kind, bias):
 def test_triton_low_precision_in_and_out(in_dtype, out_dtype, kind):
     norm, reference, has_bias = NORMS[kind]
     x, w, b = _inputs((29, 48), in_dtype, has_bias)
-    dy = torch.randn(29, 48, device=DEVICE).to(out_dtype)
+    dy = torch.randn(29, 48, device=KERNEL_DEVICE).to(out_dtype)
     y = norm(x, w, b, 1e-6, out_dtype, backend="triton")
     assert y.dtype == out_dtype
     grads = _grads(y, (x, w, b), dy)
@@ -83,7 +84,7 @@ def test_triton_reads_strided_rows_and_many_row_blocks(kind):
     norm, reference, has_bias = NORMS[kind]
     base, w, b = _inputs((300, 2, 24), torch.float32, has_bias)
     x = base[:, 1]  # (300, 24) with row stride 48
-    dy = torch.randn(300, 24, device=DEVICE)
+    dy = torch.randn(300, 24, device=KERNEL_DEVICE)
     y = norm(x, w, b, 1e-5, backend="triton")
     grads = _grads(y, (base, w, b), dy)
     ref = reference(x, w, b, 1e-5)

@@ -5,7 +5,7 @@ import torch
 
 from vssm.ops import multi_scan, multi_scan_ref, scan_paths
 
-from .scan_cases import backend, kernel_device, rel_err
+from .scan_cases import KERNEL_DEVICE, backend, kernel_device, rel_err
 
 CASES = [
     ("raster", (3, 5), {}),
@@ -159,7 +159,6 @@ def test_triton_fakes_announce_the_layouts_the_kernels_return(layout, n_state, p
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     batch, k_total, dim, length = 2, 2, 4, 9
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels' device (the interpreter's on a CPU)
     g = torch.Generator().manual_seed(0)
     if layout == "channels_last":
         u = torch.randn(batch, k_total, length, dim, generator=g).transpose(-1, -2)
@@ -170,11 +169,11 @@ def test_triton_fakes_announce_the_layouts_the_kernels_return(layout, n_state, p
     else:
         u = torch.randn(batch, k_total, dim, length, generator=g)
         x_dbl = torch.randn(batch, k_total, 1, 1 + 2 * n_state, length, generator=g)
-    u, x_dbl = u.to(device), x_dbl.to(device)  # strides kept
-    delta = torch.randn(u.shape, generator=g).to(device)
+    u, x_dbl = u.to(KERNEL_DEVICE), x_dbl.to(KERNEL_DEVICE)  # strides kept
+    delta = torch.randn(u.shape, generator=g).to(KERNEL_DEVICE)
     B, C = x_dbl[:, :, :, 1:1 + n_state], x_dbl[:, :, :, 1 + n_state:]
-    A = -torch.rand(k_total, dim, n_state, generator=g).to(device)
-    paths = scan_paths.build("bidirectional", (length,), device=device)
+    A = -torch.rand(k_total, dim, n_state, generator=g).to(KERNEL_DEVICE)
+    paths = scan_paths.build("bidirectional", (length,), device=KERNEL_DEVICE)
     fwd_args = (u, delta, A, B, C, None, None, None, paths, True, True, False, True, "triton")
     with backend(plan):
         y, last, states = torch.ops.vssm.scan_fwd(*fwd_args)

@@ -8,10 +8,9 @@ import torch.nn.functional as F
 import vssm.ops.projected_scan as projected_scan
 from vssm.ops import multi_scan_ref, projected_multi_scan, projected_multi_scan_composed, scan_paths
 
-from .scan_cases import backend, rel_err
+from .scan_cases import KERNEL_DEVICE, backend, rel_err
 
 PARAMS = ("x", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A_log", "D")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels' device (the interpreter's on a CPU machine)
 
 CASES = [  # kind, grid, options, merge, N, R, batch, channels-last x
     ("cross", (3, 5), {}, "sum", 1, 2, 1, True),
@@ -35,7 +34,7 @@ def _inputs(paths, grid, n_state, rank, batch, channels_last, dim=6, seed=0):
 
 
 def _on_device(inputs: dict) -> dict:
-    return {k: v.to(DEVICE) for k, v in inputs.items()}  # keeps x's layout
+    return {k: v.to(KERNEL_DEVICE) for k, v in inputs.items()}  # keeps x's layout
 
 
 def _run(fn, inputs, paths, merge, weights, to64=False):
@@ -51,11 +50,11 @@ def _run(fn, inputs, paths, merge, weights, to64=False):
                          ids=[f"{c[0]}-{c[3]}-N{c[4]}" for c in CASES])
 def test_fused_matches_composed_float64(kind, grid, opts, merge, n_state, rank, batch, channels_last):
     pytest.importorskip("triton")
-    paths = scan_paths.build(kind, grid, **opts, device=DEVICE)
+    paths = scan_paths.build(kind, grid, **opts, device=KERNEL_DEVICE)
     inputs = _on_device(_inputs(paths, grid, n_state, rank, batch, channels_last))
     length = grid[0] * grid[1]
     out_shape = (batch, 6, length) if merge == "sum" else (batch, paths.shape[0], 6, length)
-    weights = torch.randn(out_shape, dtype=torch.float64, device=DEVICE)
+    weights = torch.randn(out_shape, dtype=torch.float64, device=KERNEL_DEVICE)
     with backend("torch"):
         y_ref, g_ref, _ = _run(projected_multi_scan_composed, inputs, paths, merge, weights, to64=True)
     with backend("triton"):
@@ -91,13 +90,13 @@ def test_composed_matches_explicit_per_direction_projections(grad):
 def test_fused_under_bf16_autocast_matches_composed():
     """Under autocast both run the GEMMs in bf16 and return x's dtype; the gradients reach the float32 parameters."""
     pytest.importorskip("triton")
-    paths = scan_paths.build("cross", (3, 5), device=DEVICE)
+    paths = scan_paths.build("cross", (3, 5), device=KERNEL_DEVICE)
     inputs = _on_device(_inputs(paths, (3, 5), 1, 2, 2, True))
     inputs["x"] = inputs["x"].bfloat16()
-    weights = torch.randn(2, 6, 15, dtype=torch.float64, device=DEVICE)
+    weights = torch.randn(2, 6, 15, dtype=torch.float64, device=KERNEL_DEVICE)
     results = []
     for fn in (projected_multi_scan_composed, projected_multi_scan):
-        with backend("triton"), torch.autocast(DEVICE, dtype=torch.bfloat16):
+        with backend("triton"), torch.autocast(KERNEL_DEVICE, dtype=torch.bfloat16):
             results.append(_run(fn, inputs, paths, "sum", weights))
     (y_ref, g_ref, _), (y, grads, grad_fn) = results
     assert type(grad_fn).__name__ == "_FusedProjectedScanBackward" and y.dtype == torch.bfloat16
@@ -109,7 +108,7 @@ def test_fused_under_bf16_autocast_matches_composed():
 
 def test_no_grad_call_builds_no_graph_and_saves_nothing(monkeypatch):
     pytest.importorskip("triton")
-    paths = scan_paths.build("cross", (3, 5), device=DEVICE)
+    paths = scan_paths.build("cross", (3, 5), device=KERNEL_DEVICE)
     inputs = {k: v.requires_grad_(True) for k, v in _on_device(_inputs(paths, (3, 5), 2, 2, 1, True)).items()}
     saved = []
     monkeypatch.setattr(torch.autograd.function.FunctionCtx, "save_for_backward", lambda ctx, *t: saved.append(t))
