@@ -2,6 +2,8 @@
 
 Each check takes a registered model name and small-size keyword arguments, so that the whole zoo fits the CI budget.
 ``fixture_dir(family)`` finds the shared golden data (../shared/fixtures or $VSSM_FIXTURES) or skips with the reason.
+The official-fixture checks run on ``KERNEL_DEVICE``: the GPU where there is one, so that the converted weights
+reproduce the official outputs through the Triton kernels too, else the CPU.
 """
 import json
 import os
@@ -13,6 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 import vssm  # noqa: F401  (registers the zoo)
+
+from ..ops.scan_cases import KERNEL_DEVICE  # noqa: F401  (re-exported for the fixture checks)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,11 +30,12 @@ def fixture_dir(family: str) -> Path:
     return path
 
 
-def load_case(family: str, case: str):
-    """(meta json, official state dict, io tensors) of one fixture case."""
+def load_case(family: str, case: str, device: str = "cpu"):
+    """(meta json, official state dict, io tensors on ``device``) of one fixture case."""
     path = fixture_dir(family)
     meta = json.loads((path / f"{case}.json").read_text())
-    return meta, load_file(str(path / f"{case}.weights.safetensors")), load_file(str(path / f"{case}.io.safetensors"))
+    return meta, load_file(str(path / f"{case}.weights.safetensors")), load_file(
+        str(path / f"{case}.io.safetensors"), device=device)
 
 
 def load_manifest(family: str, variant: str) -> dict:

@@ -4,7 +4,7 @@ with their options, input sizes."""
 import pytest
 import timm
 import torch
-from .contract import (check_backward, check_default_cfg, check_features_only, check_forward,
+from .contract import (KERNEL_DEVICE, check_backward, check_default_cfg, check_features_only, check_forward,
                        check_forward_intermediates, check_fx, check_param_count, check_torchscript, load_case,
                        load_manifest)
 
@@ -90,8 +90,8 @@ def test_hierarchical_features():
 @pytest.mark.parametrize("case", CASES)
 def test_official_fixture(case):
     """Logits and per-stage (LocalVMamba) / per-layer mixer (LocalVim) outputs; windows padded at some stages."""
-    meta, state_dict, io = load_case("localvmamba", case)
-    model = load_official("localvmamba", state_dict, meta["kwargs"], meta["official_entry"])
+    meta, state_dict, io = load_case("localvmamba", case, KERNEL_DEVICE)
+    model = load_official("localvmamba", state_dict, meta["kwargs"], meta["official_entry"]).to(KERNEL_DEVICE)
     tol = dict(atol=meta["suggested_atol"], rtol=meta["suggested_rtol"])
     fmt = "NLC" if isinstance(model, LocalVim) else "NCHW"
     with torch.no_grad():

@@ -39,8 +39,8 @@ def test_manifest_keys_convert(name):
 
 @pytest.mark.parametrize("case", CASES)
 def test_fixture(case):
-    meta, weights, io = contract.load_case("plainmamba", case)
-    model = load_official("plainmamba", weights, meta["kwargs"])
+    meta, weights, io = contract.load_case("plainmamba", case, contract.KERNEL_DEVICE)
+    model = load_official("plainmamba", weights, meta["kwargs"]).to(contract.KERNEL_DEVICE)
     patch_embed = {}
     hook = model.patch_embed.register_forward_hook(lambda m, i, o: patch_embed.__setitem__("out", o.flatten(1, 2)))
     with torch.no_grad():

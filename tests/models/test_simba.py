@@ -53,8 +53,8 @@ def test_manifest_keys_convert(name):
 def test_fixture(case):
     """Output and every stored intermediate: stem / downsampling tokens, block outputs, stage features, class block,
     final-normed tokens, class and token logits."""
-    meta, weights, io = contract.load_case("simba", case)
-    model = load_official("simba", weights, meta["kwargs"])
+    meta, weights, io = contract.load_case("simba", case, contract.KERNEL_DEVICE)
+    model = load_official("simba", weights, meta["kwargs"]).to(contract.KERNEL_DEVICE)
     captured = {}
 
     def keep(key):

@@ -10,7 +10,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from .contract import (
-    check_backward, check_default_cfg, check_features_only, check_forward, check_forward_intermediates, check_fx,
+    KERNEL_DEVICE, check_backward, check_default_cfg, check_features_only, check_forward, check_forward_intermediates, check_fx,
     check_param_count, check_torchscript, fixture_dir, input_for, load_case, load_manifest,
 )
 from safetensors.torch import load_file
@@ -164,8 +164,8 @@ def test_manifest_converts_every_key(name):
 
 @pytest.mark.parametrize("case", CASES)
 def test_official_fixture(case):
-    meta, weights, io = load_case("videomamba", case)
-    model = load_official("videomamba", weights, meta["kwargs"], meta["official_entry"])
+    meta, weights, io = load_case("videomamba", case, KERNEL_DEVICE)
+    model = load_official("videomamba", weights, meta["kwargs"], meta["official_entry"]).to(KERNEL_DEVICE)
     assert isinstance(model, VideoMamba) == (len(meta["input_shape"]) == 5)
     assert_matches_fixture(official_activations(model, io["input"]), io, meta)
 

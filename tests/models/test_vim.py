@@ -12,7 +12,7 @@ import timm.optim
 import torch
 import torch.nn.functional as F
 from .contract import (
-    check_backward, check_default_cfg, check_features_only, check_forward, check_forward_intermediates, check_fx,
+    KERNEL_DEVICE, check_backward, check_default_cfg, check_features_only, check_forward, check_forward_intermediates, check_fx,
     check_param_count, check_torchscript, fixture_dir, input_for, load_case, load_manifest,
 )
 from safetensors.torch import load_file
@@ -111,8 +111,8 @@ def test_manifest_converts_every_key(name):
 
 @pytest.mark.parametrize("case", CASES)
 def test_official_fixture(case):
-    meta, weights, io = load_case("vim", case)
-    model = load_official("vim", weights, meta["kwargs"], meta["official_entry"].split("::")[-1])
+    meta, weights, io = load_case("vim", case, KERNEL_DEVICE)
+    model = load_official("vim", weights, meta["kwargs"], meta["official_entry"].split("::")[-1]).to(KERNEL_DEVICE)
     acts = official_activations(model, io["input"])
     for key, expected in io.items():
         if key != "input":

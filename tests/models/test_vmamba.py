@@ -5,7 +5,7 @@ import re
 import pytest
 import timm
 import torch
-from .contract import (check_backward, check_default_cfg, check_features_only, check_forward,
+from .contract import (KERNEL_DEVICE, check_backward, check_default_cfg, check_features_only, check_forward,
                        check_forward_intermediates, check_fx, check_param_count, check_torchscript, load_case,
                        load_manifest)
 
@@ -80,8 +80,8 @@ def test_any_input_size(name, size, grids):
 
 @pytest.mark.parametrize("case", CASES)
 def test_official_fixture(case):
-    meta, state_dict, io = load_case("vmamba", case)
-    model = load_official("vmamba", state_dict, meta["kwargs"], meta["official_entry"])
+    meta, state_dict, io = load_case("vmamba", case, KERNEL_DEVICE)
+    model = load_official("vmamba", state_dict, meta["kwargs"], meta["official_entry"]).to(KERNEL_DEVICE)
     tol = dict(atol=meta["suggested_atol"], rtol=meta["suggested_rtol"])
     with torch.no_grad():
         final, feats = model.forward_intermediates(io["input"])
