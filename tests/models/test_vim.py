@@ -12,8 +12,8 @@ import timm.optim
 import torch
 import torch.nn.functional as F
 from .contract import (
-    KERNEL_DEVICE, check_backward, check_default_cfg, check_features_only, check_forward, check_forward_intermediates, check_fx,
-    check_param_count, check_torchscript, fixture_dir, input_for, load_case, load_manifest,
+    KERNEL_DEVICE, check_backward, check_default_cfg, check_features_only, check_forward, check_forward_intermediates,
+    check_fx, check_param_count, check_torchscript, fixture_dir, input_for, load_case, load_manifest,
 )
 from safetensors.torch import load_file
 
