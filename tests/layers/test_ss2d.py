@@ -13,6 +13,8 @@ from vssm.layers.ss2d import SS2D, LocalSS2D, RouteChannelAttention, official_v_
 from vssm.ops import multi_scan, selective_scan_ref
 from vssm.ops.projected_scan import scan_projections
 
+from ..ops.scan_cases import KERNEL_DEVICE
+
 
 def randomise(module, seed=0):
     """Overwrite every parameter with values that make every path matter (A, D, dt bias in sensible ranges)."""
@@ -294,9 +296,8 @@ def test_triton_path_matches_torch_path(monkeypatch, make):
     pytest.importorskip("triton")
     if not torch.cuda.is_available():
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    mixer = randomise(make()).to(device)
-    x = torch.randn(1, 3, 4, 8, device=device, requires_grad=True)
+    mixer = randomise(make()).to(KERNEL_DEVICE)
+    x = torch.randn(1, 3, 4, 8, device=KERNEL_DEVICE, requires_grad=True)
     fused = []
     real = projected_scan._FusedProjectedScan.apply
     monkeypatch.setattr(projected_scan._FusedProjectedScan, "apply", lambda *a: fused.append(1) or real(*a))
