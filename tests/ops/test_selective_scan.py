@@ -121,6 +121,21 @@ def test_chunk_tile_layouts_on_one_group_and_group_spanning_tiles(states_middle,
             TILE_OVERRIDES.pop(key)
 
 
+@pytest.mark.parametrize("steps_in_thread", [True, False])
+@pytest.mark.parametrize("dim,n_state,length", [(6, 16, 29), (12, 1, 37)])
+def test_in_register_and_associative_chunk_recurrences(steps_in_thread, dim, n_state, length):
+    """The chunk kernels' two forms of the state and adjoint recurrences, step by step in each thread's registers and
+    by ``tl.associative_scan`` (taken where a chunk spans lanes), forced on tiles whose chunks lie in one thread (N =
+    16) and span lanes (N = 1), forward and backward, with chunk carries and a ragged last chunk."""
+    from vssm.ops.triton.scan import TILE_OVERRIDES
+
+    TILE_OVERRIDES["steps_in_thread"] = steps_in_thread
+    try:
+        _check_grouped_against_reference("triton", dim, 1, n_state, length, seeds=(length, 3))
+    finally:
+        TILE_OVERRIDES.pop("steps_in_thread")
+
+
 @pytest.mark.parametrize("name", ["torch", "triton", "triton-seq", "triton-long-chunk", "triton-gpu-plan"])
 @pytest.mark.parametrize("length,n_state", [(1, 16), (97, 1), (67, 16), (33, 64)])
 def test_backends_on_chunk_boundaries_and_extreme_sizes(name, length, n_state):

@@ -2,22 +2,22 @@
 
 One program owns a [BLOCK_D channels x N states] slab of one (batch, direction) sequence and walks the sequence in
 chunks of CHUNK steps. Chunk tiles are [CHUNK, BLOCK_D, N] with the step axis first, so each thread holds the whole
-chunk of its (channel, state) pairs: ``tl.associative_scan`` over the steps composes the affine steps
-h -> exp(delta A) h + delta B u sequentially in registers, and the carry passes between chunks. Tokens are read
-through the direction's path (any permutation of spatial positions, -1 = zero token) and written back at their
-spatial positions, summed over the directions with atomics when merging, so no per-direction copy of the feature map
-exists. Short sequences of large N over many rows run a step-by-step forward (one token per step) along
-channels-last routes or for N > 16 (``sequential``). A training forward saves the state at the start of every
-backward chunk (its own chunks may be longer).
+chunk of its (channel, state) pairs and the recurrence h -> exp(delta A) h + delta B u runs step by step in registers
+(one FMA per state update; where small N leaves lanes over, the chunk spans lanes and ``tl.associative_scan`` composes
+the affine steps), and the carry passes between chunks. Tokens are read through the direction's path (any permutation of
+spatial positions, -1 = zero token) and written back at their spatial positions, summed over the directions with atomics
+when merging, so no per-direction copy of the feature map exists. Short sequences of large N over many rows run a
+step-by-step forward (one token per step) along channels-last routes or for N > 16 (``sequential``). A training forward
+saves the state at the start of every backward chunk (its own chunks may be longer).
 
 Backward walks the chunks last to first (with [CHUNK, N, BLOCK_D] tiles where that needs fewer shuffles, see
 ``_backward_plan``): it recomputes the chunk's states from the chunk-start state saved by the forward, then runs the
-adjoint recurrence q_t = C_t dy_t + exp(delta_{t+1} A) q_{t+1} as a reverse associative scan (the summary of a
-segment carries its first decay separately, so no shifted loads are needed). a_t h_{t-1} is h_t - delta_t B_t u_t,
-so no division by a decay ever happens. dB/dC are reduced over the channel tile (inside one warp) and added with
-relaxed fp32 atomics into buffers whose states are contiguous; dA, dD and d(delta_bias) are reduced over the chunks
-and stored once per program, as per-sequence partial sums. Programs of different sequences run side by side, so
-concurrent atomics rarely meet on one address.
+adjoint recurrence q_t = C_t dy_t + exp(delta_{t+1} A) q_{t+1} backwards, step by step in registers (or as a reverse
+associative scan whose segment summaries carry their first decay separately, where the chunk spans lanes). a_t h_{t-1}
+is h_t - delta_t B_t u_t, so no division by a decay ever happens. dB/dC are reduced over the channel tile (inside one
+warp) and added with relaxed fp32 atomics into buffers whose states are contiguous; dA, dD and d(delta_bias) are reduced
+over the chunks and stored once per program, as per-sequence partial sums. Programs of different sequences run side by
+side, so concurrent atomics rarely meet on one address.
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ LOG2E = 1.4426950408889634
 # Launch-configuration overrides for tuning runs (tools/benchmark_scan.py --sweep) and tests; empty in normal use:
 # {"sequential": bool, "chunk": steps, "fwd_chunk": steps, "fwd": (BLOCK_D, num_warps), "bwd": (BLOCK_D, num_warps),
 #  "fwd_maxnreg": registers or None, "states_middle" / "fwd_states_middle": bool (tile layouts of the backward and
-#  the chunk-parallel forward, ``_backward_plan``, ``_short_dim_major``); for tests under TRITON_INTERPRET=1:
+#  the chunk-parallel forward, ``_backward_plan``, ``_short_dim_major``), "steps_in_thread": bool (the recurrences
+#  step by step in registers or by ``tl.associative_scan``, ``_steps_in_thread``); for tests under TRITON_INTERPRET=1:
 #  "gpu_plan": bool (plan as on a GPU), "min_rows": rows (from which the GPU counts as filled, SEQUENTIAL_MIN_ROWS)}.
 TILE_OVERRIDES: dict[str, object] = {}
 
@@ -159,6 +160,13 @@ def _overrides_key() -> tuple:
     return tuple(sorted(TILE_OVERRIDES.items())) if TILE_OVERRIDES else ()
 
 
+def _steps_in_thread(block_d: int, block_n: int, warps: int) -> bool:
+    """Whether the lanes and warps of a program fit in the (channel, state) axes of its chunk tiles, so that each
+    thread holds whole chunks and the recurrences run step by step in registers; otherwise the chunk's steps spread
+    over lanes and the kernels scan with ``tl.associative_scan`` (small N). Both forms are exact either way."""
+    return bool(TILE_OVERRIDES.get("steps_in_thread", block_d * block_n >= 32 * warps))
+
+
 @functools.lru_cache(maxsize=1024)
 def _forward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool,
                   overrides: tuple) -> tuple:
@@ -171,7 +179,8 @@ def _forward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, inter
     step_by_step = sequential(n_state, rows, steps, cl)
     block_d, warps = _launch_config("fwd", n_state, dim, rows, steps, chunk, cl)
     options = {"STATES_MIDDLE": bool(TILE_OVERRIDES.get("fwd_states_middle",
-                                                        _short_dim_major(n_state, rows, steps, cl)))}
+                                                        _short_dim_major(n_state, rows, steps, cl))),
+               "STEPS_IN_THREAD": _steps_in_thread(block_d, next_power_of_2(n_state), warps)}
     maxnreg = _forward_maxnreg(n_state, rows, cl)
     if maxnreg is not None:
         options["maxnreg"] = maxnreg
@@ -182,7 +191,8 @@ def _forward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, inter
 @functools.lru_cache(maxsize=1024)
 def _backward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool,
                    overrides: tuple) -> tuple:
-    """(chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks, states middle) of a backward; cached like
+    """(chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks, states middle, steps in thread) of a backward;
+    cached like
     ``_forward_plan``. States middle: [CHUNK, N, BLOCK_D] chunk tiles (lanes over channels first) for dim-major rows
     that fill the GPU, else [CHUNK, BLOCK_D, N]. On an H100 the first cut the Vim layer's backward by 16% (fewer
     shuffles in the reductions over states and in the layout conversions); with the few-row tiles it cost 5%, and
@@ -190,7 +200,9 @@ def _backward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, inte
     chunk = chunk_len(n_state, rows, steps, cl)
     block_d, warps = _launch_config("bwd", n_state, dim, rows, steps, chunk, cl)
     states_middle = bool(TILE_OVERRIDES.get("states_middle", _many_rows(rows) and not cl))
-    return chunk, cdiv(steps, chunk), block_d, warps, next_power_of_2(n_state), cdiv(dim, block_d), states_middle
+    block_n = next_power_of_2(n_state)
+    return (chunk, cdiv(steps, chunk), block_d, warps, block_n, cdiv(dim, block_d), states_middle,
+            _steps_in_thread(block_d, block_n, warps))
 
 
 @triton.jit
@@ -207,6 +219,47 @@ def _adjoint_combine(pex1, alast1, v1, pex2, alast2, v2):
     adjoint at its earliest step with nothing flowing in from later.
     """
     return pex1 * alast1 * pex2, alast2, v2 + pex2 * alast1 * v1
+
+
+@triton.jit
+def _at_step(x, i: tl.constexpr):
+    """Step i of a [CHUNK, a, b] tile whose step axis each thread holds: [a, b], a register selection (summing -0.0,
+    the additive identity, with constant masks compiles to nothing)."""
+    steps = tl.arange(0, x.shape[0])
+    return tl.sum(tl.where((steps == i)[:, None, None], x, -0.0), axis=0)
+
+
+@triton.jit
+def _with_step(x, i: tl.constexpr, value):
+    """The [CHUNK, a, b] tile x with step i replaced by the [a, b] tile ``value`` (registers only, as ``_at_step``)."""
+    steps = tl.arange(0, x.shape[0])
+    return tl.where((steps == i)[:, None, None], value[None, :, :], x)
+
+
+@triton.jit
+def _states_in_chunk(decay, inp, h0):
+    """States h_t = decay_t h_{t-1} + inp_t of a chunk from the state h0 before it: [CHUNK, a, b] tiles whose step
+    axis each thread holds, so the recurrence runs step by step in registers (one FMA per state update)."""
+    h = h0
+    hs = tl.zeros_like(decay)
+    for i in tl.static_range(decay.shape[0]):
+        h = _at_step(decay, i) * h + _at_step(inp, i)
+        hs = _with_step(hs, i, h)
+    return hs
+
+
+@triton.jit
+def _adjoints_in_chunk(decay, cq, carry):
+    """Adjoint states q_t = cq_t + decay_{t+1} q_{t+1} of a chunk, walked back from its last step, where the adjoint
+    flowing in from the next chunk (decay q at that chunk's first step) is ``carry``. Returns q ([CHUNK, a, b]) and
+    decay_0 q_0, the carry into the previous chunk."""
+    last: tl.constexpr = decay.shape[0] - 1
+    qt = _at_step(cq, last) + carry
+    q = _with_step(tl.zeros_like(cq), last, qt)
+    for i in tl.static_range(1, decay.shape[0]):
+        qt = _at_step(cq, last - i) + _at_step(decay, last - i + 1) * qt
+        q = _with_step(q, last - i, qt)
+    return q, _at_step(decay, 0) * qt
 
 
 @triton.jit
@@ -305,7 +358,8 @@ def _scan_fwd_kernel(
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, MERGE_ATOMIC: tl.constexpr,
         SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
-        STATES_MIDDLE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+        STATES_MIDDLE: tl.constexpr, STEPS_IN_THREAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+        CHUNK: tl.constexpr):
     """Forward by chunks of CHUNK steps; a training forward saves the state before every SAVE_EVERY steps (CHUNK is
     a multiple of SAVE_EVERY) into ``states`` (batch, K, dim, n_states, N). Tile layouts as in the backward."""
     S_AXIS: tl.constexpr = 1 if STATES_MIDDLE else 2  # the states axis of the 3-D tiles
@@ -335,7 +389,6 @@ def _scan_fwd_kernel(
     h = tl.zeros_like(A2)
     seq = _ch_st((pid_b * K + pid_k) * dim + offs_d, offs_n, STATES_MIDDLE)[0]
     state_base = states_ptr + seq * (n_states * N) + n2
-    last_step = tl.arange(0, CHUNK) == CHUNK - 1
     SAVES: tl.constexpr = CHUNK // SAVE_EVERY
     g_tile = pid_d * BLOCK_D // d_per_group
     u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
@@ -355,16 +408,17 @@ def _scan_fwd_kernel(
         # sequentially in registers
         decay = tl.exp2(_over_states(dt, STATES_MIDDLE) * A2[None, :, :])
         inp = _over_states(dt * u, STATES_MIDDLE) * Bt
-        acc_a, acc_b = tl.associative_scan((decay, inp), 0, _affine_combine)
-        hs = acc_a * h[None, :, :] + acc_b
+        if STEPS_IN_THREAD:
+            hs = _states_in_chunk(decay, inp, h)
+        else:  # the chunk spans lanes: Triton's scan combines the lanes' partial chunks
+            acc_a, acc_b = tl.associative_scan((decay, inp), 0, _affine_combine)
+            hs = acc_a * h[None, :, :] + acc_b
         y = tl.sum(hs * Ct, axis=S_AXIS)
-        h = tl.sum(tl.where(last_step[:, None, None], hs, 0.0), axis=0)
+        h = _at_step(hs, CHUNK - 1)
         if SAVE_STATES:
             for s in tl.static_range(1, SAVES):  # the states inside the chunk (each thread holds its whole chunk)
-                at = tl.arange(0, CHUNK) == s * SAVE_EVERY - 1
                 idx = _ch_st(offs_d * 0, c * SAVES + s + offs_n * 0, STATES_MIDDLE)[1]  # the state index
-                tl.store(state_base + idx * N, tl.sum(tl.where(at[:, None, None], hs, 0.0), axis=0),
-                         mask=mask_dn & (idx < n_states))
+                tl.store(state_base + idx * N, _at_step(hs, s * SAVE_EVERY - 1), mask=mask_dn & (idx < n_states))
         if HAS_D:
             y += u * Dv[None, :]
         m_out = valid[:, None] & mask_d[None, :]
@@ -511,7 +565,8 @@ def _scan_bwd_kernel(
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr,
         U_ATOMIC: tl.constexpr, DT_ATOMIC: tl.constexpr, Z_ATOMIC: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
-        STATES_MIDDLE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+        STATES_MIDDLE: tl.constexpr, STEPS_IN_THREAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+        CHUNK: tl.constexpr):
     """Gradients; du/ddt/dz are written with the strides of u/delta/z (fp32 buffers where atomic). dB and dC are fp32
     buffers of equal strides (sdB_*) with N contiguous, so that the atomics of a warp cover whole rows of states. dA,
     dD and d(delta_bias) go to ``partial`` as per-batch-row partial sums: rows of ``partial_row`` floats holding dA
@@ -554,7 +609,6 @@ def _scan_bwd_kernel(
     dA_acc = tl.zeros_like(A)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    first_step = tl.arange(0, CHUNK) == 0
     g_tile = pid_d * BLOCK_D // d_per_group
     u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
         u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (n_chunks - 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
@@ -576,8 +630,11 @@ def _scan_bwd_kernel(
         h0 = tl.load(state_base + c * N, mask=mask_dn, other=0.0)
         decay = tl.exp2(_over_states(dt, STATES_MIDDLE) * A2[None, :, :])
         inp = _over_states(dt * u, STATES_MIDDLE) * Bt
-        acc_a, acc_b = tl.associative_scan((decay, inp), 0, _affine_combine)
-        hs = acc_a * h0[None, :, :] + acc_b
+        if STEPS_IN_THREAD:
+            hs = _states_in_chunk(decay, inp, h0)
+        else:  # the chunk spans lanes: Triton's scan combines the lanes' partial chunks
+            acc_a, acc_b = tl.associative_scan((decay, inp), 0, _affine_combine)
+            hs = acc_a * h0[None, :, :] + acc_b
         if HAS_Z:
             zp = z_ptr + pid_b * sz_b + pos[:, None] * sz_l + offs_d[None, :] * sz_d
             zt = tl.load(zp, mask=m_out, other=0.0).to(tl.float32)
@@ -601,11 +658,13 @@ def _scan_bwd_kernel(
         m_bc = pvalid[:, None] & mask_n[None, :]
         # adjoint states q_t, scanned from the end of the chunk; carry = adjoint flowing in from the next chunk
         cq = Ct * _over_states(dy, STATES_MIDDLE)
-        ones = tl.full(decay.shape, 1.0, tl.float32)
-        pex, _, v = tl.associative_scan((ones, decay, cq), 0, _adjoint_combine, reverse=True)
-        q = v + pex * carry[None, :, :]
-        qa = q * decay
-        carry = tl.sum(tl.where(first_step[:, None, None], qa, 0.0), axis=0)
+        if STEPS_IN_THREAD:
+            q, carry = _adjoints_in_chunk(decay, cq, carry)
+        else:  # the chunk spans lanes: Triton's scan combines the lanes' partial chunks
+            ones = tl.full(decay.shape, 1.0, tl.float32)
+            pex, _, v = tl.associative_scan((ones, decay, cq), 0, _adjoint_combine, reverse=True)
+            q = v + pex * carry[None, :, :]
+            carry = _at_step(q * decay, 0)
         # h_t - delta_t B_t u_t = a_t h_{t-1}
         q_hprev = q * (hs - inp)
         dB_part = q * _over_states(dt * u, STATES_MIDDLE)
@@ -768,7 +827,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     kernel leaves them (float32 where it accumulates) instead of in the inputs' dtypes."""
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
     rows = batch * k_total * dim
-    chunk, n_chunks, block_d, warps, block_n, d_blocks, states_middle = _backward_plan(
+    chunk, n_chunks, block_d, warps, block_n, d_blocks, states_middle, steps_in_thread = _backward_plan(
         n_state, dim, rows, steps, channels_fastest(u), triton_interpret(), _overrides_key())
     if states.numel() != rows * n_chunks * n_state:
         raise RuntimeError("triton scan backward: the forward did not save its chunk states")
@@ -814,7 +873,8 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step,
         U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, TILE_ONE_GROUP=d_per_group % block_d == 0,
-        STATES_MIDDLE=states_middle, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk, num_warps=warps)
+        STATES_MIDDLE=states_middle, STEPS_IN_THREAD=steps_in_thread, BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk,
+        num_warps=warps)
     dA, dD, dbias = partial.sum(0).split([kd * n_state, kd, kd])
     grads = (du, ddt, dA.view(A.shape), None if grad_BC_into is not None else dB,
              None if grad_BC_into is not None else dC, None if D is None else dD.view(D.shape), dz,
