@@ -14,18 +14,18 @@ so that each projection is one batched matmul; ``stack_official_directions`` con
 (``conv1d``/``conv1d_b``, ``A_log``/``A_b_log``, ...). The backward direction's conv is causal from the sequence's end
 (``vssm.ops.causal_conv1d`` computes both directions from one read of x in spatial order), so the scan reads both
 directions from one (B, K, E, L) tensor in spatial order and nothing is flipped or copied per direction
-(``vssm.ops.multi_scan``). Every (E-channel, B, L) activation lies dim-major, in (E, B * L) buffers (the official
-``mamba_inner_fn`` layout): the projections are plain matmuls and nothing is transposed in memory.
+(``vssm.ops.multi_scan``). The whole computation is ``vssm.ops.mamba_inner``: every (E-channel, B, L) activation lies
+dim-major, in (E, B * L) buffers (the official ``mamba_inner_fn`` layout), and eager GPU calls run it as one autograd
+node with a hand-written backward.
 """
 import math
 from typing import Callable, Dict, Optional
 
 import torch
-import torch.nn.functional as F
-from timm.layers import DropPath, register_notrace_function
+from timm.layers import DropPath
 from torch import Tensor, nn
 
-from ..ops import causal_conv1d, multi_scan, scan_paths
+from ..ops import mamba_inner
 
 __all__ = ["MambaMixer", "MambaBlock", "stack_official_directions"]
 
@@ -49,14 +49,6 @@ _OFFICIAL_BACKWARD_KEYS = {
     "A_log": "A_b_log",
     "D": "D_b",
 }
-
-
-@register_notrace_function
-@torch.jit.ignore
-def sequence_paths(num_directions: int, length: int, device: torch.device) -> Tensor:
-    """Scan paths (K, L) over a 1-D sequence: raster (K=1) or raster and its reverse (K=2); cached by the engine."""
-    kind = "bidirectional" if num_directions == 2 else "raster"
-    return scan_paths.build(kind, (length,), device=device)
 
 
 class MambaMixer(nn.Module):
@@ -135,44 +127,9 @@ class MambaMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, L, dim) -> (B, L, dim)."""
-        batch, length, dim = x.shape
-        num_dirs, inner, rank, n_state = self.num_directions, self.d_inner, self.dt_rank, self.d_state
-        # every (E-channel, B, L) activation lies dim-major, as (E, B * L): the projections are plain (batched)
-        # matmuls without copies, and the conv and the scan read each channel's sequence contiguously
-        xz = torch.matmul(self.in_proj.weight, x.reshape(batch * length, dim).t())  # (2E, B*L)
-        # split, not slices: its backward is one cat, where each slice's backward fills a zero (2E, B*L) buffer
-        x_in, z = torch.split(xz, [inner, inner])
-        x_in = x_in.view(inner, batch, length).transpose(0, 1)  # (B, E, L) views
-        z = z.view(inner, batch, length).transpose(0, 1)
-        xs = causal_conv1d(x_in, self.conv_weight, self.conv_bias, self.reverse, "silu", None)  # (B, K, E, L), K outer
-        xs_flat = xs.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)  # a view
-        x_dbl = torch.bmm(self.x_proj_weight, xs_flat)  # (K, R + 2N, B*L)
-        dt, B, C = torch.split(x_dbl, [rank, n_state, n_state], dim=1)
-        B = B.view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3)  # (B, K, N, L)
-        C = C.view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3)
-        pad = -rank % 8
-        if pad and pad <= 2 * n_state:
-            # cuBLAS runs GEMMs over rows that are not 16-byte aligned (R = 12 in Vim-Ti) on slow fallback kernels:
-            # the dt projection's forward + backward GEMMs took 230 us per Vim-Ti layer on an H100, 78 us padded. Zero
-            # weight columns against the next rows of x_dbl (B's first rows) align the operands and add exact zeros
-            # (for finite B).
-            delta = torch.bmm(F.pad(self.dt_proj_weight, (0, pad)), x_dbl[:, :rank + pad])
-        else:
-            delta = torch.bmm(self.dt_proj_weight, dt)  # (K, E, B*L); bias and softplus in the scan
-        delta = delta.view(num_dirs, inner, batch, length).permute(2, 0, 1, 3)  # (B, K, E, L)
-        A = -torch.exp(self.A_log.float())  # (K, E, N)
-        D = self.D.float()
-        if self.merge == "mean" and num_dirs > 1:
-            # y is linear in C and D: halving them (exact in floating point) halves the sum over the two directions
-            # without another pass over the (B, E, L) output
-            C = C * (1.0 / num_dirs)
-            D = D * (1.0 / num_dirs)
-        paths = sequence_paths(num_dirs, length, x.device)
-        # every argument positional: TorchScript does not apply the defaults of the ignored op
-        y = multi_scan(xs, delta, A, B, C, paths, D, z, self.dt_proj_bias.float(), True,
-                       "sum", False, False)  # (B, E, L), dim-major as xs: sum over directions of scan * silu(z)
-        y = y.transpose(0, 1).reshape(inner, batch * length)  # a view
-        return F.linear(y.t(), self.out_proj.weight).view(batch, length, dim)
+        return mamba_inner(x, self.in_proj.weight, self.conv_weight, self.conv_bias, self.reverse, self.x_proj_weight,
+                           self.dt_proj_weight, self.dt_proj_bias, self.A_log, self.D, self.out_proj.weight,
+                           self.merge)
 
 
 class MambaBlock(nn.Module):

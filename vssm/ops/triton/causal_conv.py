@@ -216,13 +216,14 @@ def causal_conv1d_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, rev
 
 
 def causal_conv1d_bwd_triton(dout: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, reverse_mask: int,
-                             silu: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Gradients (dx in x's layout, dweight, dbias or None) for the output gradient dout (batch, K, dim, L)."""
+                             silu: bool, dx_into: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Gradients (dx in x's layout, dweight, dbias or None) for the output gradient dout (batch, K, dim, L).
+    ``dx_into``: a (batch, dim, L) tensor of any strides that receives dx (and is returned as dx)."""
     batch, dim, length = x.shape
     k_total, _, width = weight.shape
     block_d, block_l, warps = _tiles(dim, length)
     n_lblocks = cdiv(length, block_l)
-    dx = empty_like_dense(x)
+    dx = empty_like_dense(x) if dx_into is None else dx_into
     gate = torch.empty(dout.shape, device=x.device, dtype=torch.float32)  # (batch, K, dim, L)
     row_groups = cdiv(batch, _ROWS_PER_PROGRAM)
     partial = torch.empty(row_groups * n_lblocks, k_total, dim, width + 1, device=x.device, dtype=torch.float32)
