@@ -149,7 +149,8 @@ def mamba_inner(x: Tensor, in_proj_weight: Tensor, conv_weight: Tensor, conv_bia
     _check(*args)
     params = (in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
               out_proj_weight)
-    if eager(x, *params) and resolve_backend(x.device, x.dtype) == "triton" and conv_weight.shape[-1] <= MAX_TRITON_WIDTH:
+    fusable = resolve_backend(x.device, x.dtype) == "triton" and conv_weight.shape[-1] <= MAX_TRITON_WIDTH
+    if eager(x, *params) and fusable:
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         if dtype != torch.float64 and all(p.dtype != torch.float64 for p in params):
@@ -226,9 +227,16 @@ class _FusedMambaInner(torch.autograd.Function):
             z = xz[inner:].view(inner, batch, length).transpose(0, 1)
             # dB and dC accumulate in one float32 (2, B, K, 1, L, N) buffer whose states are contiguous
             grad_BC = torch.zeros(2, batch, num_dirs, 1, length, n_state, device=xs.device, dtype=torch.float32)
-            du, ddelta, dA, _, _, dD, dz, dbias = scan_bwd_triton(
+            # the gate's gradient lands beside the conv's dx in one (2E, B*L) buffer: one direction's directly, two
+            # directions' as per-direction stores (no atomics) summed there
+            dxz = torch.empty_like(xz)
+            dz = dxz[inner:].view(inner, batch, length).transpose(0, 1)  # (B, E, L)
+            dz_dirs = dz.unsqueeze(1) if num_dirs == 1 else torch.empty_like(xs)  # (B, K, E, L)
+            du, ddelta, dA, _, _, dD, _, dbias = scan_bwd_triton(
                 dy, None, xs, delta4, A, B, C, D_scaled, z, dt_proj_bias.float(), paths, states, True, True, False,
-                grad_BC_into=grad_BC.transpose(-1, -2).unbind(0), accumulators=True)
+                grad_BC_into=grad_BC.transpose(-1, -2).unbind(0), accumulators=True, dz_into=dz_dirs)
+            if num_dirs > 1:
+                torch.sum(dz_dirs, 1, out=dz)
             ddelta_flat = ddelta.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)  # a view
             # x_dbl's gradient: [dt rows from the dt projection, dB, dC (scaled like C)] as (K, R + 2N, B*L)
             dx_dbl = torch.empty_like(x_dbl)
@@ -242,12 +250,9 @@ class _FusedMambaInner(torch.autograd.Function):
             # xs's gradient: the scan's du plus the x projection's, added by the GEMM into du
             du_flat = du.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)  # a view
             du_flat.baddbmm_(w_x.transpose(1, 2), dx_dbl)
-            # the in projection's output gradient: conv's dx and the gate's dz in one (2E, B*L) buffer
-            dxz = torch.empty_like(xz)
             dx_in = dxz[:inner].view(inner, batch, length).transpose(0, 1)
             _, dconv_w, dconv_b = causal_conv1d_bwd_triton(du, x_in, conv_weight, conv_bias, reverse_mask, True,
                                                            dx_into=dx_in)
-            dxz[inner:].view(inner, batch, length).transpose(0, 1).copy_(dz)
             dw_in = torch.mm(dxz, tokens)  # (2E, dim)
             dx = torch.mm(dxz.t(), w_in).view(batch, length, dim)
         return (dx.to(x_dtype), dw_in.to(in_dtype), dconv_w, dconv_b, dw_x.to(x_proj_dtype), dw_dt.to(dt_dtype),

@@ -561,7 +561,7 @@ def _scan_bwd_kernel(
         K, dim, L, Lp, N, d_per_group, n_chunks, partial_row,
         su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
         sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
-        sz_b, sz_d, sz_l, sdy_b, sdy_k, sdy_d, sdy_l, sdB_b, sdB_k, sdB_g, sdB_n, sdB_l,
+        sz_b, sz_d, sz_l, sdz_b, sdz_k, sdz_d, sdz_l, sdy_b, sdy_k, sdy_d, sdy_l, sdB_b, sdB_k, sdB_g, sdB_n, sdB_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr,
         U_ATOMIC: tl.constexpr, DT_ATOMIC: tl.constexpr, Z_ATOMIC: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
@@ -643,7 +643,7 @@ def _scan_bwd_kernel(
                 y_pre += u * Dv[None, :]
             sig = tl.sigmoid(zt)
             dz = dy * y_pre * sig * (1.0 + zt * (1.0 - sig))
-            dz_ptrs = dz_ptr + pid_b * sz_b + pos[:, None] * sz_l + offs_d[None, :] * sz_d
+            dz_ptrs = dz_ptr + pid_b * sdz_b + pid_k * sdz_k + pos[:, None] * sdz_l + offs_d[None, :] * sdz_d
             if Z_ATOMIC:
                 tl.atomic_add(dz_ptrs, dz, mask=m_out, sem="relaxed")
             else:
@@ -819,12 +819,14 @@ def _k_strides(t: Tensor) -> tuple[int, int, int, int]:
 
 
 def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
-                    params_at_step, grad_BC_into=None, accumulators=False):
+                    params_at_step, grad_BC_into=None, accumulators=False, dz_into=None):
     """Launch the backward. Returns grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None.
 
     ``grad_BC_into``: zeroed float32 tensors of B's and C's shapes (any strides) that receive dB and dC (returned as
     None then), for a caller that lays them out next to other gradients. ``accumulators``: return the gradients as the
-    kernel leaves them (float32 where it accumulates) instead of in the inputs' dtypes."""
+    kernel leaves them (float32 where it accumulates) instead of in the inputs' dtypes. ``dz_into``: a (batch, K,
+    dim, L) tensor (any strides) that receives each direction's gate gradient, stored without atomics (dz is returned
+    as None then; its sum over K is the gate's gradient)."""
     batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
     rows = batch * k_total * dim
     chunk, n_chunks, block_d, warps, block_n, d_blocks, states_middle, steps_in_thread = _backward_plan(
@@ -833,7 +835,7 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
         raise RuntimeError("triton scan backward: the forward did not save its chunk states")
     u_atomic = u.shape[1] != k_total
     dt_atomic = delta.shape[1] != k_total
-    z_atomic = k_total > 1
+    z_atomic = k_total > 1 and dz_into is None
     f32 = torch.float32
     # the grads share the strides of the inputs (of dense copies where an input is an expanded view)
     u, delta, B, C = _dense(u), _dense(delta), _dense(B), _dense(C)
@@ -841,8 +843,16 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     du = torch.zeros_like(u, dtype=f32) if u_atomic else torch.empty_like(u)
     ddt = torch.zeros_like(delta, dtype=f32) if dt_atomic else torch.empty_like(delta)
     dz = None
-    if z is not None:
+    if z is not None and dz_into is not None:
+        if dz_into.shape != (batch, k_total, dim, length):
+            raise ValueError(f"triton scan backward: dz_into must be (batch, K, dim, L) = "
+                             f"{(batch, k_total, dim, length)}, got {tuple(dz_into.shape)}")
+        dz_strides = dz_into.stride()
+    elif z is not None:
         dz = torch.zeros_like(z, dtype=f32) if z_atomic else torch.empty_like(z)
+        dz_strides = (dz.stride(0), 0, dz.stride(1), dz.stride(2))
+    else:
+        dz_strides = (0, 0, 0, 0)
     if grad_BC_into is None:  # (..., N, L) views of one zeroed (2, ..., L, N) buffer, the states of a step contiguous
         dB, dC = torch.zeros(2, *B.shape[:-2], B.shape[-1], B.shape[-2], device=u.device, dtype=f32).transpose(
             -1, -2).unbind(0)
@@ -866,10 +876,10 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     _scan_bwd_kernel[(batch * k_total, d_blocks)](
         u, delta, _float32(A), B, C, dummy if D is None else _float32(D), dummy if z is None else z,
         dummy if delta_bias is None else _float32(delta_bias), _path_arg(paths, dummy), states, dy,
-        _float32(dlast), du, ddt, dB, dC, dummy if dz is None else dz, partial,
+        _float32(dlast), du, ddt, dB, dC, dz_into if dz_into is not None else dummy if dz is None else dz, partial,
         k_total, dim, length, steps, n_state, d_per_group, n_chunks, partial.shape[1],
         *_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
-        *(z.stride() if z is not None else (0, 0, 0)), *dy_strides, *dB.stride(),
+        *(z.stride() if z is not None else (0, 0, 0)), *dz_strides, *dy_strides, *dB.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step,
         U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, TILE_ONE_GROUP=d_per_group % block_d == 0,
