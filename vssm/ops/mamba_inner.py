@@ -248,7 +248,7 @@ class _FusedMambaInner(torch.autograd.Function):
             dw_x = torch.bmm(dx_dbl, xs_flat.transpose(1, 2))  # (K, R + 2N, E)
             dw_dt = torch.bmm(ddelta_flat, x_dbl[:, :rank_pad].transpose(1, 2))[..., :rank]  # (K, E, R)
             # xs's gradient: the scan's du plus the x projection's, added by the GEMM into du
-            du_flat = du.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)  # a view
+            du_flat = du.permute(1, 2, 0, 3).view(num_dirs, inner, batch * length)  # du has xs's layout
             du_flat.baddbmm_(w_x.transpose(1, 2), dx_dbl)
             dx_in = dxz[:inner].view(inner, batch, length).transpose(0, 1)
             _, dconv_w, dconv_b = causal_conv1d_bwd_triton(du, x_in, conv_weight, conv_bias, reverse_mask, True,

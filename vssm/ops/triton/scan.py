@@ -192,11 +192,10 @@ def _forward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, inter
 def _backward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool,
                    overrides: tuple) -> tuple:
     """(chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks, states middle, steps in thread) of a backward;
-    cached like
-    ``_forward_plan``. States middle: [CHUNK, N, BLOCK_D] chunk tiles (lanes over channels first) for dim-major rows
-    that fill the GPU, else [CHUNK, BLOCK_D, N]. On an H100 the first cut the Vim layer's backward by 16% (fewer
-    shuffles in the reductions over states and in the layout conversions); with the few-row tiles it cost 5%, and
-    along the channels-last routes of LocalVMamba 5% (BENCHMARKS.md)."""
+    cached like ``_forward_plan``. States middle: [CHUNK, N, BLOCK_D] chunk tiles (lanes over channels first) for
+    dim-major rows that fill the GPU, else [CHUNK, BLOCK_D, N]. On an H100 the first cut the Vim layer's backward by
+    16% (fewer shuffles in the reductions over states and in the layout conversions); with the few-row tiles it cost
+    5%, and along the channels-last routes of LocalVMamba 5% (BENCHMARKS.md)."""
     chunk = chunk_len(n_state, rows, steps, cl)
     block_d, warps = _launch_config("bwd", n_state, dim, rows, steps, chunk, cl)
     states_middle = bool(TILE_OVERRIDES.get("states_middle", _many_rows(rows) and not cl))
@@ -567,12 +566,13 @@ def _scan_bwd_kernel(
         U_ATOMIC: tl.constexpr, DT_ATOMIC: tl.constexpr, Z_ATOMIC: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
         STATES_MIDDLE: tl.constexpr, STEPS_IN_THREAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
         CHUNK: tl.constexpr):
-    """Gradients; du/ddt/dz are written with the strides of u/delta/z (fp32 buffers where atomic). dB and dC are fp32
-    buffers of equal strides (sdB_*) with N contiguous, so that the atomics of a warp cover whole rows of states. dA,
-    dD and d(delta_bias) go to ``partial`` as per-batch-row partial sums: rows of ``partial_row`` floats holding dA
-    (K, dim, N), then dD (K, dim), then d(delta_bias) (K, dim). Chunk tiles are [CHUNK, BLOCK_N, BLOCK_D] if
-    STATES_MIDDLE, else [CHUNK, BLOCK_D, BLOCK_N]: Triton spreads the last axis over the lanes first, and which
-    layout needs fewer shuffles for the reductions over states and channels depends on the tile (``_backward_plan``)."""
+    """Gradients; du/ddt are written with the strides of u/delta, dz with its own (sdz_k = 0: summed over the
+    directions), all fp32 buffers where atomic. dB and dC are fp32 buffers of equal strides (sdB_*) with N
+    contiguous, so that the atomics of a warp cover whole rows of states. dA, dD and d(delta_bias) go to ``partial``
+    as per-batch-row partial sums: rows of ``partial_row`` floats holding dA (K, dim, N), then dD (K, dim), then
+    d(delta_bias) (K, dim). Chunk tiles are [CHUNK, BLOCK_N, BLOCK_D] if STATES_MIDDLE, else [CHUNK, BLOCK_D,
+    BLOCK_N]: Triton spreads the last axis over the lanes first, and which layout needs fewer shuffles for the
+    reductions over states and channels depends on the tile (``_backward_plan``)."""
     S_AXIS: tl.constexpr = 1 if STATES_MIDDLE else 2  # the states axis of the 3-D tiles
     D_AXIS: tl.constexpr = 2 if STATES_MIDDLE else 1  # the channel axis
     pid_bk = tl.program_id(0)  # sequences vary fastest: programs running together hit different dB/dC rows
