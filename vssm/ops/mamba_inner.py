@@ -182,7 +182,8 @@ class _FusedMambaInner(torch.autograd.Function):
             xs_flat = xs.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)  # a view
             w_x = x_proj_weight.to(dtype)
             x_dbl = torch.bmm(w_x, xs_flat)  # (K, R + 2N, B*L)
-            w_dt = F.pad(dt_proj_weight.to(dtype), (0, pad))  # (K, E, R + pad)
+            w_dt = dt_proj_weight.to(dtype)
+            w_dt = F.pad(w_dt, (0, pad)) if pad else w_dt  # (K, E, R + pad)
             delta = torch.bmm(w_dt, x_dbl[:, :rank + pad])  # (K, E, B*L)
             B = x_dbl[:, rank:rank + n_state].view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3).unsqueeze(2)
             C = x_dbl[:, rank + n_state:].view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3).unsqueeze(2)
@@ -241,9 +242,9 @@ class _FusedMambaInner(torch.autograd.Function):
             # x_dbl's gradient: [dt rows from the dt projection, dB, dC (scaled like C)] as (K, R + 2N, B*L)
             dx_dbl = torch.empty_like(x_dbl)
             dx_dbl[:, :rank] = torch.bmm(w_dt.transpose(1, 2), ddelta_flat)[:, :rank]
-            dB, dC = grad_BC.permute(0, 2, 5, 1, 3, 4).flatten(3)  # (K, N, B*L) each
-            dx_dbl[:, rank:rank + n_state] = dB
-            dx_dbl[:, rank + n_state:] = dC * scale if scale != 1.0 else dC
+            dB, dC = grad_BC[:, :, :, 0].permute(0, 2, 4, 1, 3)  # (K, N, B, L) views
+            dx_dbl[:, rank:rank + n_state].view(num_dirs, n_state, batch, length).copy_(dB)
+            torch.mul(dC, scale, out=dx_dbl[:, rank + n_state:].view(num_dirs, n_state, batch, length))
             xs_flat = xs.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)
             dw_x = torch.bmm(dx_dbl, xs_flat.transpose(1, 2))  # (K, R + 2N, E)
             dw_dt = torch.bmm(ddelta_flat, x_dbl[:, :rank_pad].transpose(1, 2))[..., :rank]  # (K, E, R)
