@@ -98,6 +98,26 @@ def _matches_reference(name, inputs, paths, weights):
     return y, grads
 
 
+@pytest.mark.parametrize("states_middle", [True, False])
+@pytest.mark.parametrize("chunk,block_d", [(2, 8), (4, 32), (8, 8), (16, 4)])
+def test_backward_channel_sums_on_chunk_and_tile_shapes(chunk, block_d, states_middle):
+    """The backward reduce-scatters dB and dC over a channel tile that lies in one group, each lane adding the sums
+    of its own steps at their path positions: chunks shorter than the tile (several lanes hold a step's sums, one
+    adds them), as long, and longer (a lane adds several steps), in both tile layouts, with a ragged last chunk and
+    ragged states (N = 3 in tiles of 4)."""
+    from vssm.ops.triton.scan import TILE_OVERRIDES
+
+    paths = scan_paths.build("bidirectional", (21,))
+    inputs = _inputs(paths, 21, False, False, dim=2 * block_d, seed=chunk)
+    overrides = {"chunk": chunk, "bwd": (block_d, 1), "states_middle": states_middle}
+    TILE_OVERRIDES.update(overrides)
+    try:
+        _matches_reference("triton", inputs, paths, torch.randn(2, 2 * block_d, 21, dtype=torch.float64))
+    finally:
+        for key in overrides:
+            TILE_OVERRIDES.pop(key)
+
+
 @pytest.mark.parametrize("name", ["torch", "triton", "triton-seq", "triton-gpu-plan"])
 @pytest.mark.parametrize("n_state", [1, 2, 16])
 @pytest.mark.parametrize("kind,shape,opts", [CASES[2], CASES[4]], ids=["cross", "local"])

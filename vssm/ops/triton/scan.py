@@ -15,9 +15,10 @@ Backward walks the chunks last to first (with [CHUNK, N, BLOCK_D] tiles where th
 adjoint recurrence q_t = C_t dy_t + exp(delta_{t+1} A) q_{t+1} backwards, step by step in registers (or as a reverse
 associative scan whose segment summaries carry their first decay separately, where the chunk spans lanes). a_t h_{t-1}
 is h_t - delta_t B_t u_t, so no division by a decay ever happens. dB/dC are reduced over the channel tile (inside one
-warp) and added with relaxed fp32 atomics into buffers whose states are contiguous; dA, dD and d(delta_bias) are reduced
-over the chunks and stored once per program, as per-sequence partial sums. Programs of different sequences run side by
-side, so concurrent atomics rarely meet on one address.
+warp; a reduce-scatter where the tile lies in one group, ``_channel_sums_spread``) and added with relaxed fp32 atomics
+into buffers whose states are contiguous; dA, dD and d(delta_bias) are reduced over the chunks and stored once per
+program, as per-sequence partial sums. Programs of different sequences run side by side, so concurrent atomics rarely
+meet on one address.
 """
 from __future__ import annotations
 
@@ -259,6 +260,51 @@ def _adjoints_in_chunk(decay, cq, carry):
         qt = _at_step(cq, last - i) + _at_step(decay, last - i + 1) * qt
         q = _with_step(q, last - i, qt)
     return q, _at_step(decay, 0) * qt
+
+
+@triton.jit
+def _spread_round(x, first, lead, ch, BIT: tl.constexpr, D_AXIS: tl.constexpr):
+    """One round of ``_channel_sums_spread``, across channel bit BIT (nothing when the tile has no such bit)."""
+    if BIT < x.shape[D_AXIS]:
+        take_hi = (ch & BIT) != 0
+        partner = ch ^ BIT
+        if D_AXIS == 1:
+            take_hi3 = take_hi[None, :, None]
+            partner3 = partner[None, :, None]
+        else:
+            take_hi3 = take_hi[None, None, :]
+            partner3 = partner[None, None, :]
+        HALF: tl.constexpr = x.shape[0] // 2
+        if HALF > 0:
+            pair = tl.reshape(x, [2, HALF, x.shape[1], x.shape[2]])
+            lo = tl.sum(tl.where((tl.arange(0, 2) == 0)[:, None, None, None], pair, -0.0), axis=0)
+            hi = tl.sum(tl.where((tl.arange(0, 2) == 1)[:, None, None, None], pair, -0.0), axis=0)
+            send = tl.where(take_hi3, lo, hi)
+            x = tl.where(take_hi3, hi, lo) + tl.gather(send, partner3 + tl.zeros(send.shape, tl.int32), D_AXIS)
+            first = first + tl.where(take_hi, HALF, 0)
+        else:
+            x = x + tl.gather(x, partner3 + tl.zeros(x.shape, tl.int32), D_AXIS)
+            lead = lead & ~take_hi
+    return x, first, lead
+
+
+@triton.jit
+def _channel_sums_spread(x, ch, D_AXIS: tl.constexpr):
+    """Sum a chunk tile x ([CHUNK, ., .], channels ``ch`` = arange(BLOCK_D) along D_AXIS, the lanes) over its channels
+    as a reduce-scatter. Each butterfly round across a channel bit sends one half of the steps a lane holds to its
+    partner and keeps the other, so ``log2(BLOCK_D)`` rounds exchange CHUNK / 2 + CHUNK / 4 + ... values per lane
+    rather than CHUNK per round. Returns the sums [max(1, CHUNK / BLOCK_D), ., .], the step of their first row per
+    channel slot (``first``, [BLOCK_D]): slot d holds steps first[d] + 0, 1, ..., and which slots lead (``lead``,
+    [BLOCK_D]): where CHUNK < BLOCK_D the steps run out, the remaining rounds sum in full and BLOCK_D / CHUNK slots
+    hold each step's sums; only the leading one of them may add it anywhere. BLOCK_D <= 32."""
+    first = ch * 0
+    lead = ch >= 0
+    x, first, lead = _spread_round(x, first, lead, ch, 1, D_AXIS)
+    x, first, lead = _spread_round(x, first, lead, ch, 2, D_AXIS)
+    x, first, lead = _spread_round(x, first, lead, ch, 4, D_AXIS)
+    x, first, lead = _spread_round(x, first, lead, ch, 8, D_AXIS)
+    x, first, lead = _spread_round(x, first, lead, ch, 16, D_AXIS)
+    return x, first, lead
 
 
 @triton.jit
@@ -673,10 +719,21 @@ def _scan_bwd_kernel(
         ddt = qB * u + tl.sum(q_hprev * A[None, :, :], axis=S_AXIS)
         dA_acc += tl.sum(q_hprev * _over_states(dt, STATES_MIDDLE), axis=0)
         if TILE_ONE_GROUP:
+            # reduce-scattered over the channel lanes: each lane adds the sums of its own steps
+            ch = tl.arange(0, BLOCK_D)
+            dB_sum, first, lead = _channel_sums_spread(dB_part, ch, D_AXIS)
+            dC_sum, _, _ = _channel_sums_spread(dC_part, ch, D_AXIS)
+            rows = tl.arange(0, dB_sum.shape[0])
+            t_sum, n_sum = _ch_st3(c * CHUNK + first, offs_n, STATES_MIDDLE)
+            lead3 = _ch_st3(lead, offs_n, STATES_MIDDLE)[0]
+            t_sum = t_sum + rows[:, None, None]
+            _, _, pidx_sum, pvalid_sum, _ = _step_index(path_ptr + pid_k * Lp, t_sum, Lp, t_sum, HAS_PATH,
+                                                        PARAMS_AT_STEP)
             g = (pid_d * BLOCK_D) // d_per_group
-            dBC_offs = g * sdB_g + pidx[:, None] * sdB_l + offs_n[None, :] * sdB_n
-            tl.atomic_add(dB_base + dBC_offs, tl.sum(dB_part, axis=D_AXIS), mask=m_bc, sem="relaxed")
-            tl.atomic_add(dC_base + dBC_offs, tl.sum(dC_part, axis=D_AXIS), mask=m_bc, sem="relaxed")
+            dBC_offs = g * sdB_g + pidx_sum * sdB_l + n_sum * sdB_n
+            m_sum = pvalid_sum & (n_sum < N) & lead3
+            tl.atomic_add(dB_base + dBC_offs, dB_sum, mask=m_sum, sem="relaxed")
+            tl.atomic_add(dC_base + dBC_offs, dC_sum, mask=m_sum, sem="relaxed")
         else:
             g3, n3 = _ch_st3(offs_d // d_per_group, offs_n, STATES_MIDDLE)
             md3 = _ch_st3(mask_d, offs_n, STATES_MIDDLE)[0]
