@@ -240,9 +240,12 @@ def _with_step(x, i: tl.constexpr, value):
 def _states_in_chunk(decay, inp, h0):
     """States h_t = decay_t h_{t-1} + inp_t of a chunk from the state h0 before it: [CHUNK, a, b] tiles whose step
     axis each thread holds, so the recurrence runs step by step in registers (one FMA per state update)."""
-    h = h0
-    hs = tl.zeros_like(decay)
-    for i in tl.static_range(decay.shape[0]):
+    # h0 enters as part of step 0's input, so the chain runs in the chunk tiles' layout (a separately loaded h0
+    # would otherwise anchor it in the load's layout, with a shared-memory exchange at every step)
+    first = (tl.arange(0, decay.shape[0]) == 0)[:, None, None]
+    h = _at_step(tl.where(first, decay * h0[None, :, :] + inp, inp), 0)
+    hs = _with_step(tl.zeros_like(decay), 0, h)
+    for i in tl.static_range(1, decay.shape[0]):
         h = _at_step(decay, i) * h + _at_step(inp, i)
         hs = _with_step(hs, i, h)
     return hs
@@ -254,7 +257,8 @@ def _adjoints_in_chunk(decay, cq, carry):
     flowing in from the next chunk (decay q at that chunk's first step) is ``carry``. Returns q ([CHUNK, a, b]) and
     decay_0 q_0, the carry into the previous chunk."""
     last: tl.constexpr = decay.shape[0] - 1
-    qt = _at_step(cq, last) + carry
+    # the carry enters as part of the last step's input, for the reason given in ``_states_in_chunk``
+    qt = _at_step(tl.where((tl.arange(0, decay.shape[0]) == last)[:, None, None], cq + carry[None, :, :], cq), last)
     q = _with_step(tl.zeros_like(cq), last, qt)
     for i in tl.static_range(1, decay.shape[0]):
         qt = _at_step(cq, last - i) + _at_step(decay, last - i + 1) * qt
