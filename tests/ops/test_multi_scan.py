@@ -104,7 +104,8 @@ def test_backward_channel_sums_on_chunk_and_tile_shapes(chunk, block_d, states_m
     """The backward reduce-scatters dB and dC over a channel tile that lies in one group, each lane adding the sums
     of its own steps at their path positions: chunks shorter than the tile (several lanes hold a step's sums, one
     adds them), as long, and longer (a lane adds several steps), in both tile layouts, with a ragged last chunk and
-    ragged states (N = 3 in tiles of 4)."""
+    ragged states (N = 3 in tiles of 4); [4, 32 channels, 4 states] tiles have channels in registers and sum in
+    full."""
     from vssm.ops.triton.scan import TILE_OVERRIDES
 
     paths = scan_paths.build("bidirectional", (21,))
