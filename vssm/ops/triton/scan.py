@@ -48,6 +48,10 @@ TILE_OVERRIDES: dict[str, object] = {}
 # channels] tiles beats it (``_short_dim_major``); channels-last routes and N > 16 were not re-measured.
 SEQUENTIAL_MIN_ROWS = 16384
 SEQUENTIAL_MAX_STEPS = 512
+# A backward program is one warp of up to 255 registers, 8 to an SM; below about 6 per SM of an H100 (132 SMs) a wider
+# tile's fewer programs lose more to exposed latency than its cheaper reductions win (dim-major N = 16 from 1536 to
+# 24576 rows, BENCHMARKS.md)
+BACKWARD_MIN_PROGRAMS = 768
 
 
 def channels_fastest(u: Tensor) -> bool:
@@ -77,16 +81,24 @@ def sequential(n_state: int, rows: int, steps: int, cl: bool) -> bool:
 
 
 def _backward_tile(n_state: int, rows: int, steps: int, cl: bool) -> tuple[int, int]:
-    """(chunk steps, BLOCK_D channels) of the one-warp backward, measured best on an H100 (BENCHMARKS.md). Where
-    16384 rows fill the GPU: channels-last N = 1 takes 4-step chunks of 32 channels (coalesced reads of 64 bytes per
-    step), N = 16 8-step chunks of 8 channels when channels-last or short (<= 512 steps), else 16-step chunks of 4
-    channels; with fewer rows 16-step chunks of 8 channels for N = 1, else 32 / N channels."""
+    """(chunk steps, BLOCK_D channels) of the one-warp backward, measured best on an H100 (BENCHMARKS.md). Dim-major
+    N = 16 takes the widest of 8-step chunks of 8 channels, 16-step chunks of 4 and of 2 that still launches
+    ``BACKWARD_MIN_PROGRAMS`` programs, any length (8-step chunks save twice the states of 16-step ones, 8 bytes per
+    row and step: training Vim-Ti at 1248 px peaks at 15.1 instead of 11.8 GiB and runs 16% faster; saving every
+    other chunk and recomputing the one between spilled and ran slower than 16-step chunks). Where 16384 rows fill the
+    GPU: channels-last N = 1 takes 4-step chunks of 32 channels (coalesced reads of 64 bytes per step), channels-last
+    N = 16 8-step chunks of 8 channels; with fewer rows 16-step chunks of 8 channels for N = 1, else 32 / N
+    channels."""
     bn = next_power_of_2(n_state)
     many = _many_rows(rows)
     if bn == 1:
         return (4, 32) if cl and many else (16, 8)
+    if bn == 16 and not cl:
+        if many or rows >= 8 * BACKWARD_MIN_PROGRAMS:
+            return 8, 8
+        return (16, 4) if rows >= 4 * BACKWARD_MIN_PROGRAMS else (16, 2)
     if bn == 16 and many:
-        return (8, 8) if cl or steps <= SEQUENTIAL_MAX_STEPS else (16, 4)
+        return 8, 8
     return 16, max(1, 32 // bn)
 
 
@@ -203,13 +215,14 @@ def _backward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, inte
                    overrides: tuple) -> tuple:
     """(chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks, states middle, steps in thread) of a backward;
     cached like ``_forward_plan``. States middle: [CHUNK, N, BLOCK_D] chunk tiles (lanes over channels first) for
-    dim-major rows that fill the GPU, else [CHUNK, BLOCK_D, N]. On an H100 the first cut the Vim layer's backward by
-    16% (fewer shuffles in the reductions over states and in the layout conversions); with the few-row tiles it cost
-    5%, and along the channels-last routes of LocalVMamba 5% (BENCHMARKS.md)."""
+    dim-major rows that fill the GPU or have N = 16, else [CHUNK, BLOCK_D, N]. On an H100 the first cut the Vim
+    layer's backward by 16% (fewer shuffles in the reductions over states and in the layout conversions) and a
+    1536-row layer of 12545 steps by 4%; with the few-row tiles of other N it cost 5%, and along the channels-last
+    routes of LocalVMamba 5% (BENCHMARKS.md)."""
     chunk = chunk_len(n_state, rows, steps, cl)
     block_d, warps = _launch_config("bwd", n_state, dim, rows, steps, chunk, cl)
-    states_middle = bool(TILE_OVERRIDES.get("states_middle", _many_rows(rows) and not cl))
     block_n = next_power_of_2(n_state)
+    states_middle = bool(TILE_OVERRIDES.get("states_middle", not cl and (_many_rows(rows) or block_n == 16)))
     return (chunk, cdiv(steps, chunk), block_d, warps, block_n, cdiv(dim, block_d), states_middle,
             _steps_in_thread(block_d, block_n, warps))
 
