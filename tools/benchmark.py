@@ -16,6 +16,7 @@ the frames stacked along the height (joint space-time attention over the same to
 suite and writes all rows as JSON.
 """
 import argparse
+import gc
 import json
 import platform
 import sys
@@ -185,8 +186,9 @@ def measure(case: Case, args) -> dict:
             row[f"{mode}_per_s"] = "OOM"
         except Exception as exc:  # a peer that cannot take the size: record why, go on with the table
             row[f"{mode}_per_s"] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-        finally:
-            model = x = optimizer = None  # noqa: F841  (free before the next case)
+        finally:  # free before the next mode or case (a captured graph holds its pool and, through ``step``, the model)
+            model = x = target = optimizer = step = zero_grads = None  # noqa: F841
+            gc.collect()
         print(f"{row['name']} {case.batch}x{case.frames or ''}{case.img_size}: {mode} {row[f'{mode}_per_s']}",
               flush=True)
     return row
