@@ -80,7 +80,7 @@ def sequential(n_state: int, rows: int, steps: int, cl: bool) -> bool:
     return bool(TILE_OVERRIDES.get("sequential", default))
 
 
-def _backward_tile(n_state: int, rows: int, steps: int, cl: bool) -> tuple[int, int]:
+def _backward_tile(n_state: int, rows: int, cl: bool) -> tuple[int, int]:
     """(chunk steps, BLOCK_D channels) of the one-warp backward, measured best on an H100 (BENCHMARKS.md). Dim-major
     N = 16 takes the widest of 8-step chunks of 8 channels, 16-step chunks of 4 and of 2 that still launches
     ``BACKWARD_MIN_PROGRAMS`` programs, any length (8-step chunks save twice the states of 16-step ones, 8 bytes per
@@ -116,7 +116,7 @@ def chunk_len(n_state: int, rows: int, steps: int, cl: bool) -> int:
         return TILE_OVERRIDES["chunk"]
     if not _plans_as_gpu():
         return 8
-    return _backward_tile(n_state, rows, steps, cl)[0]
+    return _backward_tile(n_state, rows, cl)[0]
 
 
 def forward_chunk_len(n_state: int, rows: int, steps: int, cl: bool) -> int:
@@ -149,7 +149,7 @@ def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chu
     if kind in TILE_OVERRIDES:
         block_d, warps = TILE_OVERRIDES[kind]
     elif kind == "bwd":
-        block_d, warps = _backward_tile(n_state, rows, steps, cl)[1], 1
+        block_d, warps = _backward_tile(n_state, rows, cl)[1], 1
     elif sequential(n_state, rows, steps, cl) or _short_dim_major(n_state, rows, steps, cl):
         block_d, warps = max(1, 256 // bn), 1
     elif n_state > 32:
