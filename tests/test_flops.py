@@ -31,27 +31,27 @@ def test_selective_scan_counts_by_the_rule_on_both_backends(kernel, with_d, with
     """9 B L D N, + B L D for D and for z; the chunked PyTorch path's own matmuls are not counted."""
     if kernel == "triton":
         pytest.importorskip("triton")
-    batch, dim, length, n_state = 2, 6, 13, 4
+    batch, dim, length, d_state = 2, 6, 13, 4
     u, z, delta = (torch.randn(batch, dim, length, device=KERNEL_DEVICE) for _ in range(3))
-    delta, A = delta.abs(), -torch.rand(dim, n_state, device=KERNEL_DEVICE)
-    B, C = (torch.randn(batch, n_state, length, device=KERNEL_DEVICE) for _ in range(2))
+    delta, A = delta.abs(), -torch.rand(dim, d_state, device=KERNEL_DEVICE)
+    B, C = (torch.randn(batch, d_state, length, device=KERNEL_DEVICE) for _ in range(2))
     z = z if with_z else None
     D = torch.randn(dim, device=KERNEL_DEVICE) if with_d else None
     with backend(kernel):
         flops = _total(selective_scan, u, delta, A, B, C, D, z)
-    assert flops == batch * length * dim * (9 * n_state + with_d + with_z)
+    assert flops == batch * length * dim * (9 * d_state + with_d + with_z)
 
 
 def test_multi_scan_counts_every_direction_over_its_padded_path():
     """Local windows pad the path (5 x 3 in 2 x 2 windows: 24 steps for 15 tokens); padding steps count."""
-    batch, dim, n_state = 1, 4, 2
+    batch, dim, d_state = 1, 4, 2
     paths = scan_paths.build("local", (5, 3), directions=("h", "w2"))
     k, steps = paths.shape
     assert steps > 15
     u, delta = torch.randn(batch, dim, 15), torch.rand(batch, k, dim, 15)
-    B, C = torch.randn(batch, k, n_state, 15), torch.randn(batch, k, n_state, 15)
-    flops = _total(multi_scan, u, delta, -torch.rand(k, dim, n_state), B, C, paths, torch.randn(k, dim))
-    assert flops == batch * k * dim * steps * (9 * n_state + 1)
+    B, C = torch.randn(batch, k, d_state, 15), torch.randn(batch, k, d_state, 15)
+    flops = _total(multi_scan, u, delta, -torch.rand(k, dim, d_state), B, C, paths, torch.randn(k, dim))
+    assert flops == batch * k * dim * steps * (9 * d_state + 1)
 
 
 def test_causal_conv_kernel_counts_as_the_reference_conv():

@@ -25,7 +25,7 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vssm.ops import multi_scan, scan_paths, selective_scan, selective_scan_chunked  # noqa: E402
-from vssm.ops.triton import scan as triton_scan  # noqa: E402
+from vssm.ops.triton import scan_plan  # noqa: E402
 
 CASES = [(64, 768, 3136, 16), (64, 384, 3136, 1), (64, 768, 197, 16), (8, 768, 3137, 16), (2, 768, 12545, 16)]
 MAMBA_CUDA = {  # mamba_ssm 2.3 selective_scan_cuda on an H100 (issue #2): fwd ms, fwd+bwd ms
@@ -34,15 +34,15 @@ MAMBA_CUDA = {  # mamba_ssm 2.3 selective_scan_cuda on an H100 (issue #2): fwd m
 CROSS_CASES = [(64, 192, 56, 56, 1), (64, 192, 56, 56, 16)]
 
 
-def scan_inputs(batch, dim, length, n_state, dtype=torch.bfloat16, device="cuda", requires_grad=False):
+def scan_inputs(batch, dim, length, d_state, dtype=torch.bfloat16, device="cuda", requires_grad=False):
     g = torch.Generator(device=device).manual_seed(batch * 131 + length)
 
     def rnd(*shape, dt=dtype, scale=1.0):
         return (torch.randn(*shape, device=device, generator=g) * scale).to(dt).requires_grad_(requires_grad)
 
-    A = (-(torch.rand(dim, n_state, device=device, generator=g) * 4 + 0.5)).requires_grad_(requires_grad)
+    A = (-(torch.rand(dim, d_state, device=device, generator=g) * 4 + 0.5)).requires_grad_(requires_grad)
     return dict(u=rnd(batch, dim, length), delta=rnd(batch, dim, length, scale=0.5), A=A,
-                B=rnd(batch, 1, n_state, length), C=rnd(batch, 1, n_state, length),
+                B=rnd(batch, 1, d_state, length), C=rnd(batch, 1, d_state, length),
                 D=rnd(dim, dt=torch.float32), delta_bias=rnd(dim, dt=torch.float32, scale=0.5))
 
 
@@ -67,9 +67,9 @@ def rel_err(a, b):
 def check_correctness():
     """Triton vs the float64 chunked PyTorch path: selective scan (fp32 and bf16) and multi_scan, fwd + grads."""
     rows = []
-    for batch, dim, length, n_state, dtype in [(2, 64, 197, 16, torch.float32), (2, 96, 1000, 1, torch.float32),
+    for batch, dim, length, d_state, dtype in [(2, 64, 197, 16, torch.float32), (2, 96, 1000, 1, torch.float32),
                                                (1, 48, 3137, 16, torch.bfloat16), (3, 40, 77, 64, torch.float32)]:
-        x = scan_inputs(batch, dim, length, n_state, dtype, requires_grad=True)
+        x = scan_inputs(batch, dim, length, d_state, dtype, requires_grad=True)
         z = torch.randn(batch, dim, length, device="cuda").to(dtype).requires_grad_(True)
         x["z"] = z
         w = torch.randn(batch, dim, length, device="cuda", dtype=torch.float64)
@@ -79,23 +79,23 @@ def check_correctness():
         y64 = selective_scan_chunked(**x64, delta_softplus=True)
         grads64 = torch.autograd.grad((y64 * w).sum(), list(x64.values()))
         errs = {"y": rel_err(y, y64)} | {k: rel_err(g, g64) for k, g, g64 in zip(x, grads, grads64)}
-        rows.append((f"selective_scan {batch}x{dim}x{length} N={n_state} {str(dtype)[6:]}", max(errs.values()), errs))
+        rows.append((f"selective_scan {batch}x{dim}x{length} N={d_state} {str(dtype)[6:]}", max(errs.values()), errs))
     for kind, shape, opts in [("cross", (23, 17), {}), ("local", (14, 11), dict(directions=("h", "v_flip", "w7",
                                                                                              "w2_flip"))),
                               ("zigzag", (9, 12), {}), ("spatiotemporal", (3, 7, 5), {})]:
         paths = scan_paths.build(kind, shape, device="cuda")
-        k_total, steps = paths.shape
+        num_directions, steps = paths.shape
         length = int(torch.tensor(shape).prod())
-        batch, dim, n_state = 2, 32, 16
+        batch, dim, d_state = 2, 32, 16
         g = torch.Generator(device="cuda").manual_seed(7)
         x = dict(x=torch.randn(batch, dim, length, device="cuda", generator=g),
-                 delta=torch.randn(batch, k_total, dim, length, device="cuda", generator=g) * 0.5,
-                 A=-torch.rand(k_total, dim, n_state, device="cuda", generator=g) - 0.3,
-                 B=torch.randn(batch, k_total, n_state, length, device="cuda", generator=g),
-                 C=torch.randn(batch, k_total, n_state, length, device="cuda", generator=g),
-                 D=torch.randn(k_total, dim, device="cuda", generator=g),
+                 delta=torch.randn(batch, num_directions, dim, length, device="cuda", generator=g) * 0.5,
+                 A=-torch.rand(num_directions, dim, d_state, device="cuda", generator=g) - 0.3,
+                 B=torch.randn(batch, num_directions, d_state, length, device="cuda", generator=g),
+                 C=torch.randn(batch, num_directions, d_state, length, device="cuda", generator=g),
+                 D=torch.randn(num_directions, dim, device="cuda", generator=g),
                  z=torch.randn(batch, dim, length, device="cuda", generator=g),
-                 delta_bias=torch.randn(k_total, dim, device="cuda", generator=g))
+                 delta_bias=torch.randn(num_directions, dim, device="cuda", generator=g))
         if kind in ("cross", "local"):  # channels-last views, as models hand them over
             x["x"] = x["x"].transpose(1, 2).contiguous().transpose(1, 2)
             for key in ("delta", "B", "C"):
@@ -143,16 +143,16 @@ def fwd_bwd(fn, inputs):
     return step
 
 
-def bench_case(batch, dim, length, n_state):
+def bench_case(batch, dim, length, d_state):
     """Triton forward (no grad) and forward+backward medians, forward GB/s."""
-    x = scan_inputs(batch, dim, length, n_state, requires_grad=True)
+    x = scan_inputs(batch, dim, length, d_state, requires_grad=True)
     fwd = lambda: selective_scan(**x, delta_softplus=True)  # noqa: E731
-    row = dict(case=(batch, dim, length, n_state))
+    row = dict(case=(batch, dim, length, d_state))
     with torch.no_grad():
         row["triton_fwd_ms"] = do_bench(with_backend("triton", fwd), warmup=25, rep=200, return_mode="median")
     row["triton_fwdbwd_ms"] = do_bench(with_backend("triton", fwd_bwd(fwd, x)), warmup=25, rep=200,
                                        return_mode="median")
-    nbytes = 2 * (3 * batch * dim * length + 2 * batch * n_state * length)
+    nbytes = 2 * (3 * batch * dim * length + 2 * batch * d_state * length)
     row["fwd_GBps"] = nbytes / row["triton_fwd_ms"] / 1e6
     return row
 
@@ -177,58 +177,61 @@ def device_time(row, iters=10):
 def bench_baselines(row):
     """Add the chunked PyTorch and reference forward times to a ``bench_case`` row (run after every Triton timing,
     so that their large allocations do not disturb those)."""
-    batch, dim, length, n_state = row["case"]
-    x = scan_inputs(batch, dim, length, n_state)
+    batch, dim, length, d_state = row["case"]
+    x = scan_inputs(batch, dim, length, d_state)
     fwd = lambda: selective_scan(**x, delta_softplus=True)  # noqa: E731
-    torch_mem = batch * dim * 16 * 16 * n_state * 4 * 6  # decay tensors of one chunk, fp32
+    torch_mem = batch * dim * 16 * 16 * d_state * 4 * 6  # decay tensors of one chunk, fp32
     with torch.no_grad():
         if torch_mem < 20e9:
             row["torch_fwd_ms"] = time_once(with_backend("torch", fwd))
-        if batch * dim * length * n_state * 4 * 3 < 40e9:
+        if batch * dim * length * d_state * 4 * 3 < 40e9:
             row["ref_fwd_ms"] = time_once(with_backend("ref", fwd), reps=1)
     torch.cuda.empty_cache()
 
 
-def cross_inputs(batch, dim, height, width, n_state, requires_grad=True):
+def cross_inputs(batch, dim, height, width, d_state, requires_grad=True):
     """Inputs in the layout a model produces them (token-major, channels-last): x from (batch, L, dim), delta, B and C
     from per-direction projections (batch, L, K, .), viewed as the (batch, [K,] channels, L) the op expects."""
-    k_total, length = 4, height * width
+    num_directions, length = 4, height * width
     g = torch.Generator(device="cuda").manual_seed(height)
     bf = dict(device="cuda", dtype=torch.bfloat16)
-    leaves = dict(x=torch.randn(batch, length, dim, **bf), delta=torch.randn(batch, length, k_total, dim, **bf) * 0.5,
-                  A=-torch.rand(k_total, dim, n_state, device="cuda", generator=g) - 0.5,
-                  B=torch.randn(batch, length, k_total, n_state, **bf),
-                  C=torch.randn(batch, length, k_total, n_state, **bf),
-                  D=torch.randn(k_total, dim, device="cuda"), delta_bias=torch.randn(k_total, dim, device="cuda"))
+    leaves = dict(x=torch.randn(batch, length, dim, **bf),
+                  delta=torch.randn(batch, length, num_directions, dim, **bf) * 0.5,
+                  A=-torch.rand(num_directions, dim, d_state, device="cuda", generator=g) - 0.5,
+                  B=torch.randn(batch, length, num_directions, d_state, **bf),
+                  C=torch.randn(batch, length, num_directions, d_state, **bf),
+                  D=torch.randn(num_directions, dim, device="cuda"),
+                  delta_bias=torch.randn(num_directions, dim, device="cuda"))
     leaves = {k: v.requires_grad_(requires_grad) for k, v in leaves.items()}
     views = dict(leaves, x=leaves["x"].transpose(1, 2), delta=leaves["delta"].permute(0, 2, 3, 1),
                  B=leaves["B"].permute(0, 2, 3, 1), C=leaves["C"].permute(0, 2, 3, 1))
     return leaves, views
 
 
-def bench_cross(batch, dim, height, width, n_state):
-    leaves, x = cross_inputs(batch, dim, height, width, n_state)
+def bench_cross(batch, dim, height, width, d_state):
+    leaves, x = cross_inputs(batch, dim, height, width, d_state)
     paths = scan_paths.build("cross", (height, width), device="cuda")
     fused = lambda: multi_scan(**x, paths=paths, delta_softplus=True)  # noqa: E731
 
     def unfused():  # gather K copies, one grouped scan on (batch, K*dim, L), scatter back and sum, in PyTorch
-        k_total, length = paths.shape
+        num_directions, length = paths.shape
         xs = x["x"][..., paths].transpose(1, 2)  # (batch, K, dim, L)
         ds = torch.gather(x["delta"], -1, paths[None, :, None, :].expand_as(x["delta"]))
         Bs = torch.gather(x["B"], -1, paths[None, :, None, :].expand_as(x["B"]))
         Cs = torch.gather(x["C"], -1, paths[None, :, None, :].expand_as(x["C"]))
-        y = selective_scan(xs.reshape(batch, k_total * dim, length), ds.reshape(batch, k_total * dim, length),
-                           x["A"].reshape(-1, n_state), Bs, Cs, x["D"].reshape(-1), None, x["delta_bias"].reshape(-1),
-                           True, False)
+        y = selective_scan(xs.reshape(batch, num_directions * dim, length),
+                           ds.reshape(batch, num_directions * dim, length), x["A"].reshape(-1, d_state), Bs, Cs,
+                           x["D"].reshape(-1), None, x["delta_bias"].reshape(-1), delta_softplus=True,
+                           return_last_state=False)
         inv = torch.argsort(paths, dim=1)
-        y = torch.gather(y.view(batch, k_total, dim, length), -1, inv[None, :, None, :].expand(batch, k_total, dim,
-                                                                                               length))
+        y = torch.gather(y.view(batch, num_directions, dim, length), -1,
+                         inv[None, :, None, :].expand(batch, num_directions, dim, length))
         return y.sum(1)
 
     err = rel_err(fused(), unfused())
     if not err < 1e-2:
         raise AssertionError(f"fused and unfused cross-scan differ: relative error {err:.2e}")
-    row = dict(case=(batch, dim, height, width, n_state))
+    row = dict(case=(batch, dim, height, width, d_state))
     for name, fn in (("fused", fused), ("unfused", unfused)):
         with torch.no_grad():
             row[f"{name}_fwd_ms"] = do_bench(fn, warmup=25, rep=200, return_mode="median")
@@ -236,12 +239,12 @@ def bench_cross(batch, dim, height, width, n_state):
     return row
 
 
-def sweep_configs(n_state):
+def sweep_configs(d_state):
     """Launch configurations to compare: the forward kernel kind, the chunk length and the (BLOCK_D, warps) tiles."""
-    bn = triton.next_power_of_2(n_state)
+    bn = triton.next_power_of_2(d_state)
     tiles = [(max(1, 32 * w // bn), w) for w in (1, 2, 4)]
     fwd = [dict(sequential=False, fwd_chunk=c, fwd=t) for c in (16, 32) for t in tiles[:2]]
-    if n_state > 4:
+    if d_state > 4:
         fwd += [dict(sequential=True, chunk=16, fwd=(bd, 1)) for bd in (8, 16, 32)]
     bwd = [dict(chunk=16, bwd=t) for t in tiles] + [dict(chunk=8, bwd=tiles[0])]
     return fwd + bwd
@@ -254,8 +257,8 @@ def sweep(cases):
         x = scan_inputs(*case, requires_grad=True)
         fwd = lambda: selective_scan(**x, delta_softplus=True)  # noqa: E731
         for config in sweep_configs(case[3]):
-            triton_scan.TILE_OVERRIDES.clear()
-            triton_scan.TILE_OVERRIDES.update(config)
+            scan_plan.TILE_OVERRIDES.clear()
+            scan_plan.TILE_OVERRIDES.update(config)
             try:
                 with torch.no_grad():
                     f = do_bench(with_backend("triton", fwd), warmup=10, rep=50, return_mode="median")
@@ -265,7 +268,7 @@ def sweep(cases):
                 print(f"sweep {case} {config}: {type(exc).__name__}", flush=True)
             rows.append(dict(case=case, config=config, fwd_ms=f, fwdbwd_ms=fb))
             print(f"sweep {case} {config}: fwd {f:.3f} ms fwd+bwd {fb:.3f} ms", flush=True)
-        triton_scan.TILE_OVERRIDES.clear()
+        scan_plan.TILE_OVERRIDES.clear()
     return rows
 
 

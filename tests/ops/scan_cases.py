@@ -14,7 +14,7 @@ def backend(name: str):
     forward (by default small problems take the chunk-parallel one); "triton-long-chunk" runs the forward in chunks
     of 4 backward chunks (32 steps under the interpreter), so a training forward saves 3 states inside each chunk;
     "triton-gpu-plan" launches as on a GPU filled with rows (the measured chunk lengths, tiles and kernel kinds)."""
-    from vssm.ops.triton.scan import TILE_OVERRIDES
+    from vssm.ops.triton.scan_plan import TILE_OVERRIDES
 
     old = os.environ.get("VSSM_SCAN_BACKEND")
     os.environ["VSSM_SCAN_BACKEND"] = "triton" if name.startswith("triton") else name
@@ -32,7 +32,7 @@ def backend(name: str):
             os.environ["VSSM_SCAN_BACKEND"] = old
 
 
-def make_inputs(batch, dim, length, n_state, bc_layout="batch", groups=1, has_d=True, has_z=True, has_bias=True,
+def make_inputs(batch, dim, length, d_state, bc_layout="batch", groups=1, has_d=True, has_z=True, has_bias=True,
                 seed=0, dtype=torch.float32, positive_delta=False):
     """Random selective_scan inputs; A negative, delta around softplus's useful range (positive if asked, for scans
     without softplus: a negative step size makes the state grow exponentially)."""
@@ -42,18 +42,18 @@ def make_inputs(batch, dim, length, n_state, bc_layout="batch", groups=1, has_d=
         return (torch.randn(*shape, generator=g) * scale).to(dtype)
 
     if bc_layout == "const":
-        bc_shape = (dim, n_state)
+        bc_shape = (dim, d_state)
     elif bc_layout == "batch":
-        bc_shape = (batch, n_state, length)
+        bc_shape = (batch, d_state, length)
     else:
-        bc_shape = (batch, groups, n_state, length)
+        bc_shape = (batch, groups, d_state, length)
     delta = rnd(batch, dim, length, scale=0.5)
     bias = torch.randn(dim, generator=g) * 0.5
     if positive_delta:
         delta, bias = delta.abs(), bias.abs()
     return dict(
         u=rnd(batch, dim, length), delta=delta,
-        A=-(torch.rand(dim, n_state, generator=g) * 2 + 0.1),  # fp32 parameter
+        A=-(torch.rand(dim, d_state, generator=g) * 2 + 0.1),  # fp32 parameter
         B=rnd(*bc_shape), C=rnd(*bc_shape),
         D=torch.randn(dim, generator=g) if has_d else None,
         z=rnd(batch, dim, length) if has_z else None,
@@ -92,14 +92,14 @@ def naive_scan_np(u, delta, A, B, C, D, z, delta_bias, softplus):
     """An independent float64 definition in numpy, one (batch, channel, state) at a time. B, C: (b, G, N, L)."""
     u, delta, A, B, C = (np.asarray(t, dtype=np.float64) for t in (u, delta, A, B, C))
     batch, dim, length = u.shape
-    n_state = A.shape[1]
+    d_state = A.shape[1]
     per_group = dim // B.shape[1]
     y = np.zeros((batch, dim, length))
-    last = np.zeros((batch, dim, n_state))
+    last = np.zeros((batch, dim, d_state))
     for b in range(batch):
         for d in range(dim):
             g = d // per_group
-            for n in range(n_state):
+            for n in range(d_state):
                 h = 0.0
                 for t in range(length):
                     dt = delta[b, d, t] + (0.0 if delta_bias is None else float(delta_bias[d]))

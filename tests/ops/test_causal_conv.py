@@ -33,11 +33,11 @@ def loop_conv(x, weight, bias, reverse, silu):
     return out
 
 
-def _inputs(batch, dim, length, k_total, width, bias, dtype, seed=0):
+def _inputs(batch, dim, length, num_directions, width, bias, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, dim, length, generator=g).to(KERNEL_DEVICE, dtype).requires_grad_()
-    w = (torch.randn(k_total, dim, width, generator=g) * 0.5).to(KERNEL_DEVICE).requires_grad_()
-    b = (torch.randn(k_total, dim, generator=g) * 0.1).to(KERNEL_DEVICE).requires_grad_() if bias else None
+    w = (torch.randn(num_directions, dim, width, generator=g) * 0.5).to(KERNEL_DEVICE).requires_grad_()
+    b = (torch.randn(num_directions, dim, generator=g) * 0.1).to(KERNEL_DEVICE).requires_grad_() if bias else None
     return x, w, b
 
 

@@ -20,16 +20,16 @@ CASES = [  # directions, merge, N, R (R = 3 with N = 4 pads the dt projection to
 ]
 
 
-def _inputs(k, n_state, rank, width, batch, length, dim=5, inner=6, seed=0):
+def _inputs(k, d_state, rank, width, batch, length, dim=5, inner=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     return dict(x=torch.randn(batch, length, dim, generator=g),
                 in_proj_weight=torch.randn(2 * inner, dim, generator=g) / dim ** 0.5,
                 conv_weight=torch.randn(k, inner, width, generator=g) / width ** 0.5,
                 conv_bias=torch.randn(k, inner, generator=g) * 0.1,
-                x_proj_weight=torch.randn(k, rank + 2 * n_state, inner, generator=g) / inner ** 0.5,
+                x_proj_weight=torch.randn(k, rank + 2 * d_state, inner, generator=g) / inner ** 0.5,
                 dt_proj_weight=torch.randn(k, inner, rank, generator=g) / rank ** 0.5,
                 dt_proj_bias=torch.empty(k, inner).uniform_(-4.0, -1.0, generator=g),
-                A_log=torch.empty(k, inner, n_state).uniform_(-1.0, 1.5, generator=g),
+                A_log=torch.empty(k, inner, d_state).uniform_(-1.0, 1.5, generator=g),
                 D=torch.randn(k, inner, generator=g),
                 out_proj_weight=torch.randn(dim, inner, generator=g) / inner ** 0.5)
 
@@ -43,11 +43,11 @@ def _run(fn, inputs, reverse, merge, weights, to64=False):
     return y.detach(), dict(zip(PARAMS, grads)), y.grad_fn
 
 
-@pytest.mark.parametrize("k,merge,n_state,rank,width,batch,length", CASES,
+@pytest.mark.parametrize("k,merge,d_state,rank,width,batch,length", CASES,
                          ids=[f"K{c[0]}-{c[1]}-N{c[2]}-R{c[3]}-L{c[6]}" for c in CASES])
-def test_fused_matches_composed_float64(k, merge, n_state, rank, width, batch, length):
+def test_fused_matches_composed_float64(k, merge, d_state, rank, width, batch, length):
     pytest.importorskip("triton")
-    inputs = _inputs(k, n_state, rank, width, batch, length, seed=length)
+    inputs = _inputs(k, d_state, rank, width, batch, length, seed=length)
     reverse = [False, True][:k]
     weights = torch.randn(batch, length, 5, dtype=torch.float64, device=KERNEL_DEVICE)
     with backend("torch"):

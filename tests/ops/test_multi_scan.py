@@ -17,16 +17,19 @@ CASES = [
 ]
 
 
-def _inputs(paths, length, per_direction_x, params_at_step, n_state=3, batch=2, dim=4, seed=0):
+def _inputs(paths, length, per_direction_x, params_at_step, d_state=3, batch=2, dim=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    k_total, steps = paths.shape
+    num_directions, steps = paths.shape
     ld = steps if params_at_step else length
-    x_shape = (batch, k_total, dim, length) if per_direction_x else (batch, dim, length)
-    return dict(x=torch.randn(*x_shape, generator=g), delta=torch.randn(batch, k_total, dim, ld, generator=g) * 0.5,
-                A=-torch.rand(k_total, dim, n_state, generator=g) - 0.2, B=torch.randn(batch, k_total, n_state, ld,
-                                                                                   generator=g),
-                C=torch.randn(batch, k_total, n_state, ld, generator=g), D=torch.randn(k_total, dim, generator=g),
-                z=torch.randn(batch, dim, length, generator=g), delta_bias=torch.randn(k_total, dim, generator=g))
+    x_shape = (batch, num_directions, dim, length) if per_direction_x else (batch, dim, length)
+    return dict(x=torch.randn(*x_shape, generator=g),
+                delta=torch.randn(batch, num_directions, dim, ld, generator=g) * 0.5,
+                A=-torch.rand(num_directions, dim, d_state, generator=g) - 0.2,
+                B=torch.randn(batch, num_directions, d_state, ld, generator=g),
+                C=torch.randn(batch, num_directions, d_state, ld, generator=g),
+                D=torch.randn(num_directions, dim, generator=g),
+                z=torch.randn(batch, dim, length, generator=g),
+                delta_bias=torch.randn(num_directions, dim, generator=g))
 
 
 def _run(fn, inputs, paths, weights, to64, **kwargs):
@@ -106,7 +109,7 @@ def test_backward_channel_sums_on_chunk_and_tile_shapes(chunk, block_d, states_m
     adds them), as long, and longer (a lane adds several steps), in both tile layouts, with a ragged last chunk and
     ragged states (N = 3 in tiles of 4); [4, 32 channels, 4 states] tiles have channels in registers and sum in
     full."""
-    from vssm.ops.triton.scan import TILE_OVERRIDES
+    from vssm.ops.triton.scan_plan import TILE_OVERRIDES
 
     paths = scan_paths.build("bidirectional", (21,))
     inputs = _inputs(paths, 21, False, False, dim=2 * block_d, seed=chunk)
@@ -120,15 +123,15 @@ def test_backward_channel_sums_on_chunk_and_tile_shapes(chunk, block_d, states_m
 
 
 @pytest.mark.parametrize("name", ["torch", "triton", "triton-seq", "triton-gpu-plan"])
-@pytest.mark.parametrize("n_state", [1, 2, 16])
+@pytest.mark.parametrize("d_state", [1, 2, 16])
 @pytest.mark.parametrize("kind,shape,opts", [CASES[2], CASES[4]], ids=["cross", "local"])
-def test_channels_last_inputs(name, n_state, kind, shape, opts):
+def test_channels_last_inputs(name, d_state, kind, shape, opts):
     """(batch, L, dim) views transposed to (batch, dim, L), as models hand them over: same numbers, and the Triton
     outputs and grads keep the channels-last layout ("triton-gpu-plan": the GPU's channels-last plans, 4-step
     backward chunks of 32 channels for N = 1 and 8-step chunks of 8 channels for N = 16)."""
     paths = scan_paths.build(kind, shape, **opts)
     length = int(torch.tensor(shape).prod())
-    inputs = _inputs(paths, length, False, False, n_state=n_state, dim=6)
+    inputs = _inputs(paths, length, False, False, d_state=d_state, dim=6)
     inputs["x"] = inputs["x"].transpose(1, 2).contiguous().transpose(1, 2)
     inputs["delta"] = inputs["delta"].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
     y, grads = _matches_reference(name, inputs, paths, torch.randn(2, 6, length, dtype=torch.float64))
@@ -141,7 +144,7 @@ def test_dim_major_inputs_keep_their_layout(name):
     """The Mamba mixer's layout: per-direction x, delta as (batch, K, dim, L) views of (K, dim, batch, L) buffers and
     z as a (batch, dim, L) view of (dim, batch, L): same numbers, and the Triton output is dim-major too."""
     paths = scan_paths.build("bidirectional", (13,))
-    inputs = _inputs(paths, 13, True, True, n_state=4, dim=6)
+    inputs = _inputs(paths, 13, True, True, d_state=4, dim=6)
     for key in ("x", "delta"):
         x = inputs[key].expand(inputs[key].shape[0], 2, *inputs[key].shape[2:])
         inputs[key] = x.permute(1, 2, 0, 3).contiguous().permute(2, 0, 1, 3)
@@ -171,29 +174,29 @@ def test_bad_input_names_the_argument(change, exc, match):
 
 
 @pytest.mark.parametrize("plan", ["triton", "triton-gpu-plan"])
-@pytest.mark.parametrize("n_state", [1, 2])
+@pytest.mark.parametrize("d_state", [1, 2])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "dim_major"])
-def test_triton_fakes_announce_the_layouts_the_kernels_return(layout, n_state, plan):
+def test_triton_fakes_announce_the_layouts_the_kernels_return(layout, d_state, plan):
     """torch.compile's inductor asserts that the real outputs of the ops have the strides of their fakes: B/C sliced
     from one projection, channels-last views (VMamba) or dim-major (K, dim, batch, L) buffers (the Mamba mixer); the
     saved states follow the layout-dependent chunk length of the GPU plans."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    batch, k_total, dim, length = 2, 2, 4, 9
+    batch, num_directions, dim, length = 2, 2, 4, 9
     g = torch.Generator().manual_seed(0)
     if layout == "channels_last":
-        u = torch.randn(batch, k_total, length, dim, generator=g).transpose(-1, -2)
-        x_dbl = torch.randn(batch, length, k_total, 1, 1 + 2 * n_state, generator=g).permute(0, 2, 3, 4, 1)
+        u = torch.randn(batch, num_directions, length, dim, generator=g).transpose(-1, -2)
+        x_dbl = torch.randn(batch, length, num_directions, 1, 1 + 2 * d_state, generator=g).permute(0, 2, 3, 4, 1)
     elif layout == "dim_major":
-        u = torch.randn(k_total, dim, batch, length, generator=g).permute(2, 0, 1, 3)
-        x_dbl = torch.randn(k_total, 1, 1 + 2 * n_state, batch, length, generator=g).permute(3, 0, 1, 2, 4)
+        u = torch.randn(num_directions, dim, batch, length, generator=g).permute(2, 0, 1, 3)
+        x_dbl = torch.randn(num_directions, 1, 1 + 2 * d_state, batch, length, generator=g).permute(3, 0, 1, 2, 4)
     else:
-        u = torch.randn(batch, k_total, dim, length, generator=g)
-        x_dbl = torch.randn(batch, k_total, 1, 1 + 2 * n_state, length, generator=g)
+        u = torch.randn(batch, num_directions, dim, length, generator=g)
+        x_dbl = torch.randn(batch, num_directions, 1, 1 + 2 * d_state, length, generator=g)
     u, x_dbl = u.to(KERNEL_DEVICE), x_dbl.to(KERNEL_DEVICE)  # strides kept
     delta = torch.randn(u.shape, generator=g).to(KERNEL_DEVICE)
-    B, C = x_dbl[:, :, :, 1:1 + n_state], x_dbl[:, :, :, 1 + n_state:]
-    A = -torch.rand(k_total, dim, n_state, generator=g).to(KERNEL_DEVICE)
+    B, C = x_dbl[:, :, :, 1:1 + d_state], x_dbl[:, :, :, 1 + d_state:]
+    A = -torch.rand(num_directions, dim, d_state, generator=g).to(KERNEL_DEVICE)
     paths = scan_paths.build("bidirectional", (length,), device=KERNEL_DEVICE)
     fwd_args = (u, delta, A, B, C, None, None, None, paths, True, True, False, True, "triton")
     with backend(plan):

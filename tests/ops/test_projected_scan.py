@@ -20,16 +20,16 @@ CASES = [  # kind, grid, options, merge, N, R, batch, channels-last x
 ]
 
 
-def _inputs(paths, grid, n_state, rank, batch, channels_last, dim=6, seed=0):
+def _inputs(paths, grid, d_state, rank, batch, channels_last, dim=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     k = paths.shape[0]
     length = grid[0] * grid[1]
     x = torch.randn(batch, length, dim, generator=g).transpose(1, 2) if channels_last else torch.randn(
         batch, dim, length, generator=g)
-    return dict(x=x, x_proj_weight=torch.randn(k, rank + 2 * n_state, dim, generator=g) / dim ** 0.5,
+    return dict(x=x, x_proj_weight=torch.randn(k, rank + 2 * d_state, dim, generator=g) / dim ** 0.5,
                 dt_proj_weight=torch.randn(k, dim, rank, generator=g) / rank ** 0.5,
                 dt_proj_bias=torch.empty(k, dim).uniform_(-4.0, -1.0, generator=g),
-                A_log=torch.empty(k, dim, n_state).uniform_(-1.0, 1.5, generator=g),
+                A_log=torch.empty(k, dim, d_state).uniform_(-1.0, 1.5, generator=g),
                 D=torch.randn(k, dim, generator=g))
 
 
@@ -46,12 +46,12 @@ def _run(fn, inputs, paths, merge, weights, to64=False):
     return y.detach(), dict(zip(leaves, grads)), y.grad_fn
 
 
-@pytest.mark.parametrize("kind,grid,opts,merge,n_state,rank,batch,channels_last", CASES,
+@pytest.mark.parametrize("kind,grid,opts,merge,d_state,rank,batch,channels_last", CASES,
                          ids=[f"{c[0]}-{c[3]}-N{c[4]}" for c in CASES])
-def test_fused_matches_composed_float64(kind, grid, opts, merge, n_state, rank, batch, channels_last):
+def test_fused_matches_composed_float64(kind, grid, opts, merge, d_state, rank, batch, channels_last):
     pytest.importorskip("triton")
     paths = scan_paths.build(kind, grid, **opts, device=KERNEL_DEVICE)
-    inputs = _on_device(_inputs(paths, grid, n_state, rank, batch, channels_last))
+    inputs = _on_device(_inputs(paths, grid, d_state, rank, batch, channels_last))
     length = grid[0] * grid[1]
     out_shape = (batch, 6, length) if merge == "sum" else (batch, paths.shape[0], 6, length)
     weights = torch.randn(out_shape, dtype=torch.float64, device=KERNEL_DEVICE)

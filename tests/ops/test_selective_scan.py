@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vssm.ops import selective_scan, selective_scan_chunked, selective_scan_ref
-from vssm.ops.selective_scan import expand_bc
+from vssm.ops.scan_reference import expand_bc
 
 from .scan_cases import backend, kernel_device, make_inputs, naive_scan_np, rel_err, run_with_grads
 
@@ -38,19 +38,19 @@ def test_chunked_is_exact_in_float64_over_long_sequences():
 shape_strategy = st.fixed_dictionaries(dict(
     batch=st.integers(1, 2), dim=st.sampled_from([1, 2, 3, 4, 6]), length=st.one_of(st.just(1), st.sampled_from(PRIMES),
                                                                                    st.integers(1, 80)),
-    n_state=st.sampled_from([1, 2, 16]), bc_layout=st.sampled_from(["const", "batch", "group"]),
+    d_state=st.sampled_from([1, 2, 16]), bc_layout=st.sampled_from(["const", "batch", "group"]),
     has_d=st.booleans(), has_z=st.booleans(), has_bias=st.booleans(), softplus=st.booleans(),
     seed=st.integers(0, 2 ** 16)))
 
 
 def _check_backend_against_reference(name, case, tol=2e-5):
     groups = 2 if case["bc_layout"] == "group" and case["dim"] % 2 == 0 else 1
-    inputs = make_inputs(case["batch"], case["dim"], case["length"], case["n_state"], case["bc_layout"], groups,
+    inputs = make_inputs(case["batch"], case["dim"], case["length"], case["d_state"], case["bc_layout"], groups,
                          case["has_d"], case["has_z"], case["has_bias"], case["seed"],
                          positive_delta=not case["softplus"])
     g = torch.Generator().manual_seed(case["seed"] + 1)
     w = torch.randn(case["batch"], case["dim"], case["length"], generator=g, dtype=torch.float64)
-    ws = torch.randn(case["batch"], case["dim"], case["n_state"], generator=g, dtype=torch.float64)
+    ws = torch.randn(case["batch"], case["dim"], case["d_state"], generator=g, dtype=torch.float64)
     y_ref, last_ref, g_ref = run_with_grads(selective_scan_ref, inputs, w, ws, True, delta_softplus=case["softplus"])
     with backend(name):
         y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=case["softplus"])
@@ -80,13 +80,13 @@ def test_triton_step_by_step_kernels_match_reference(case):
     _check_backend_against_reference("triton-seq", case)
 
 
-def _check_grouped_against_reference(name, dim, groups, n_state, length, seeds):
+def _check_grouped_against_reference(name, dim, groups, d_state, length, seeds):
     """Backend ``name`` against the float64 reference on B and C in ``groups`` groups (batch 2, softplus on): output
     and last state to 2e-6, every gradient to 2e-5."""
-    inputs = make_inputs(2, dim, length, n_state, "group", groups, seed=seeds[0])
+    inputs = make_inputs(2, dim, length, d_state, "group", groups, seed=seeds[0])
     g = torch.Generator().manual_seed(seeds[1])
     w = torch.randn(2, dim, length, generator=g, dtype=torch.float64)
-    ws = torch.randn(2, dim, n_state, generator=g, dtype=torch.float64)
+    ws = torch.randn(2, dim, d_state, generator=g, dtype=torch.float64)
     y_ref, last_ref, g_ref = run_with_grads(selective_scan_ref, inputs, w, ws, True, delta_softplus=True)
     with backend(name):
         y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=True)
@@ -95,51 +95,51 @@ def _check_grouped_against_reference(name, dim, groups, n_state, length, seeds):
         assert rel_err(grads[key], ref) < 2e-5, key
 
 
-@pytest.mark.parametrize("dim,groups,n_state", [(32, 2, 16), (8, 4, 16), (6, 1, 2)])
-def test_step_by_step_forward_on_one_group_and_group_spanning_tiles(dim, groups, n_state):
+@pytest.mark.parametrize("dim,groups,d_state", [(32, 2, 16), (8, 4, 16), (6, 1, 2)])
+def test_step_by_step_forward_on_one_group_and_group_spanning_tiles(dim, groups, d_state):
     """The step-by-step forward reads a step's B and C as one row when its channel tile lies in one group (32 channels
     in 2 groups: tiles of 16 = one group each, the second at a group offset), as a per-channel tile otherwise (8
     channels in 4 groups; 6 channels in a tile of 8)."""
-    _check_grouped_against_reference("triton-seq", dim, groups, n_state, 23, seeds=(dim, 7))
+    _check_grouped_against_reference("triton-seq", dim, groups, d_state, 23, seeds=(dim, 7))
 
 
 @pytest.mark.parametrize("states_middle", [True, False])
-@pytest.mark.parametrize("dim,groups,n_state", [(32, 2, 4), (12, 3, 4), (6, 1, 16)])
-def test_chunk_tile_layouts_on_one_group_and_group_spanning_tiles(states_middle, dim, groups, n_state):
+@pytest.mark.parametrize("dim,groups,d_state", [(32, 2, 4), (12, 3, 4), (6, 1, 16)])
+def test_chunk_tile_layouts_on_one_group_and_group_spanning_tiles(states_middle, dim, groups, d_state):
     """The two chunk-tile layouts of the chunk-parallel forward and the backward ([chunk, N, channels] for dim-major
     rows that fill a GPU, [chunk, channels, N] otherwise) on channel tiles inside one group (32 channels in 2 groups,
     tiles of 8, some at a group offset; 6 channels in the backward's tiles of 2) and spanning groups (12 channels in 3
     groups, tiles of 8; 6 channels in the forward's tiles of 4)."""
-    from vssm.ops.triton.scan import TILE_OVERRIDES
+    from vssm.ops.triton.scan_plan import TILE_OVERRIDES
 
     layouts = {"states_middle": states_middle, "fwd_states_middle": states_middle}
     TILE_OVERRIDES.update(layouts)
     try:  # small problems take the chunk-parallel forward
-        _check_grouped_against_reference("triton", dim, groups, n_state, 29, seeds=(dim + n_state, 11))
+        _check_grouped_against_reference("triton", dim, groups, d_state, 29, seeds=(dim + d_state, 11))
     finally:
         for key in layouts:
             TILE_OVERRIDES.pop(key)
 
 
 @pytest.mark.parametrize("steps_in_thread", [True, False])
-@pytest.mark.parametrize("dim,n_state,length", [(6, 16, 29), (12, 1, 37)])
-def test_in_register_and_associative_chunk_recurrences(steps_in_thread, dim, n_state, length):
+@pytest.mark.parametrize("dim,d_state,length", [(6, 16, 29), (12, 1, 37)])
+def test_in_register_and_associative_chunk_recurrences(steps_in_thread, dim, d_state, length):
     """The chunk kernels' two forms of the state and adjoint recurrences, step by step in each thread's registers and
     by ``tl.associative_scan`` (taken where a chunk spans lanes), forced on tiles whose chunks lie in one thread (N =
     16) and span lanes (N = 1), forward and backward, with chunk carries and a ragged last chunk."""
-    from vssm.ops.triton.scan import TILE_OVERRIDES
+    from vssm.ops.triton.scan_plan import TILE_OVERRIDES
 
     TILE_OVERRIDES["steps_in_thread"] = steps_in_thread
     try:
-        _check_grouped_against_reference("triton", dim, 1, n_state, length, seeds=(length, 3))
+        _check_grouped_against_reference("triton", dim, 1, d_state, length, seeds=(length, 3))
     finally:
         TILE_OVERRIDES.pop("steps_in_thread")
 
 
 @pytest.mark.parametrize("name", ["torch", "triton", "triton-seq", "triton-long-chunk", "triton-gpu-plan"])
-@pytest.mark.parametrize("length,n_state", [(1, 16), (97, 1), (67, 16), (33, 64)])
-def test_backends_on_chunk_boundaries_and_extreme_sizes(name, length, n_state):
-    case = dict(batch=1, dim=3, length=length, n_state=n_state, bc_layout="batch", has_d=True, has_z=True,
+@pytest.mark.parametrize("length,d_state", [(1, 16), (97, 1), (67, 16), (33, 64)])
+def test_backends_on_chunk_boundaries_and_extreme_sizes(name, length, d_state):
+    case = dict(batch=1, dim=3, length=length, d_state=d_state, bc_layout="batch", has_d=True, has_z=True,
                 has_bias=True, softplus=True, seed=length)
     _check_backend_against_reference(name, case)
 

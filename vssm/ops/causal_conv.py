@@ -22,7 +22,7 @@ from timm.layers import register_notrace_function
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .scan_core import check_kernel_backend, eager, empty_like_dense, resolve_backend
+from .common import check_kernel_backend, eager, empty_like_dense, resolve_backend
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref"]
 
@@ -62,7 +62,7 @@ def _reverse_mask(reverse: Sequence[bool]) -> int:
 def _conv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse_mask: int, silu: bool) -> Tensor:
     from .triton.causal_conv import causal_conv1d_fwd_triton
 
-    return causal_conv1d_fwd_triton(x, weight, bias, reverse_mask, silu)
+    return causal_conv1d_fwd_triton(x, weight, bias, reverse_mask, silu=silu)
 
 
 @_conv_fwd.register_fake
@@ -75,8 +75,8 @@ def _(x, weight, bias, reverse_mask, silu):
 @register_flop_formula(torch.ops.vssm.causal_conv1d_fwd)
 def _conv_flops(x, weight, bias, reverse_mask, silu, out_shape=None, **kwargs) -> int:
     """2 FLOPs per multiply-add, as torch's formula for ``F.conv1d`` (the reference) counts them."""
-    k_total, dim, width = weight
-    return 2 * x[0] * k_total * dim * x[-1] * width
+    num_directions, dim, width = weight
+    return 2 * x[0] * num_directions * dim * x[-1] * width
 
 
 @torch.library.custom_op("vssm::causal_conv1d_bwd", mutates_args=())
@@ -84,7 +84,7 @@ def _conv_bwd(dout: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], r
               silu: bool) -> tuple[Tensor, Tensor, Tensor]:
     from .triton.causal_conv import causal_conv1d_bwd_triton
 
-    dx, dw, db = causal_conv1d_bwd_triton(dout, x, weight, bias, reverse_mask, silu)
+    dx, dw, db = causal_conv1d_bwd_triton(dout, x, weight, bias, reverse_mask, silu=silu)
     return dx, dw, db if db is not None else dw.new_empty(0)
 
 
@@ -102,7 +102,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, conv_bwd=torch.ops.vssm.causal_conv1d_bwd):
     x, weight, bias = ctx.saved_tensors
-    dx, dw, db = conv_bwd(dout, x, weight, bias, *ctx.flags)
+    reverse_mask, silu = ctx.flags
+    dx, dw, db = conv_bwd(dout, x, weight, bias, reverse_mask, silu=silu)
     return dx, dw, db if bias is not None else None, None, None
 
 
@@ -113,11 +114,11 @@ class _EagerCausalConv(torch.autograd.Function):
     """The same kernels without the custom op's dispatch: the path for eager tensors."""
 
     @staticmethod
-    def forward(ctx, *inputs):
+    def forward(ctx, x, weight, bias, reverse_mask, silu):
         from .triton.causal_conv import causal_conv1d_fwd_triton
 
-        output = causal_conv1d_fwd_triton(*inputs)
-        _setup_context(ctx, inputs, output)
+        output = causal_conv1d_fwd_triton(x, weight, bias, reverse_mask, silu=silu)
+        _setup_context(ctx, (x, weight, bias, reverse_mask, silu), output)
         return output
 
     @staticmethod

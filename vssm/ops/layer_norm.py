@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from .scan_core import check_kernel_backend, eager, triton_available
+from .common import check_kernel_backend, eager, triton_available
 
 __all__ = ["layer_norm", "layer_norm_ref", "rms_norm", "rms_norm_ref"]
 
@@ -51,7 +51,7 @@ def _layer_norm_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: floa
                     rms: bool) -> tuple[Tensor, Tensor, Tensor]:
     from .triton.layer_norm import layer_norm_fwd_triton
 
-    return layer_norm_fwd_triton(x, weight, bias, eps, out_dtype, rms)
+    return layer_norm_fwd_triton(x, weight, bias, eps, out_dtype, rms=rms)
 
 
 @_layer_norm_fwd.register_fake
@@ -66,7 +66,7 @@ def _layer_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor, has_bias: bool, mean:
                     rms: bool) -> tuple[Tensor, Tensor, Tensor]:
     from .triton.layer_norm import layer_norm_bwd_triton
 
-    dx, dw, db = layer_norm_bwd_triton(dy, x, weight, has_bias, mean, rstd, rms)
+    dx, dw, db = layer_norm_bwd_triton(dy, x, weight, mean, rstd, has_bias=has_bias, rms=rms)
     return dx, dw, db if db is not None else dw.new_empty(0)
 
 
@@ -84,7 +84,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, dmean, drstd, layer_norm_bwd=torch.ops.vssm.layer_norm_bwd):
     x, weight, mean, rstd = ctx.saved_tensors
-    dx, dw, db = layer_norm_bwd(dy, x, weight, ctx.has_bias, mean, rstd, ctx.rms)
+    dx, dw, db = layer_norm_bwd(dy, x, weight, mean=mean, rstd=rstd, has_bias=ctx.has_bias, rms=ctx.rms)
     return dx, dw, db if ctx.has_bias else None, None, None, None
 
 
@@ -92,15 +92,15 @@ torch.library.register_autograd("vssm::layer_norm_fwd", _backward, setup_context
 
 
 class _EagerLayerNorm(torch.autograd.Function):
-    """The same kernels without the custom op's dispatch (about 0.15 ms of host time per forward + backward):
-    the path for eager tensors; compile and export trace the custom op."""
+    """The same kernels without the custom op's dispatch (less host time per forward + backward; BENCHMARKS.md,
+    launch-plan figures): the path for eager tensors; compile and export trace the custom op."""
 
     @staticmethod
-    def forward(ctx, *inputs):
+    def forward(ctx, x, weight, bias, eps, out_dtype, rms):
         from .triton.layer_norm import layer_norm_fwd_triton
 
-        output = layer_norm_fwd_triton(*inputs)
-        _setup_context(ctx, inputs, output)
+        output = layer_norm_fwd_triton(x, weight, bias, eps, out_dtype, rms=rms)
+        _setup_context(ctx, (x, weight, bias, eps, out_dtype, rms), output)
         ctx.mark_non_differentiable(output[1], output[2])
         return output
 

@@ -1,7 +1,8 @@
 """The Mamba mixer's inner computation (in projection -> causal conv -> x/dt projections -> scan -> out projection),
 fused behind one autograd node for eager GPU runs.
 
-For tokens x (batch, L, dim) and K scan directions (K = 1: forward; K = 2: forward and reversed, Vim's bimamba v2)::
+For tokens x (batch, L, dim) and K = num_directions scan directions (K = 1: forward; K = 2: forward and reversed,
+Vim's bimamba v2)::
 
     x_in, z = split(in_proj_weight @ x_t, [E, E])                      (E channels each, dim-major (E, batch L))
     xs_k = silu(causal_conv_k(x_in))                                   (direction k's conv runs in its scan order)
@@ -15,7 +16,8 @@ run the same GEMMs and Triton kernels inside one ``autograd.Function`` with a ha
 ``mamba_inner_fn`` design): the gradient of xs from the x projection is added into the scan's du by the GEMM itself
 (``baddbmm_``), the conv writes dx and the gate's gradient lands beside it in one (2E, batch L) buffer, and the
 scan's dy comes from the out projection's GEMM already dim-major, so none of the extra passes autograd's glue makes
-(a gradient sum, a cat, a transposing copy per layer) and about a third of the dispatched ops remain.
+(a gradient sum, a cat, a transposing copy per layer) and far fewer ops are dispatched (BENCHMARKS.md, launch-plan
+figures).
 """
 from typing import List
 
@@ -25,9 +27,8 @@ from timm.layers import register_notrace_function
 from torch import Tensor
 
 from .causal_conv import MAX_TRITON_WIDTH, _reverse_mask, causal_conv1d
+from .common import check_float_tensor, eager, resolve_backend
 from .multi_scan import multi_scan
-from .scan_core import eager, resolve_backend
-from .selective_scan import check_float_tensor
 from .scan_paths import build as build_paths
 
 __all__ = ["mamba_inner", "mamba_inner_composed"]
@@ -40,13 +41,12 @@ def sequence_paths(num_directions: int, length: int, device: torch.device) -> Te
     return build_paths("bidirectional" if num_directions == 2 else "raster", (length,), device=device)
 
 
-def _dt_padding(rank: int, n_state: int) -> int:
+def _dt_padding(rank: int, d_state: int) -> int:
     """Zero columns that align the dt projection's operand rows to 16 bytes: cuBLAS runs GEMMs over rows that are not
-    16-byte aligned (R = 12 in Vim-Ti) on slow fallback kernels (the dt projection's forward + backward GEMMs took 230
-    us per Vim-Ti layer on an H100, 78 us padded). The padded weight columns meet the next rows of x_dbl (B's first
-    rows) and add exact zeros (for finite B)."""
+    16-byte aligned (R = 12 in Vim-Ti) on slow fallback kernels (BENCHMARKS.md, launch-plan figures). The padded
+    weight columns meet the next rows of x_dbl (B's first rows) and add exact zeros (for finite B)."""
     pad = -rank % 8
-    return pad if pad <= 2 * n_state else 0
+    return pad if pad <= 2 * d_state else 0
 
 
 def mamba_inner_composed(x: Tensor, in_proj_weight: Tensor, conv_weight: Tensor, conv_bias: Tensor,
@@ -56,33 +56,33 @@ def mamba_inner_composed(x: Tensor, in_proj_weight: Tensor, conv_weight: Tensor,
     tested against). Every (E-channel, batch, L) activation lies dim-major, in (E, batch L) buffers: the projections
     are plain (batched) matmuls without copies, and the conv and the scan read each channel's sequence contiguously."""
     batch, length, dim = x.shape
-    num_dirs, inner, rank = dt_proj_weight.shape
-    n_state = A_log.shape[-1]
+    num_directions, inner, rank = dt_proj_weight.shape
+    d_state = A_log.shape[-1]
     xz = torch.matmul(in_proj_weight, x.reshape(batch * length, dim).t())  # (2E, B*L)
     # split, not slices: its backward is one cat, where each slice's backward fills a zero (2E, B*L) buffer
     x_in, z = torch.split(xz, [inner, inner])
     x_in = x_in.view(inner, batch, length).transpose(0, 1)  # (B, E, L) views
     z = z.view(inner, batch, length).transpose(0, 1)
     xs = causal_conv1d(x_in, conv_weight, conv_bias, reverse, "silu", None)  # (B, K, E, L), K outermost
-    xs_flat = xs.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)  # a view
+    xs_flat = xs.permute(1, 2, 0, 3).reshape(num_directions, inner, batch * length)  # a view
     x_dbl = torch.bmm(x_proj_weight, xs_flat)  # (K, R + 2N, B*L)
-    dt, B, C = torch.split(x_dbl, [rank, n_state, n_state], dim=1)
-    B = B.view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3)  # (B, K, N, L)
-    C = C.view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3)
-    pad = _dt_padding(rank, n_state)
+    dt, B, C = torch.split(x_dbl, [rank, d_state, d_state], dim=1)
+    B = B.view(num_directions, d_state, batch, length).permute(2, 0, 1, 3)  # (B, K, N, L)
+    C = C.view(num_directions, d_state, batch, length).permute(2, 0, 1, 3)
+    pad = _dt_padding(rank, d_state)
     if pad:
         delta = torch.bmm(F.pad(dt_proj_weight, (0, pad)), x_dbl[:, :rank + pad])
     else:
         delta = torch.bmm(dt_proj_weight, dt)  # (K, E, B*L); bias and softplus in the scan
-    delta = delta.view(num_dirs, inner, batch, length).permute(2, 0, 1, 3)  # (B, K, E, L)
+    delta = delta.view(num_directions, inner, batch, length).permute(2, 0, 1, 3)  # (B, K, E, L)
     A = -torch.exp(A_log.float())  # (K, E, N)
     D = D.float()
-    if merge == "mean" and num_dirs > 1:
+    if merge == "mean" and num_directions > 1:
         # y is linear in C and D: halving them (exact in floating point) halves the sum over the two directions
         # without another pass over the (B, E, L) output
-        C = C * (1.0 / num_dirs)
-        D = D * (1.0 / num_dirs)
-    paths = sequence_paths(num_dirs, length, x.device)
+        C = C * (1.0 / num_directions)
+        D = D * (1.0 / num_directions)
+    paths = sequence_paths(num_directions, length, x.device)
     # every argument positional: TorchScript does not apply the defaults of the ignored op
     y = multi_scan(xs, delta, A, B, C, paths, D, z, dt_proj_bias.float(), True,
                    "sum", False, False)  # (B, E, L), dim-major as xs: sum over directions of scan * silu(z)
@@ -108,23 +108,24 @@ def _check(x, in_proj_weight, conv_weight, conv_bias, reverse, x_proj_weight, dt
     dim = x.shape[-1]
     if dt_proj_weight.dim() != 3:
         raise ValueError(f"{fn}: dt_proj_weight must be (K, E, R), got {tuple(dt_proj_weight.shape)}")
-    k, inner, rank = dt_proj_weight.shape
-    if A_log.dim() != 3 or A_log.shape[:2] != (k, inner):
-        raise ValueError(f"{fn}: A_log must be (K, E, N) = ({k}, {inner}, N) for dt_proj_weight (K, E, R) = "
-                         f"{(k, inner, rank)}, got {tuple(A_log.shape)}")
-    n_state = A_log.shape[-1]
-    expected = dict(in_proj_weight=(2 * inner, dim), conv_weight=(k, inner, conv_weight.shape[-1]),
-                    conv_bias=(k, inner), x_proj_weight=(k, rank + 2 * n_state, inner), dt_proj_bias=(k, inner),
-                    A_log=(k, inner, n_state), D=(k, inner), out_proj_weight=(dim, inner))
+    num_directions, inner, rank = dt_proj_weight.shape
+    if A_log.dim() != 3 or A_log.shape[:2] != (num_directions, inner):
+        raise ValueError(f"{fn}: A_log must be (K, E, N) = ({num_directions}, {inner}, N) for dt_proj_weight "
+                         f"(K, E, R) = {(num_directions, inner, rank)}, got {tuple(A_log.shape)}")
+    d_state = A_log.shape[-1]
+    expected = dict(in_proj_weight=(2 * inner, dim), conv_weight=(num_directions, inner, conv_weight.shape[-1]),
+                    conv_bias=(num_directions, inner), x_proj_weight=(num_directions, rank + 2 * d_state, inner),
+                    dt_proj_bias=(num_directions, inner),
+                    A_log=(num_directions, inner, d_state), D=(num_directions, inner), out_proj_weight=(dim, inner))
     given = dict(in_proj_weight=in_proj_weight, conv_weight=conv_weight, conv_bias=conv_bias,
                  x_proj_weight=x_proj_weight, dt_proj_bias=dt_proj_bias, A_log=A_log, D=D,
                  out_proj_weight=out_proj_weight)
     for name, t in given.items():
         if tuple(t.shape) != expected[name]:
             raise ValueError(f"{fn}: {name} must be {expected[name]} for x of width {dim} and dt_proj_weight "
-                             f"(K, E, R) = {(k, inner, rank)}, got {tuple(t.shape)}")
-    if len(reverse) != k:
-        raise ValueError(f"{fn}: reverse must hold one flag per direction (K = {k}), got {list(reverse)}")
+                             f"(K, E, R) = {(num_directions, inner, rank)}, got {tuple(t.shape)}")
+    if len(reverse) != num_directions:
+        raise ValueError(f"{fn}: reverse must hold one flag per direction (K = {num_directions}), got {list(reverse)}")
 
 
 @register_notrace_function
@@ -169,33 +170,36 @@ class _FusedMambaInner(torch.autograd.Function):
         from .triton.scan import scan_fwd_triton
 
         batch, length, dim = x.shape
-        num_dirs, inner, rank = dt_proj_weight.shape
-        n_state = A_log.shape[-1]
-        pad = _dt_padding(rank, n_state)
+        num_directions, inner, rank = dt_proj_weight.shape
+        d_state = A_log.shape[-1]
+        pad = _dt_padding(rank, d_state)
         with torch.autocast(x.device.type, enabled=False):
             tokens = x.reshape(batch * length, dim).to(dtype)
             w_in = in_proj_weight.to(dtype)
             xz = torch.mm(w_in, tokens.t())  # (2E, B*L)
             x_in = xz[:inner].view(inner, batch, length).transpose(0, 1)  # (B, E, L) views
             z = xz[inner:].view(inner, batch, length).transpose(0, 1)
-            xs = causal_conv1d_fwd_triton(x_in, conv_weight, conv_bias, reverse_mask, True)  # (B, K, E, L)
-            xs_flat = xs.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)  # a view
+            xs = causal_conv1d_fwd_triton(x_in, conv_weight, conv_bias, reverse_mask, silu=True)  # (B, K, E, L)
+            xs_flat = xs.permute(1, 2, 0, 3).reshape(num_directions, inner, batch * length)  # a view
             w_x = x_proj_weight.to(dtype)
             x_dbl = torch.bmm(w_x, xs_flat)  # (K, R + 2N, B*L)
             w_dt = dt_proj_weight.to(dtype)
             w_dt = F.pad(w_dt, (0, pad)) if pad else w_dt  # (K, E, R + pad)
             delta = torch.bmm(w_dt, x_dbl[:, :rank + pad])  # (K, E, B*L)
-            B = x_dbl[:, rank:rank + n_state].view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3).unsqueeze(2)
-            C = x_dbl[:, rank + n_state:].view(num_dirs, n_state, batch, length).permute(2, 0, 1, 3).unsqueeze(2)
-            scale = 1.0 / num_dirs if mean else 1.0  # y is linear in C and D
+            B = x_dbl[:, rank:rank + d_state].view(num_directions, d_state, batch, length)
+            B = B.permute(2, 0, 1, 3).unsqueeze(2)  # (B, K, 1, N, L)
+            C = x_dbl[:, rank + d_state:].view(num_directions, d_state, batch, length)
+            C = C.permute(2, 0, 1, 3).unsqueeze(2)
+            scale = 1.0 / num_directions if mean else 1.0  # y is linear in C and D
             if scale != 1.0:
                 C = C * scale
             A = -torch.exp(A_log.float())
             D_scaled = D.float() * scale
-            paths = sequence_paths(num_dirs, length, x.device)
-            delta4 = delta.view(num_dirs, inner, batch, length).permute(2, 0, 1, 3)  # (B, K, E, L)
-            y, _, states = scan_fwd_triton(xs, delta4, A, B, C, D_scaled, z, dt_proj_bias.float(), paths, True, True,
-                                           False, training)  # (B, E, L), dim-major
+            paths = sequence_paths(num_directions, length, x.device)
+            delta4 = delta.view(num_directions, inner, batch, length).permute(2, 0, 1, 3)  # (B, K, E, L)
+            y, _, states = scan_fwd_triton(xs, delta4, A, B, C, D_scaled, z, dt_proj_bias.float(), paths,
+                                           delta_softplus=True, merge=True, params_at_step=False,
+                                           save_states=training)  # (B, E, L), dim-major
             y_flat = y.transpose(0, 1).reshape(inner, batch * length)  # a view
             w_out = out_proj_weight.to(dtype)
             out = torch.mm(y_flat.t(), w_out.t()).view(batch, length, dim)
@@ -214,9 +218,9 @@ class _FusedMambaInner(torch.autograd.Function):
         (tokens, w_in, xz, xs, w_x, x_dbl, w_dt, delta4, A, B, C, D_scaled, dt_proj_bias, paths, states, y_flat, w_out,
          conv_weight, conv_bias) = ctx.saved_tensors
         reverse_mask, scale, x_dtype, in_dtype, x_proj_dtype, dt_dtype, a_log_dtype, d_dtype, out_dtype = ctx.meta
-        num_dirs, inner, rank_pad = w_dt.shape
-        n_state = A.shape[-1]
-        rank = x_dbl.shape[1] - 2 * n_state
+        num_directions, inner, rank_pad = w_dt.shape
+        d_state = A.shape[-1]
+        rank = x_dbl.shape[1] - 2 * d_state
         batch, length = xs.shape[0], xs.shape[-1]
         dim = tokens.shape[1]
         dtype = tokens.dtype
@@ -227,35 +231,36 @@ class _FusedMambaInner(torch.autograd.Function):
             x_in = xz[:inner].view(inner, batch, length).transpose(0, 1)
             z = xz[inner:].view(inner, batch, length).transpose(0, 1)
             # dB and dC accumulate in one float32 (2, B, K, 1, L, N) buffer whose states are contiguous
-            grad_BC = torch.zeros(2, batch, num_dirs, 1, length, n_state, device=xs.device, dtype=torch.float32)
+            grad_BC = torch.zeros(2, batch, num_directions, 1, length, d_state, device=xs.device, dtype=torch.float32)
             # the gate's gradient lands beside the conv's dx in one (2E, B*L) buffer: one direction's directly, two
             # directions' as per-direction stores (no atomics) summed there
             dxz = torch.empty_like(xz)
             dz = dxz[inner:].view(inner, batch, length).transpose(0, 1)  # (B, E, L)
-            dz_dirs = dz.unsqueeze(1) if num_dirs == 1 else torch.empty_like(xs)  # (B, K, E, L)
+            dz_dirs = dz.unsqueeze(1) if num_directions == 1 else torch.empty_like(xs)  # (B, K, E, L)
             du, ddelta, dA, _, _, dD, _, dbias = scan_bwd_triton(
-                dy, None, xs, delta4, A, B, C, D_scaled, z, dt_proj_bias.float(), paths, states, True, True, False,
+                dy, None, xs, delta4, A, B, C, D_scaled, z, dt_proj_bias.float(), paths, states,
+                delta_softplus=True, merge=True, params_at_step=False,
                 grad_BC_into=grad_BC.transpose(-1, -2).unbind(0), accumulators=True, dz_into=dz_dirs)
-            if num_dirs > 1:
+            if num_directions > 1:
                 torch.sum(dz_dirs, 1, out=dz)
-            ddelta_flat = ddelta.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)  # a view
+            ddelta_flat = ddelta.permute(1, 2, 0, 3).reshape(num_directions, inner, batch * length)  # a view
             # x_dbl's gradient: [dt rows from the dt projection, dB, dC (scaled like C)] as (K, R + 2N, B*L)
             dx_dbl = torch.empty_like(x_dbl)
             dx_dbl[:, :rank] = torch.bmm(w_dt.transpose(1, 2), ddelta_flat)[:, :rank]
             dB, dC = grad_BC[:, :, :, 0].permute(0, 2, 4, 1, 3)  # (K, N, B, L) views
-            dx_dbl[:, rank:rank + n_state].view(num_dirs, n_state, batch, length).copy_(dB)
-            torch.mul(dC, scale, out=dx_dbl[:, rank + n_state:].view(num_dirs, n_state, batch, length))
-            xs_flat = xs.permute(1, 2, 0, 3).reshape(num_dirs, inner, batch * length)
+            dx_dbl[:, rank:rank + d_state].view(num_directions, d_state, batch, length).copy_(dB)
+            torch.mul(dC, scale, out=dx_dbl[:, rank + d_state:].view(num_directions, d_state, batch, length))
+            xs_flat = xs.permute(1, 2, 0, 3).reshape(num_directions, inner, batch * length)
             dw_x = torch.bmm(dx_dbl, xs_flat.transpose(1, 2))  # (K, R + 2N, E)
             dw_dt = torch.bmm(ddelta_flat, x_dbl[:, :rank_pad].transpose(1, 2))[..., :rank]  # (K, E, R)
             # xs's gradient: the scan's du plus the x projection's, added by the GEMM into du
-            du_flat = du.permute(1, 2, 0, 3).view(num_dirs, inner, batch * length)  # du has xs's layout
+            du_flat = du.permute(1, 2, 0, 3).view(num_directions, inner, batch * length)  # du has xs's layout
             du_flat.baddbmm_(w_x.transpose(1, 2), dx_dbl)
             dx_in = dxz[:inner].view(inner, batch, length).transpose(0, 1)
-            _, dconv_w, dconv_b = causal_conv1d_bwd_triton(du, x_in, conv_weight, conv_bias, reverse_mask, True,
+            _, dconv_w, dconv_b = causal_conv1d_bwd_triton(du, x_in, conv_weight, conv_bias, reverse_mask, silu=True,
                                                            dx_into=dx_in)
             dw_in = torch.mm(dxz, tokens)  # (2E, dim)
             dx = torch.mm(dxz.t(), w_in).view(batch, length, dim)
         return (dx.to(x_dtype), dw_in.to(in_dtype), dconv_w, dconv_b, dw_x.to(x_proj_dtype), dw_dt.to(dt_dtype),
-                dbias.view(num_dirs, inner).to(dt_proj_bias.dtype), (dA * A).to(a_log_dtype),
-                (dD * scale).view(num_dirs, inner).to(d_dtype), dw_out.to(out_dtype), None, None, None, None)
+                dbias.view(num_directions, inner).to(dt_proj_bias.dtype), (dA * A).to(a_log_dtype),
+                (dD * scale).view(num_directions, inner).to(d_dtype), dw_out.to(out_dtype), None, None, None, None)

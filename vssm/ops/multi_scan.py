@@ -1,4 +1,4 @@
-"""Selective scan of a feature map along K scan paths at once, merged back in spatial order.
+"""Selective scan of a feature map along K = num_directions scan paths at once, merged back in spatial order.
 
 A path (from ``vssm.ops.scan_paths.build``) is a (K, Lp) index tensor: step j of direction k reads spatial token
 ``paths[k, j]`` (-1: a zero token, used by padded local windows). Direction k scans
@@ -21,8 +21,9 @@ import torch
 from timm.layers import register_notrace_function
 from torch import Tensor
 
+from .common import check_float_tensor
 from .scan_core import scan_core
-from .selective_scan import check_float_tensor, selective_scan_ref
+from .scan_reference import selective_scan_ref
 
 __all__ = ["multi_scan", "multi_scan_ref"]
 
@@ -38,38 +39,40 @@ def _canonical(x, delta, A, B, C, paths, D, z, delta_bias, merge, params_at_step
         raise TypeError(f"{fn}: paths must be an integer tensor (K, Lp) from vssm.ops.scan_paths.build, got "
                         f"{paths.dtype if isinstance(paths, Tensor) else type(paths).__name__}"
                         f"{tuple(paths.shape) if isinstance(paths, Tensor) else ''}")
-    k_total, steps = paths.shape
+    num_directions, steps = paths.shape
     check_float_tensor("x", x, (3, 4), fn)
     if x.dim() == 3:
         x = x.unsqueeze(1)
     batch, kx, dim, length = x.shape
-    if kx not in (1, k_total):
-        raise ValueError(f"{fn}: x must be (batch, dim, L) or (batch, K={k_total}, dim, L), got {tuple(x.shape)}")
+    if kx not in (1, num_directions):
+        raise ValueError(f"{fn}: x must be (batch, dim, L) or (batch, K={num_directions}, dim, L), got "
+                         f"{tuple(x.shape)}")
     if steps < length:
         raise ValueError(f"{fn}: paths have {steps} steps but the map has L={length} tokens")
     param_len = steps if params_at_step else length
     check_float_tensor("delta", delta, (3, 4), fn)
     if delta.dim() == 3:
         delta = delta.unsqueeze(1)
-    if delta.shape[1] not in (1, k_total) or delta.shape[0] != batch or delta.shape[2:] != (dim, param_len):
-        raise ValueError(f"{fn}: delta must be (batch, K, dim, {param_len}) = ({batch}, {k_total}, {dim}, "
+    if delta.shape[1] not in (1, num_directions) or delta.shape[0] != batch or delta.shape[2:] != (dim, param_len):
+        raise ValueError(f"{fn}: delta must be (batch, K, dim, {param_len}) = ({batch}, {num_directions}, {dim}, "
                          f"{param_len}), got {tuple(delta.shape)}")
     check_float_tensor("A", A, (2, 3), fn)
     if A.dim() == 2:
-        A = A.unsqueeze(0).expand(k_total, *A.shape)
-    if A.shape[:2] != (k_total, dim):
-        raise ValueError(f"{fn}: A must be (K, dim, N) = ({k_total}, {dim}, N) or (dim, N), got {tuple(A.shape)}")
-    n_state = A.shape[2]
+        A = A.unsqueeze(0).expand(num_directions, *A.shape)
+    if A.shape[:2] != (num_directions, dim):
+        raise ValueError(f"{fn}: A must be (K, dim, N) = ({num_directions}, {dim}, N) or (dim, N), got "
+                         f"{tuple(A.shape)}")
+    d_state = A.shape[2]
     out_bc = []
     for name, t in (("B", B), ("C", C)):
         check_float_tensor(name, t, (3, 4, 5), fn)
         if t.dim() == 3:  # (batch, N, Ld) shared by the directions
-            t = t.unsqueeze(1).expand(batch, k_total, *t.shape[1:])
+            t = t.unsqueeze(1).expand(batch, num_directions, *t.shape[1:])
         if t.dim() == 4:
             t = t.unsqueeze(2)
-        if t.shape[:2] != (batch, k_total) or t.shape[3:] != (n_state, param_len) or dim % t.shape[2]:
-            raise ValueError(f"{fn}: {name} must be (batch, K, [G,] N, {param_len}) = ({batch}, {k_total}, "
-                             f"[G,] {n_state}, {param_len}) with dim divisible by G, got {tuple(t.shape)}")
+        if t.shape[:2] != (batch, num_directions) or t.shape[3:] != (d_state, param_len) or dim % t.shape[2]:
+            raise ValueError(f"{fn}: {name} must be (batch, K, [G,] N, {param_len}) = ({batch}, {num_directions}, "
+                             f"[G,] {d_state}, {param_len}) with dim divisible by G, got {tuple(t.shape)}")
         out_bc.append(t)
     B, C = out_bc
     if B.shape[2] != C.shape[2]:
@@ -78,9 +81,10 @@ def _canonical(x, delta, A, B, C, paths, D, z, delta_bias, merge, params_at_step
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None:
             check_float_tensor(name, t, (1, 2), fn)
-            t = t.unsqueeze(0).expand(k_total, dim) if t.dim() == 1 and t.shape == (dim,) else t
-            if t.shape != (k_total, dim):
-                raise ValueError(f"{fn}: {name} must be (K, dim) = ({k_total}, {dim}) or (dim,), got {tuple(t.shape)}")
+            t = t.unsqueeze(0).expand(num_directions, dim) if t.dim() == 1 and t.shape == (dim,) else t
+            if t.shape != (num_directions, dim):
+                raise ValueError(f"{fn}: {name} must be (K, dim) = ({num_directions}, {dim}) or (dim,), got "
+                                 f"{tuple(t.shape)}")
         per_dir.append(t)
     D, delta_bias = per_dir
     if z is not None:
@@ -115,7 +119,8 @@ def multi_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, paths:
     """
     x, delta, A, B, C, paths, D, z, delta_bias = _canonical(x, delta, A, B, C, paths, D, z, delta_bias, merge,
                                                             params_at_step)
-    y, last = scan_core(x, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge == "sum", params_at_step)
+    y, last = scan_core(x, delta, A, B, C, D, z, delta_bias, paths, delta_softplus=delta_softplus,
+                        merge=merge == "sum", params_at_step=params_at_step)
     return (y, last) if return_last_state else y
 
 

@@ -1,6 +1,6 @@
 """The one scan op behind ``selective_scan`` and ``multi_scan``, registered with ``torch.library``.
 
-Canonical layout (K directions, spatial length L, path length Lp >= L):
+Canonical layout (K = num_directions scan directions, spatial length L, path length Lp >= L, N = d_state):
     u      (batch, Ku, dim, L)      Ku in {1, K}: shared by all directions or one per direction; spatial order
     delta  (batch, Kd, dim, Ld)     Kd in {1, K}; Ld = L (spatial order) or Lp (``params_at_step``: step order)
     A      (K, dim, N)
@@ -16,188 +16,83 @@ plain tensors run the same implementations behind an ``autograd.Function``, whic
 """
 from __future__ import annotations
 
-import functools
-import os
 from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.flop_counter import register_flop_formula
 
-from .selective_scan import _compute_dtype, selective_scan_chunked, selective_scan_ref
+from .common import compute_dtype, dense_strides, eager, empty_in_layout, empty_like_dense, resolve_backend
+from .scan_reference import selective_scan_chunked, selective_scan_ref
+from .triton.scan_plan import channels_fastest, chunk_count
 
-BACKENDS = ("ref", "torch", "triton")
-
-
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-_PLAIN = (Tensor, torch.nn.Parameter)
-
-
-def eager(*tensors: Optional[Tensor]) -> bool:
-    """True outside torch.compile / torch.export tracing and dispatch modes (``FlopCounterMode`` counts the custom ops
-    by their formulas) and for plain tensors or parameters (no fake or functional subclasses): then the kernels may run
-    behind an ``autograd.Function`` instead of the registered custom op."""
-    return (not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode()
-            and all(t is None or type(t) in _PLAIN for t in tensors))
-
-
-def cdiv(a: int, b: int) -> int:
-    """ceil(a / b) for host-side launch arithmetic (``triton.cdiv`` costs microseconds per call in Triton 3.6)."""
-    return -(-a // b)
-
-
-def next_power_of_2(n: int) -> int:
-    """The smallest power of two >= n (n >= 1), on the host."""
-    return 1 << (n - 1).bit_length()
-
-
-def dense_strides(x: Tensor) -> bool:
-    """True when x's elements fill its storage span without gaps or overlaps (any order of the axes), the layouts
-    ``torch.empty_like`` preserves; checked on the strides alone, without an allocation."""
-    return _dense_strides(x.shape, x.stride())
-
-
-@functools.lru_cache(maxsize=1024)
-def _dense_strides(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
-    expected = 1
-    for size, stride in sorted((d for d in zip(shape, strides) if d[0] != 1), key=lambda d: d[1]):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def empty_like_dense(x: Tensor) -> Tensor:
-    """Empty tensor of x's shape, in x's layout when x is dense, else contiguous."""
-    return torch.empty_like(x) if dense_strides(x) else x.new_empty(x.shape)
-
-
-def axis_order(t: Tensor, axes: tuple[int, ...]) -> tuple[int, ...]:
-    """t's ``axes`` ordered as they lie in memory, outermost (largest stride) first; size-1 axes (whose stride means
-    nothing) count as outermost."""
-    return axis_order_of_strides(t.shape, t.stride(), axes)
-
-
-@functools.lru_cache(maxsize=1024)
-def axis_order_of_strides(shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
-    """``axis_order`` of a tensor of these shape and strides (cached)."""
-    return tuple(sorted(axes, key=lambda a: (shape[a] != 1, -strides[a])))
-
-
-def check_kernel_backend(fn: str, backend: str, device: torch.device, dtypes) -> None:
-    """Raise unless ``backend`` is 'torch' or 'triton' and, for 'triton', the kernels can take tensors on ``device``
-    (CUDA, or the CPU under TRITON_INTERPRET=1) of ``dtypes`` (not float64). ``fn`` names the op in the message."""
-    if backend not in ("triton", "torch"):
-        raise ValueError(f"{fn}: backend must be 'triton' or 'torch', got {backend!r}")
-    if backend == "triton":
-        if device.type != "cuda" and not triton_interpret():
-            raise RuntimeError(f"{fn}: the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 on the CPU")
-        if torch.float64 in dtypes:
-            raise TypeError(f"{fn}: the triton backend supports float32, bfloat16 and float16, not float64")
-
-
-def check_kernel_dtypes(fn: str, *tensors: Optional[Tensor]) -> None:
-    """Raise TypeError unless every tensor given (None skipped) is float32, bfloat16 or float16, the dtypes the Triton
-    kernels read; ``fn`` names the op in the message."""
-    for t in tensors:
-        if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise TypeError(f"{fn}: tensors must be float32, bfloat16 or float16, got {t.dtype}")
-
-
-def resolve_backend(device: torch.device, dtype: torch.dtype) -> str:
-    """Backend for tensors on ``device``: VSSM_SCAN_BACKEND if set, else Triton on CUDA, else the PyTorch path."""
-    forced = os.environ.get("VSSM_SCAN_BACKEND", "").strip().lower()
-    if forced:
-        if forced not in BACKENDS:
-            raise ValueError(f"VSSM_SCAN_BACKEND must be one of {BACKENDS}, got {forced!r}")
-        if forced == "triton":
-            if not triton_available():
-                raise RuntimeError("VSSM_SCAN_BACKEND=triton but triton is not installed")
-            if device.type != "cuda" and not triton_interpret():
-                raise RuntimeError("VSSM_SCAN_BACKEND=triton needs CUDA tensors, or TRITON_INTERPRET=1 on the CPU")
-            if dtype == torch.float64:
-                raise TypeError("the triton scan supports float32, bfloat16 and float16 inputs, not float64")
-        return forced
-    if device.type == "cuda" and dtype != torch.float64 and triton_available():
-        return "triton"
-    return "torch"
-
+__all__ = ["scan_core", "scan_core_torch", "scan_flops", "inverse_paths"]
 
 # ----------------------------------------------------------------------------------------------------------------
 # PyTorch implementation of the canonical op (the 'ref' and 'torch' backends): gather, scan, scatter, merge.
 
 
-def _gather_path(x: Tensor, paths: Tensor, k_total: int) -> Tensor:
+def _gather_path(x: Tensor, paths: Tensor, num_directions: int) -> Tensor:
     """(batch, Kx, ..., L) in spatial order -> (batch, K, ..., Lp) in path order; -1 steps read zeros."""
     length = x.shape[-1]
     x = torch.nn.functional.pad(x, (0, 1))  # index L is the zero token
     idx = torch.where(paths < 0, torch.full_like(paths, length), paths)
-    x = x.expand(x.shape[0], k_total, *x.shape[2:])
-    idx = idx.view(1, k_total, *([1] * (x.dim() - 3)), idx.shape[-1]).expand(*x.shape[:-1], idx.shape[-1])
+    x = x.expand(x.shape[0], num_directions, *x.shape[2:])
+    idx = idx.view(1, num_directions, *([1] * (x.dim() - 3)), idx.shape[-1]).expand(*x.shape[:-1], idx.shape[-1])
     return torch.gather(x, -1, idx)
 
 
 def inverse_paths(paths: Tensor, length: int) -> Tensor:
     """(K, Lp) paths -> (K, L) step index at which each spatial position is visited."""
-    k_total, lp = paths.shape
-    steps = torch.arange(lp, device=paths.device).expand(k_total, lp)
-    inv = torch.full((k_total, length + 1), -1, dtype=torch.long, device=paths.device)
+    num_directions, lp = paths.shape
+    steps = torch.arange(lp, device=paths.device).expand(num_directions, lp)
+    inv = torch.full((num_directions, length + 1), -1, dtype=torch.long, device=paths.device)
     idx = torch.where(paths < 0, torch.full_like(paths, length), paths)
     inv.scatter_(1, idx, steps)
     return inv[:, :length]
 
 
-def scan_core_torch(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, backend):
+def scan_core_torch(u, delta, A, B, C, D, z, delta_bias, paths, *, delta_softplus: bool, merge: bool,
+                    params_at_step: bool, backend: str):
     """Differentiable PyTorch implementation of the canonical op. Returns (y, last_state)."""
     batch, _, dim, length = u.shape
-    k_total, _, n_state = A.shape
+    num_directions, _, d_state = A.shape
     groups = B.shape[2]
     out_dtype = u.dtype
     if paths is not None:
-        u = _gather_path(u, paths, k_total)
+        u = _gather_path(u, paths, num_directions)
         if not params_at_step:
-            delta = _gather_path(delta, paths, k_total)
-            B = _gather_path(B, paths, k_total)
-            C = _gather_path(C, paths, k_total)
+            delta = _gather_path(delta, paths, num_directions)
+            B = _gather_path(B, paths, num_directions)
+            C = _gather_path(C, paths, num_directions)
     steps = B.shape[-1]
-    u = u.expand(batch, k_total, dim, steps).reshape(batch, k_total * dim, steps)
-    delta = delta.expand(batch, k_total, dim, steps).reshape(batch, k_total * dim, steps)
+    u = u.expand(batch, num_directions, dim, steps).reshape(batch, num_directions * dim, steps)
+    delta = delta.expand(batch, num_directions, dim, steps).reshape(batch, num_directions * dim, steps)
     scan = selective_scan_ref if backend == "ref" else selective_scan_chunked
-    y, last = scan(u, delta, A.reshape(k_total * dim, n_state),
-                   B.reshape(batch, k_total * groups, n_state, steps), C.reshape(batch, k_total * groups, n_state, steps),
+    y, last = scan(u, delta, A.reshape(num_directions * dim, d_state),
+                   B.reshape(batch, num_directions * groups, d_state, steps),
+                   C.reshape(batch, num_directions * groups, d_state, steps),
                    None if D is None else D.reshape(-1), None,
-                   None if delta_bias is None else delta_bias.reshape(-1), delta_softplus, return_last_state=True)
-    y = y.view(batch, k_total, dim, steps)
+                   None if delta_bias is None else delta_bias.reshape(-1), delta_softplus=delta_softplus,
+                   return_last_state=True)
+    y = y.view(batch, num_directions, dim, steps)
     if paths is not None:
         inv = inverse_paths(paths, length)
-        y = torch.gather(y, -1, inv.view(1, k_total, 1, length).expand(batch, k_total, dim, length))
+        y = torch.gather(y, -1, inv.view(1, num_directions, 1, length).expand(batch, num_directions, dim, length))
     if z is not None:
         y = y * torch.nn.functional.silu(z.to(y.dtype if y.dtype == torch.float64 else torch.float32)).unsqueeze(1)
     if merge:
-        y = y.sum(1) if k_total > 1 else y[:, 0]
-    return y.to(out_dtype).contiguous(), last.view(batch, k_total, dim, n_state)
+        y = y.sum(1) if num_directions > 1 else y[:, 0]
+    return y.to(out_dtype).contiguous(), last.view(batch, num_directions, dim, d_state)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The registered op.
 
 
-def _y_shape(u: Tensor, k_total: int, merge: bool) -> tuple[int, ...]:
+def _y_shape(u: Tensor, num_directions: int, merge: bool) -> tuple[int, ...]:
     batch, _, dim, length = u.shape
-    return (batch, dim, length) if merge else (batch, k_total, dim, length)
+    return (batch, dim, length) if merge else (batch, num_directions, dim, length)
 
 
 def _scan_fwd_impl(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states,
@@ -205,11 +100,11 @@ def _scan_fwd_impl(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, m
     if backend == "triton":
         from .triton.scan import scan_fwd_triton
 
-        return scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step,
-                               save_states)
+        return scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus=delta_softplus, merge=merge,
+                               params_at_step=params_at_step, save_states=save_states)
     with torch.no_grad(), torch.autocast(u.device.type, enabled=False):
-        y, last = scan_core_torch(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step,
-                                  backend)
+        y, last = scan_core_torch(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus=delta_softplus,
+                                  merge=merge, params_at_step=params_at_step, backend=backend)
     return y, last, u.new_empty(0, dtype=torch.float32)
 
 
@@ -223,21 +118,17 @@ def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Opti
 
 @_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states, backend):
-    k_total, dim, n_state = A.shape
+    num_directions, dim, d_state = A.shape
     batch = u.shape[0]
     if backend == "triton":
-        from .triton.scan import empty_in_layout
-
-        y = empty_in_layout(u, _y_shape(u, k_total, merge), u.dtype)
+        y = empty_in_layout(u, _y_shape(u, num_directions, merge), u.dtype)
     else:
-        y = u.new_empty(_y_shape(u, k_total, merge))
-    last = u.new_empty((batch, k_total, dim, n_state), dtype=_compute_dtype(u, delta, A, B, C, D, z, delta_bias))
+        y = u.new_empty(_y_shape(u, num_directions, merge))
+    last = u.new_empty((batch, num_directions, dim, d_state), dtype=compute_dtype(u, delta, A, B, C, D, z, delta_bias))
     if backend == "triton" and save_states:
-        from .triton.scan import channels_fastest, chunk_count
-
         steps = B.shape[-1] if paths is None else paths.shape[1]
-        n_states = chunk_count(steps, n_state, batch * k_total * dim, channels_fastest(u))
-        states = u.new_empty((batch, k_total, dim, n_states, n_state), dtype=torch.float32)
+        n_states = chunk_count(steps, d_state, batch * num_directions * dim, channels_fastest(u))
+        states = u.new_empty((batch, num_directions, dim, n_states, d_state), dtype=torch.float32)
     else:
         states = u.new_empty(0, dtype=torch.float32)
     return y, last, states
@@ -248,9 +139,9 @@ def scan_flops(u, delta, A, B, C, D, z, delta_bias, paths, *flags, out_shape=Non
     """FLOPs of one scan by the rule of the VMamba, LocalMamba and PlainMamba tables (Albert Gu's count of the
     work-efficient parallel scan, state-spaces/mamba#110): 9 B L D N per direction, plus B L D each for the D skip
     and the z gate, with L the path length (window padding counts). Arguments are the op's, tensors as shapes."""
-    batch, (k_total, dim, n_state) = u[0], A
+    batch, (num_directions, dim, d_state) = u[0], A
     steps = B[-1] if paths is None else paths[1]
-    return batch * k_total * dim * steps * (9 * n_state + (D is not None) + (z is not None))
+    return batch * num_directions * dim * steps * (9 * d_state + (D is not None) + (z is not None))
 
 
 def _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
@@ -259,8 +150,9 @@ def _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states
     if backend == "triton":
         from .triton.scan import scan_bwd_triton
 
-        return scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
-                               params_at_step)  # in the layouts the fake announces
+        # in the layouts the fake announces
+        return scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states,
+                               delta_softplus=delta_softplus, merge=merge, params_at_step=params_at_step)
     grads = _scan_bwd_torch(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge,
                             params_at_step, backend)
     return [None if g is None else g.contiguous() for g in grads]
@@ -292,7 +184,8 @@ def _scan_bwd_torch(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, delta
     inputs = [u, delta, A, B, C, D, z, delta_bias]
     leaves = [None if t is None else t.detach().requires_grad_(True) for t in inputs]
     with _autograd_inside_op(), torch.enable_grad(), torch.autocast(u.device.type, enabled=False):
-        y, last = scan_core_torch(*leaves, paths, delta_softplus, merge, params_at_step, backend)
+        y, last = scan_core_torch(*leaves, paths, delta_softplus=delta_softplus, merge=merge,
+                                  params_at_step=params_at_step, backend=backend)
         outs, grads_out = [y], [dy]
         if dlast is not None and dlast.numel():
             outs.append(last)
@@ -326,7 +219,8 @@ def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softp
             return empty_like_dense(t)
         return t.new_empty(t.shape)
 
-    return [grad_like(n, t) for n, t in zip("u delta A B C D z delta_bias".split(), (u, delta, A, B, C, D, z, delta_bias))]
+    names = "u delta A B C D z delta_bias".split()
+    return [grad_like(n, t) for n, t in zip(names, (u, delta, A, B, C, D, z, delta_bias))]
 
 
 def _setup_context(ctx, inputs, output):
@@ -351,15 +245,15 @@ torch.library.register_autograd("vssm::scan_fwd", _backward, setup_context=_setu
 
 
 class _EagerScan(torch.autograd.Function):
-    """The same implementations without the custom ops' dispatch (a few tenths of a millisecond of host time per
-    forward + backward): the path for eager tensors; compile and export trace the custom ops."""
+    """The same implementations without the custom ops' dispatch (host time per forward + backward: BENCHMARKS.md,
+    launch-plan figures): the path for eager tensors; compile and export trace the custom ops."""
 
     @staticmethod
     def forward(ctx, *inputs):
         output = _scan_fwd_impl(*inputs)
         _setup_context(ctx, inputs, output)
         # the saved states are not an output: autograd would fill a zero gradient of their size for the backward
-        # (157 MB per Vim-Ti layer, 1.2 ms of a training step on an H100)
+        # (BENCHMARKS.md, launch-plan figures)
         return output[:2]
 
     @staticmethod
@@ -368,10 +262,10 @@ class _EagerScan(torch.autograd.Function):
 
 
 def scan_core(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
-              delta_bias: Optional[Tensor], paths: Optional[Tensor], delta_softplus: bool, merge: bool,
+              delta_bias: Optional[Tensor], paths: Optional[Tensor], *, delta_softplus: bool, merge: bool,
               params_at_step: bool) -> tuple[Tensor, Tensor]:
     """Run the canonical op (layout in the module docstring) on the resolved backend. Returns (y, last_state)."""
-    backend = resolve_backend(u.device, _compute_dtype(u, delta, A, B, C, D, z, delta_bias))
+    backend = resolve_backend(u.device, compute_dtype(u, delta, A, B, C, D, z, delta_bias))
     save_states = backend == "triton" and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
     args = (u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states, backend)

@@ -89,18 +89,19 @@ def inverse(paths: torch.Tensor) -> torch.Tensor:
             f"scan_paths.inverse: paths must be a LongTensor (K, Lp) with K >= 1, "
             f"got {paths.dtype} of shape {tuple(paths.shape)}"
         )
-    num_dirs, num_steps = paths.shape
+    num_directions, num_steps = paths.shape
     real = paths != PAD
     tokens_per_row = real.sum(dim=1)
     num_tokens = int(tokens_per_row[0])
     if not bool((tokens_per_row == num_tokens).all()):
         raise ValueError(f"scan_paths.inverse: rows hold different numbers of real tokens: {tokens_per_row.tolist()}")
-    real_tokens = paths[real].view(num_dirs, num_tokens)
+    real_tokens = paths[real].view(num_directions, num_tokens)
     if bool(((real_tokens < 0) | (real_tokens >= num_tokens)).any()):
         raise ValueError(f"scan_paths.inverse: entries must be {PAD} (padding) or lie in [0, {num_tokens})")
-    real_steps = torch.arange(num_steps, device=paths.device).expand(num_dirs, -1)[real].view(num_dirs, num_tokens)
+    real_steps = torch.arange(num_steps, device=paths.device).expand(num_directions, -1)[real]
+    real_steps = real_steps.view(num_directions, num_tokens)
     inv = torch.zeros_like(real_tokens).scatter_(1, real_tokens, real_steps)
-    identity = torch.arange(num_tokens, device=paths.device).expand(num_dirs, -1)
+    identity = torch.arange(num_tokens, device=paths.device).expand(num_directions, -1)
     if not torch.equal(paths.gather(1, inv), identity):
         raise ValueError(f"scan_paths.inverse: a row is not a permutation of range({num_tokens}) without its padding")
     return inv

@@ -13,21 +13,22 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..scan_core import axis_order, cdiv, check_kernel_dtypes, empty_like_dense, next_power_of_2
+from ..common import axis_order, cdiv, check_kernel_dtypes, empty_like_dense, next_power_of_2
 
 # elements per thread of a program tile: the kernels keep seven shifted x tiles (and the backward g) in registers, and
-# more than 4 per thread cost occupancy (168-254 registers at 16 per thread against 48-80 at 4, ptxas for sm_90)
+# more than 4 per thread cost occupancy (register counts: BENCHMARKS.md, launch-plan figures)
 _PER_THREAD = 4
 # batch rows per program of the backward's first kernel: its weight-gradient products add up elementwise over the
-# rows and are reduced across the tile once (cross-warp reductions per row cost 4x the kernel's time otherwise)
+# rows and are reduced across the tile once (cross-warp reductions per row cost far more; BENCHMARKS.md, launch-plan
+# figures)
 _ROWS_PER_PROGRAM = 8
 
 
-def empty_directions(x: Tensor, k_total: int) -> Tensor:
+def empty_directions(x: Tensor, num_directions: int) -> Tensor:
     """An empty (batch, K, dim, L) tensor in x's dtype whose batch, dim and L axes lie in memory in x's order, with
     the K directions outermost (so each direction is a dense (batch, dim, L) block, as batched matmuls read it)."""
     phys = [1] + [(0, 2, 3)[a] for a in axis_order(x, (0, 1, 2))]  # axes of (batch, K, dim, L), outermost first
-    shape = (x.shape[0], k_total, x.shape[1], x.shape[2])
+    shape = (x.shape[0], num_directions, x.shape[1], x.shape[2])
     out = torch.empty(*(shape[a] for a in phys), device=x.device, dtype=x.dtype)
     return out.permute(*(phys.index(a) for a in range(4)))
 
@@ -199,44 +200,45 @@ def _conv_bwd_input_kernel(g_ptr, w_ptr, dx_ptr, dim, L, sg_b, sg_k, sg_d, sg_l,
              dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def causal_conv1d_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, reverse_mask: int, silu: bool) -> Tensor:
+def causal_conv1d_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, reverse_mask: int, *,
+                             silu: bool) -> Tensor:
     """x (batch, dim, L), weight (K, dim, W), bias (K, dim) -> (batch, K, dim, L) in x's dtype and axis order."""
     check_kernel_dtypes("triton causal_conv1d", x, weight, bias)
     batch, dim, length = x.shape
-    k_total, _, width = weight.shape
-    out = empty_directions(x, k_total)
+    num_directions, _, width = weight.shape
+    out = empty_directions(x, num_directions)
     block_d, block_l, warps = _tiles(dim, length)
     weight = weight.contiguous()
     bias_arg = bias.contiguous() if bias is not None else weight
     grid = (cdiv(length, block_l), cdiv(dim, block_d), batch)
     _conv_fwd_kernel[grid](x, weight, bias_arg, out, dim, length, *x.stride(), *out.stride(),
-                           K=k_total, W=width, REVERSE=reverse_mask, HAS_BIAS=bias is not None, SILU=silu,
+                           K=num_directions, W=width, REVERSE=reverse_mask, HAS_BIAS=bias is not None, SILU=silu,
                            BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
     return out
 
 
-def causal_conv1d_bwd_triton(dout: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, reverse_mask: int,
+def causal_conv1d_bwd_triton(dout: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, reverse_mask: int, *,
                              silu: bool, dx_into: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Gradients (dx in x's layout, dweight, dbias or None) for the output gradient dout (batch, K, dim, L).
     ``dx_into``: a (batch, dim, L) tensor of any strides that receives dx (and is returned as dx)."""
     batch, dim, length = x.shape
-    k_total, _, width = weight.shape
+    num_directions, _, width = weight.shape
     block_d, block_l, warps = _tiles(dim, length)
     n_lblocks = cdiv(length, block_l)
     dx = empty_like_dense(x) if dx_into is None else dx_into
     gate = torch.empty(dout.shape, device=x.device, dtype=torch.float32)  # (batch, K, dim, L)
     row_groups = cdiv(batch, _ROWS_PER_PROGRAM)
-    partial = torch.empty(row_groups * n_lblocks, k_total, dim, width + 1, device=x.device, dtype=torch.float32)
+    partial = torch.empty(row_groups * n_lblocks, num_directions, dim, width + 1, device=x.device, dtype=torch.float32)
     weight_c = weight.contiguous()
     bias_arg = bias.contiguous() if bias is not None else weight_c
     _conv_bwd_gate_kernel[(n_lblocks, cdiv(dim, block_d), row_groups)](
         dout, x, weight_c, bias_arg, gate, partial, batch, dim, length, n_lblocks,
         *x.stride(), *dout.stride(), *gate.stride(),
-        K=k_total, W=width, REVERSE=reverse_mask, HAS_BIAS=bias is not None, SILU=silu, ROWS=_ROWS_PER_PROGRAM,
+        K=num_directions, W=width, REVERSE=reverse_mask, HAS_BIAS=bias is not None, SILU=silu, ROWS=_ROWS_PER_PROGRAM,
         BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
     grid = (n_lblocks, cdiv(dim, block_d), batch)
     _conv_bwd_input_kernel[grid](gate, weight_c, dx, dim, length, *gate.stride(), *dx.stride(),
-                                 K=k_total, W=width, REVERSE=reverse_mask, BLOCK_D=block_d, BLOCK_L=block_l,
+                                 K=num_directions, W=width, REVERSE=reverse_mask, BLOCK_D=block_d, BLOCK_L=block_l,
                                  num_warps=warps)
     sums = partial.sum(0)
     dweight = sums[..., :width].to(weight.dtype).contiguous()

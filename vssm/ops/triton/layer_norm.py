@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..scan_core import cdiv, next_power_of_2, triton_interpret
+from ..common import cdiv, next_power_of_2, triton_interpret
 
 # elements per program tile (rows x padded channels)
 _TILE = 4096
@@ -99,7 +99,7 @@ def _rows(t: Tensor) -> Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-def layer_norm_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, out_dtype: torch.dtype,
+def layer_norm_fwd_triton(x: Tensor, weight: Tensor, bias: Tensor | None, eps: float, out_dtype: torch.dtype, *,
                           rms: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """y (x's shape, ``out_dtype``), mean and rstd (M,) float32 of rows x (..., C); with ``rms`` the RMSNorm
     (no bias; mean is empty and the kernel is handed rstd in its place, never reading it)."""
@@ -123,8 +123,8 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _programs(device: torch.device, blocks: int) -> int:
-    """Backward programs: up to 4 per SM (one per row block when there are fewer blocks). On an H100 at 401408 rows of
-    96 / 192 channels, fwd+bwd took 0.43-0.65 / 0.61-0.74 ms with 4 per SM (two runs), 0.77 / 0.87 ms with 32."""
+    """Backward programs: up to 4 per SM (one per row block when there are fewer blocks), measured best on an H100
+    (BENCHMARKS.md, launch-plan figures)."""
     if device.type == "cuda" and not triton_interpret():
         slots = 4 * _sm_count(device)
     else:
@@ -132,8 +132,8 @@ def _programs(device: torch.device, blocks: int) -> int:
     return max(1, min(blocks, slots))
 
 
-def layer_norm_bwd_triton(dy: Tensor, x: Tensor, weight: Tensor, has_bias: bool, mean: Tensor,
-                          rstd: Tensor, rms: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+def layer_norm_bwd_triton(dy: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor, *, has_bias: bool,
+                          rms: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """dx (x's shape and dtype), dweight and dbias (weight's dtype; dbias None without a bias); ``rms`` for RMSNorm
     (mean unused)."""
     channels = x.shape[-1]

@@ -1,4 +1,5 @@
-"""Triton kernels of the canonical scan op (layout in ``vssm.ops.scan_core``), forward and backward.
+"""Triton kernels of the canonical scan op (layout in ``vssm.ops.scan_core``), forward and backward, and their
+launchers ``scan_fwd_triton`` / ``scan_bwd_triton``; the launch plans are in ``vssm.ops.triton.scan_plan``.
 
 One program owns a [BLOCK_D channels x N states] slab of one (batch, direction) sequence and walks the sequence in
 chunks of CHUNK steps. Chunk tiles are [CHUNK, BLOCK_D, N] with the step axis first, so each thread holds the whole
@@ -7,224 +8,32 @@ chunk of its (channel, state) pairs and the recurrence h -> exp(delta A) h + del
 the affine steps), and the carry passes between chunks. Tokens are read through the direction's path (any permutation of
 spatial positions, -1 = zero token) and written back at their spatial positions, summed over the directions with atomics
 when merging, so no per-direction copy of the feature map exists. Short sequences of large N over many rows run a
-step-by-step forward (one token per step) along channels-last routes or for N > 16 (``sequential``). A training forward
-saves the state at the start of every backward chunk (its own chunks may be longer).
+step-by-step forward (one token per step) along channels-last routes or for N > 16 (``scan_plan.sequential``). A
+training forward saves the state at the start of every backward chunk (its own chunks may be longer).
 
 Backward walks the chunks last to first (with [CHUNK, N, BLOCK_D] tiles where that needs fewer shuffles, see
-``_backward_plan``): it recomputes the chunk's states from the chunk-start state saved by the forward, then runs the
-adjoint recurrence q_t = C_t dy_t + exp(delta_{t+1} A) q_{t+1} backwards, step by step in registers (or as a reverse
-associative scan whose segment summaries carry their first decay separately, where the chunk spans lanes). a_t h_{t-1}
-is h_t - delta_t B_t u_t, so no division by a decay ever happens. dB/dC are reduced over the channel tile (inside one
-warp; a reduce-scatter where the tile lies in one group and its channels on lanes, ``_channel_sums_spread``) and
-added with relaxed fp32 atomics into buffers whose states are contiguous; dA, dD and d(delta_bias) are reduced over the
-chunks and stored once per program, as per-sequence partial sums. Programs of different sequences run side by side,
-so concurrent atomics rarely meet on one address.
+``scan_plan.backward_plan``): it recomputes the chunk's states from the chunk-start state saved by the forward, then
+runs the adjoint recurrence q_t = C_t dy_t + exp(delta_{t+1} A) q_{t+1} backwards, step by step in registers (or as a
+reverse associative scan whose segment summaries carry their first decay separately, where the chunk spans lanes).
+a_t h_{t-1} is h_t - delta_t B_t u_t, so no division by a decay ever happens. dB/dC are reduced over the channel tile
+(inside one warp; a reduce-scatter where the tile lies in one group and its channels on lanes,
+``_channel_sums_spread``) and added with relaxed fp32 atomics into buffers whose states are contiguous; dA, dD and
+d(delta_bias) are reduced over the chunks and stored once per program, as per-sequence partial sums. Programs of
+different sequences run side by side, so concurrent atomics rarely meet on one address.
 """
 from __future__ import annotations
-
-import functools
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..scan_core import (axis_order, axis_order_of_strides, cdiv, check_kernel_dtypes, dense_strides, next_power_of_2,
-                         triton_interpret)
+from ..common import axis_order, cdiv, check_kernel_dtypes, dense_strides, empty_in_layout, triton_interpret
+from .scan_plan import TILE_OVERRIDES, backward_plan, channels_fastest, forward_plan, overrides_key
+
+__all__ = ["scan_fwd_triton", "scan_bwd_triton", "TILE_OVERRIDES"]
 
 LOG2E = 1.4426950408889634
-
-# Launch-configuration overrides for tuning runs (tools/benchmark_scan.py --sweep) and tests; empty in normal use:
-# {"sequential": bool, "chunk": steps, "fwd_chunk": steps, "fwd": (BLOCK_D, num_warps), "bwd": (BLOCK_D, num_warps),
-#  "fwd_maxnreg": registers or None, "states_middle" / "fwd_states_middle": bool (tile layouts of the backward and
-#  the chunk-parallel forward, ``_backward_plan``, ``_short_dim_major``), "steps_in_thread": bool (the recurrences
-#  step by step in registers or by ``tl.associative_scan``, ``_steps_in_thread``); for tests under TRITON_INTERPRET=1:
-#  "gpu_plan": bool (plan as on a GPU), "min_rows": rows (from which the GPU counts as filled, SEQUENTIAL_MIN_ROWS)}.
-TILE_OVERRIDES: dict[str, object] = {}
-
-
-# The step-by-step forward beat the chunk-parallel one for short sequences of large N over many rows (measured on an
-# H100, BENCHMARKS.md). Since then, for dim-major rows of 4 < N <= 16 the chunk-parallel forward with [chunk, N,
-# channels] tiles beats it (``_short_dim_major``); channels-last routes and N > 16 were not re-measured.
-SEQUENTIAL_MIN_ROWS = 16384
-SEQUENTIAL_MAX_STEPS = 512
-# A backward program is one warp of up to 255 registers, 8 to an SM; below about 6 per SM of an H100 (132 SMs) a wider
-# tile's fewer programs lose more to exposed latency than its cheaper reductions win (dim-major N = 16 from 1536 to
-# 24576 rows, BENCHMARKS.md)
-BACKWARD_MIN_PROGRAMS = 768
-
-
-def channels_fastest(u: Tensor) -> bool:
-    """Whether u (batch, [K,] dim, L) lies with channels closer in memory than steps (the channels-last maps of the
-    2-D models) rather than each channel's sequence contiguous (the 1-D mixers' dim-major buffers). The launch plans
-    differ: along a channels-last path a program reads BLOCK_D contiguous channels per step."""
-    return u.shape[-2] > 1 and u.shape[-1] > 1 and u.stride(-2) < u.stride(-1)
-
-
-def _many_rows(rows: int) -> bool:
-    """Whether ``rows`` sequences fill the GPU (the plans below differ)."""
-    return rows >= TILE_OVERRIDES.get("min_rows", SEQUENTIAL_MIN_ROWS)
-
-
-def _short_dim_major(n_state: int, rows: int, steps: int, cl: bool) -> bool:
-    """Short sequences (<= 512 steps) of 4 < N <= 16 over many dim-major rows (the Vim layer): the chunk-parallel
-    forward with 8-step chunks of [chunk, N, 256 / N channels] tiles in one warp beats the step-by-step one, which
-    reads each step's channels at a stride of L (Vim-Ti layer 0.56 -> 0.31 ms on an H100, BENCHMARKS.md)."""
-    return 4 < n_state <= 16 and _many_rows(rows) and steps <= SEQUENTIAL_MAX_STEPS and not cl
-
-
-def sequential(n_state: int, rows: int, steps: int, cl: bool) -> bool:
-    """Step-by-step forward (the [BLOCK_D, N] state in registers, one token per step) or the chunk-parallel one."""
-    default = (n_state > 4 and _many_rows(rows) and steps <= SEQUENTIAL_MAX_STEPS
-               and not _short_dim_major(n_state, rows, steps, cl))
-    return bool(TILE_OVERRIDES.get("sequential", default))
-
-
-def _backward_tile(n_state: int, rows: int, cl: bool) -> tuple[int, int]:
-    """(chunk steps, BLOCK_D channels) of the one-warp backward, measured best on an H100 (BENCHMARKS.md). Dim-major
-    N = 16 takes the widest of 8-step chunks of 8 channels, 16-step chunks of 4 and of 2 that still launches
-    ``BACKWARD_MIN_PROGRAMS`` programs, any length (8-step chunks save twice the states of 16-step ones, 8 bytes per
-    row and step: training Vim-Ti at 1248 px peaks at 15.1 instead of 11.8 GiB and runs 16% faster; saving every
-    other chunk and recomputing the one between spilled and ran slower than 16-step chunks). Where 16384 rows fill the
-    GPU: channels-last N = 1 takes 4-step chunks of 32 channels (coalesced reads of 64 bytes per step), channels-last
-    N = 16 8-step chunks of 8 channels; with fewer rows 16-step chunks of 8 channels for N = 1, else 32 / N
-    channels."""
-    bn = next_power_of_2(n_state)
-    many = _many_rows(rows)
-    if bn == 1:
-        return (4, 32) if cl and many else (16, 8)
-    if bn == 16 and not cl:
-        if many or rows >= 8 * BACKWARD_MIN_PROGRAMS:
-            return 8, 8
-        return (16, 4) if rows >= 4 * BACKWARD_MIN_PROGRAMS else (16, 2)
-    if bn == 16 and many:
-        return 8, 8
-    return 16, max(1, 32 // bn)
-
-
-def _plans_as_gpu() -> bool:
-    return not triton_interpret() or bool(TILE_OVERRIDES.get("gpu_plan", False))
-
-
-def chunk_len(n_state: int, rows: int, steps: int, cl: bool) -> int:
-    """Steps per chunk of the backward (power of two), also the spacing of the states a training forward saves for
-    it, for ``rows`` = batch x K x dim sequences of N = ``n_state`` over ``steps``, channels-last if ``cl``. Each
-    thread scans a whole chunk in its registers, so chunks are short. Under TRITON_INTERPRET=1 (CPU tests) chunks
-    are 8 steps: the interpreter scans element by element, and short chunks put chunk carries inside the small test
-    sequences."""
-    if "chunk" in TILE_OVERRIDES:
-        return TILE_OVERRIDES["chunk"]
-    if not _plans_as_gpu():
-        return 8
-    return _backward_tile(n_state, rows, cl)[0]
-
-
-def forward_chunk_len(n_state: int, rows: int, steps: int, cl: bool) -> int:
-    """Steps per chunk of the chunk-parallel forward, a multiple of ``chunk_len`` (a training forward saves a state
-    every ``chunk_len`` steps inside its chunks): 32 where the loads in flight of longer chunks pay (small N, or
-    fewer than 4096 rows to spread over the GPU), else 16 (measured on an H100, BENCHMARKS.md)."""
-    if "fwd_chunk" in TILE_OVERRIDES:
-        return TILE_OVERRIDES["fwd_chunk"]
-    saved = chunk_len(n_state, rows, steps, cl)
-    if not _plans_as_gpu() or _short_dim_major(n_state, rows, steps, cl):
-        return saved
-    return max(saved, 32 if n_state <= 4 or rows < 4096 else 16)
-
-
-def chunk_count(steps: int, n_state: int, rows: int, cl: bool) -> int:
-    """Number of chunk states a training forward saves."""
-    return cdiv(steps, chunk_len(n_state, rows, steps, cl))
-
-
-def _launch_config(kind: str, n_state: int, dim: int, rows: int, steps: int, chunk: int,
-                   cl: bool) -> tuple[int, int]:
-    """(BLOCK_D, num_warps), measured best on an H100 (BENCHMARKS.md). The step-by-step forward keeps a [BLOCK_D, N]
-    state of 256 fp32 in one warp, and so does the chunk-parallel forward of short dim-major sequences
-    (``_short_dim_major``). Otherwise the chunk-parallel forward takes two warps of 64 / N channels for N from 5 to 32
-    (one warp of 8 channels for channels-last N = 16 over many rows), one warp of one channel for N = 64 (2.4x faster
-    than two at 128 x 128 x 3136 steps), and for small N 8 steps per thread, the rest of the warp splitting the chunk
-    (more programs, more loads in flight). The backward runs one warp, so its reductions over channels stay inside the
-    warp (tiles in ``_backward_tile``)."""
-    bn = next_power_of_2(n_state)
-    if kind in TILE_OVERRIDES:
-        block_d, warps = TILE_OVERRIDES[kind]
-    elif kind == "bwd":
-        block_d, warps = _backward_tile(n_state, rows, cl)[1], 1
-    elif sequential(n_state, rows, steps, cl) or _short_dim_major(n_state, rows, steps, cl):
-        block_d, warps = max(1, 256 // bn), 1
-    elif n_state > 32:
-        block_d, warps = 1, 1
-    elif bn == 16 and cl and _many_rows(rows):
-        block_d, warps = 8, 1
-    else:
-        block_d, warps = (max(1, 64 // bn), 2) if n_state > 4 else (max(1, 256 // (chunk * bn)), 1)
-    return max(1, min(next_power_of_2(dim), block_d)), warps
-
-
-def _forward_maxnreg(n_state: int, rows: int, cl: bool) -> int | None:
-    """ptxas register limit of the chunk-parallel forward: 128 for channels-last N = 1 over many rows (ptxas then
-    allocates 120 registers instead of 96 and the VMamba-T stage-1 scan runs 17% faster), else ptxas's choice."""
-    if "fwd_maxnreg" in TILE_OVERRIDES:
-        return TILE_OVERRIDES["fwd_maxnreg"]
-    return 128 if next_power_of_2(n_state) == 1 and cl and _many_rows(rows) else None
-
-
-def _overrides_key() -> tuple:
-    return tuple(sorted(TILE_OVERRIDES.items())) if TILE_OVERRIDES else ()
-
-
-def _steps_in_thread(block_d: int, block_n: int, warps: int) -> bool:
-    """Whether the lanes and warps of a program fit in the (channel, state) axes of its chunk tiles, so that each
-    thread holds whole chunks and the recurrences run step by step in registers; otherwise the chunk's steps spread
-    over lanes and the kernels scan with ``tl.associative_scan`` (small N). Both forms are exact either way."""
-    return bool(TILE_OVERRIDES.get("steps_in_thread", block_d * block_n >= 32 * warps))
-
-
-def _channels_on_lanes(block_d: int, block_n: int, warps: int, states_middle: bool) -> bool:
-    """Whether every channel bit of the backward's chunk tiles is a lane bit of its one warp: the lanes go to the last
-    axis first, channels with STATES_MIDDLE, else states. Then the reduce-scatter of dB and dC over channels
-    (``_channel_sums_spread``) exchanges the fewest values; where channels also lie in registers, the full sum, which
-    adds those inside each thread first, is cheaper (channels-last 8 x 8 tiles of N = 16: 1984 against 1740 SASS
-    instructions per chunk for sm_90)."""
-    return warps == 1 and (states_middle or block_d * block_n <= 32)
-
-
-@functools.lru_cache(maxsize=1024)
-def _forward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool,
-                  overrides: tuple) -> tuple:
-    """(step_by_step, chunk, n_chunks, saved-state spacing of a training forward, BLOCK_D, num_warps, BLOCK_N, channel
-    blocks, launch options of the chunk-parallel kernel: its tile layout and ptxas register cap) of a forward.
-    Cached: the host path runs on every call; ``interpret`` and ``overrides`` only key the cache (the helpers read
-    them)."""
-    chunk = forward_chunk_len(n_state, rows, steps, cl)
-    save_every = chunk_len(n_state, rows, steps, cl)
-    step_by_step = sequential(n_state, rows, steps, cl)
-    block_d, warps = _launch_config("fwd", n_state, dim, rows, steps, chunk, cl)
-    options = {"STATES_MIDDLE": bool(TILE_OVERRIDES.get("fwd_states_middle",
-                                                        _short_dim_major(n_state, rows, steps, cl))),
-               "STEPS_IN_THREAD": _steps_in_thread(block_d, next_power_of_2(n_state), warps)}
-    maxnreg = _forward_maxnreg(n_state, rows, cl)
-    if maxnreg is not None:
-        options["maxnreg"] = maxnreg
-    return (step_by_step, chunk, cdiv(steps, chunk), save_every, block_d, warps, next_power_of_2(n_state),
-            cdiv(dim, block_d), options)
-
-
-@functools.lru_cache(maxsize=1024)
-def _backward_plan(n_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool,
-                   overrides: tuple) -> tuple:
-    """(chunk, n_chunks, BLOCK_D, num_warps, BLOCK_N, channel blocks, states middle, steps in thread) of a backward;
-    cached like ``_forward_plan``. States middle: [CHUNK, N, BLOCK_D] chunk tiles (lanes over channels first) for
-    dim-major rows that fill the GPU or have N = 16, else [CHUNK, BLOCK_D, N]. On an H100 the first cut the Vim
-    layer's backward by 16% (fewer shuffles in the reductions over states and in the layout conversions) and a
-    1536-row layer of 12545 steps by 4%; with the few-row tiles of other N it cost 5%, and along the channels-last
-    routes of LocalVMamba 5% (BENCHMARKS.md)."""
-    chunk = chunk_len(n_state, rows, steps, cl)
-    block_d, warps = _launch_config("bwd", n_state, dim, rows, steps, chunk, cl)
-    block_n = next_power_of_2(n_state)
-    states_middle = bool(TILE_OVERRIDES.get("states_middle", not cl and (_many_rows(rows) or block_n == 16)))
-    return (chunk, cdiv(steps, chunk), block_d, warps, block_n, cdiv(dim, block_d), states_middle,
-            _steps_in_thread(block_d, block_n, warps))
 
 
 @triton.jit
@@ -536,7 +345,7 @@ def _load_step(u_base, dt_base, B_base, C_base, path_row, t, Lp, offs_d, offs_n,
     """Raw u, delta [BLOCK_D] and B, C of step t (zeros for t >= Lp or a padding step), the token position per
     channel and its mask. B, C are [1, BLOCK_N] rows broadcast over the channels when the tile lies in one group
     (B_base, C_base [BLOCK_N] pointers), else [BLOCK_D, BLOCK_N] (pointer tiles); the row form needs fewer registers
-    (the Vim layer's forward: 96 instead of 151 per thread on an H100)."""
+    (BENCHMARKS.md, launch-plan figures)."""
     pos, m_u, pidx, m_p, _ = _step_index(path_row, t, Lp, offs_d, HAS_PATH, PARAMS_AT_STEP)
     u = tl.load(u_base + pos * su_l, mask=mask_d & m_u, other=0.0)
     dt = tl.load(dt_base + pidx * sdt_l, mask=mask_d & m_p, other=0.0)
@@ -644,8 +453,9 @@ def _scan_bwd_kernel(
     as per-batch-row partial sums: rows of ``partial_row`` floats holding dA (K, dim, N), then dD (K, dim), then
     d(delta_bias) (K, dim). Chunk tiles are [CHUNK, BLOCK_N, BLOCK_D] if STATES_MIDDLE, else [CHUNK, BLOCK_D,
     BLOCK_N]: Triton spreads the last axis over the lanes first, and which layout needs fewer shuffles for the
-    reductions over states and channels depends on the tile (``_backward_plan``). SPREAD_SUMS: dB and dC of a tile
-    in one group are reduce-scattered over the channel lanes (``_channels_on_lanes``), else summed in full."""
+    reductions over states and channels depends on the tile (``scan_plan.backward_plan``). SPREAD_SUMS: dB and dC of
+    a tile in one group are reduce-scattered over the channel lanes (``scan_plan._channels_on_lanes``), else summed in
+    full."""
     S_AXIS: tl.constexpr = 1 if STATES_MIDDLE else 2  # the states axis of the 3-D tiles
     D_AXIS: tl.constexpr = 2 if STATES_MIDDLE else 1  # the channel axis
     pid_bk = tl.program_id(0)  # sequences vary fastest: programs running together hit different dB/dC rows
@@ -800,36 +610,14 @@ def _scan_bwd_kernel(
         tl.store(row + K * dim * (N + 1) + kd, dbias_acc, mask=mask_d)
 
 
-def _common(u, A, B, paths):
+def _sizes(u, A, B, paths):
+    """(batch, dim, L, num_directions, d_state, steps, channels per group) of the canonical op's arguments."""
     batch, _, dim, length = u.shape
-    k_total, _, n_state = A.shape
+    num_directions, _, d_state = A.shape
     steps = B.shape[-1] if paths is None else paths.shape[1]
     groups = B.shape[2]
     d_per_group = dim // groups
-    return batch, dim, length, k_total, n_state, steps, d_per_group
-
-
-@functools.lru_cache(maxsize=1024)
-def _layout_permutation(shape: tuple[int, ...], strides: tuple[int, ...], rank: int) -> tuple[tuple, tuple | None]:
-    """For ``empty_in_layout``: the axes of a rank-3 (batch, dim, L) or rank-4 (batch, K, dim, L) tensor in the memory
-    order of a (batch, K, dim, L) tensor of these shape and strides (K right inside the batch axis), and the
-    permutation that views a buffer allocated in that order with the logical axis order (None: the identity)."""
-    axis = {0: 0, 2: rank - 2, 3: rank - 1}
-    phys = [axis[a] for a in axis_order_of_strides(shape, strides, (0, 2, 3))]
-    if rank == 4:
-        phys.insert(phys.index(0) + 1, 1)
-    inverse = tuple(phys.index(a) for a in range(rank))
-    return tuple(phys), None if inverse == tuple(range(rank)) else inverse
-
-
-def empty_in_layout(u: Tensor, shape: tuple[int, ...], dtype: torch.dtype, zero: bool = False) -> Tensor:
-    """A (batch, [K,] dim, L) tensor whose batch, dim and L axes lie in memory in the order of u's (batch, K, dim, L)
-    (contiguous, channels-last, or dim-major as the Mamba mixer's (dim, batch, L) buffers); K sits right inside the
-    batch axis. Outputs and gradients in the inputs' layout let a path of any order read and write whole rows."""
-    phys, inverse = _layout_permutation(u.shape, u.stride(), len(shape))
-    make = torch.zeros if zero else torch.empty
-    out = make([shape[a] for a in phys], device=u.device, dtype=dtype)
-    return out if inverse is None else out.permute(inverse)
+    return batch, dim, length, num_directions, d_state, steps, d_per_group
 
 
 def _in_layout_of(x: Tensor, u: Tensor) -> Tensor:
@@ -862,40 +650,44 @@ def _path_arg(paths: Tensor | None, dummy: Tensor) -> Tensor:
     return dummy if paths is None else paths.contiguous()
 
 
-def scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states):
-    """Launch the forward. Returns (y, last_state, chunk_start_states or empty)."""
+def scan_fwd_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+                    delta_bias: Tensor | None, paths: Tensor | None, *, delta_softplus: bool, merge: bool,
+                    params_at_step: bool, save_states: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Launch the forward of the canonical op (layout in ``vssm.ops.scan_core``). ``save_states``: save the chunk-start
+    states the backward needs (a training forward). Returns (y, last_state, chunk_start_states or empty)."""
     check_kernel_dtypes("triton scan", u, delta, B, C, z)
-    batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    step_by_step, chunk, n_chunks, state_spacing, block_d, warps, block_n, d_blocks, options = _forward_plan(
-        n_state, dim, batch * k_total * dim, steps, channels_fastest(u), triton_interpret(), _overrides_key())
-    save_every = state_spacing if save_states else chunk
+    batch, dim, length, num_directions, d_state, steps, d_per_group = _sizes(u, A, B, paths)
+    plan = forward_plan(d_state, dim, batch * num_directions * dim, steps, channels_fastest(u), triton_interpret(),
+                        overrides_key())
+    chunk = plan.chunk
+    save_every = plan.save_every if save_states else chunk
     if chunk % save_every:
         raise ValueError(f"triton scan: the forward chunk ({chunk} steps) must be a multiple of the saved-state "
                          f"spacing ({save_every} steps)")
     n_states = cdiv(steps, save_every)
-    merge_atomic = merge and k_total > 1
+    merge_atomic = merge and num_directions > 1
     if merge_atomic:
         y = empty_in_layout(u, (batch, 1, dim, length), torch.float32, zero=True)
     else:
-        y = empty_in_layout(u, (batch, k_total, dim, length), u.dtype)
-    last = torch.empty(batch, k_total, dim, n_state, device=u.device, dtype=torch.float32)
-    states = torch.empty(batch, k_total, dim, n_states, n_state, device=u.device,
+        y = empty_in_layout(u, (batch, num_directions, dim, length), u.dtype)
+    last = torch.empty(batch, num_directions, dim, d_state, device=u.device, dtype=torch.float32)
+    states = torch.empty(batch, num_directions, dim, n_states, d_state, device=u.device,
                          dtype=torch.float32) if save_states else last
     dummy = last
     args = (u, delta, _float32(A), B, C, dummy if D is None else _float32(D), dummy if z is None else z,
             dummy if delta_bias is None else _float32(delta_bias), _path_arg(paths, dummy), y, last, states,
-            k_total, dim, length, steps, n_state, d_per_group)
+            num_directions, dim, length, steps, d_state, d_per_group)
     strides = (*_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
                *(z.stride() if z is not None else (0, 0, 0)), *_k_strides(y))
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
                  HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step, MERGE_ATOMIC=merge_atomic,
-                 SAVE_STATES=save_states, SAVE_EVERY=save_every, TILE_ONE_GROUP=d_per_group % block_d == 0,
-                 BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps)
-    grid = (d_blocks, batch * k_total)
-    if step_by_step:
+                 SAVE_STATES=save_states, SAVE_EVERY=save_every, TILE_ONE_GROUP=d_per_group % plan.block_d == 0,
+                 BLOCK_D=plan.block_d, BLOCK_N=plan.block_n, num_warps=plan.num_warps)
+    grid = (plan.d_blocks, batch * num_directions)
+    if plan.step_by_step:
         _scan_fwd_seq_kernel[grid](*args, n_states, *strides, **flags)
     else:
-        _scan_fwd_kernel[grid](*args, n_chunks, n_states, *strides, CHUNK=chunk, **flags, **options)
+        _scan_fwd_kernel[grid](*args, plan.n_chunks, n_states, *strides, CHUNK=chunk, **flags, **plan.options)
     if merge:
         y = _cast(y[:, 0], u.dtype)
     return y, last, states if save_states else last.new_empty(0)
@@ -907,8 +699,11 @@ def _k_strides(t: Tensor) -> tuple[int, int, int, int]:
     return sb, (0 if t.shape[1] == 1 else sk), sd, sl
 
 
-def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
-                    params_at_step, grad_BC_into=None, accumulators=False, dz_into=None):
+def scan_bwd_triton(dy: Tensor, dlast: Tensor | None, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                    D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, paths: Tensor | None, states: Tensor,
+                    *, delta_softplus: bool, merge: bool, params_at_step: bool,
+                    grad_BC_into: tuple[Tensor, Tensor] | None = None, accumulators: bool = False,
+                    dz_into: Tensor | None = None) -> tuple[Tensor | None, ...]:
     """Launch the backward. Returns grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None.
 
     ``grad_BC_into``: zeroed float32 tensors of B's and C's shapes (any strides) that receive dB and dC (returned as
@@ -916,15 +711,14 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     kernel leaves them (float32 where it accumulates) instead of in the inputs' dtypes. ``dz_into``: a (batch, K,
     dim, L) tensor (any strides) that receives each direction's gate gradient, stored without atomics (dz is returned
     as None then; its sum over K is the gate's gradient)."""
-    batch, dim, length, k_total, n_state, steps, d_per_group = _common(u, A, B, paths)
-    rows = batch * k_total * dim
-    chunk, n_chunks, block_d, warps, block_n, d_blocks, states_middle, steps_in_thread = _backward_plan(
-        n_state, dim, rows, steps, channels_fastest(u), triton_interpret(), _overrides_key())
-    if states.numel() != rows * n_chunks * n_state:
+    batch, dim, length, num_directions, d_state, steps, d_per_group = _sizes(u, A, B, paths)
+    rows = batch * num_directions * dim
+    plan = backward_plan(d_state, dim, rows, steps, channels_fastest(u), triton_interpret(), overrides_key())
+    if states.numel() != rows * plan.n_chunks * d_state:
         raise RuntimeError("triton scan backward: the forward did not save its chunk states")
-    u_atomic = u.shape[1] != k_total
-    dt_atomic = delta.shape[1] != k_total
-    z_atomic = k_total > 1 and dz_into is None
+    u_atomic = u.shape[1] != num_directions
+    dt_atomic = delta.shape[1] != num_directions
+    z_atomic = num_directions > 1 and dz_into is None
     f32 = torch.float32
     # the grads share the strides of the inputs (of dense copies where an input is an expanded view)
     u, delta, B, C = _dense(u), _dense(delta), _dense(B), _dense(C)
@@ -933,9 +727,9 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
     ddt = torch.zeros_like(delta, dtype=f32) if dt_atomic else torch.empty_like(delta)
     dz = None
     if z is not None and dz_into is not None:
-        if dz_into.shape != (batch, k_total, dim, length):
+        if dz_into.shape != (batch, num_directions, dim, length):
             raise ValueError(f"triton scan backward: dz_into must be (batch, K, dim, L) = "
-                             f"{(batch, k_total, dim, length)}, got {tuple(dz_into.shape)}")
+                             f"{(batch, num_directions, dim, length)}, got {tuple(dz_into.shape)}")
         dz_strides = dz_into.stride()
     elif z is not None:
         dz = torch.zeros_like(z, dtype=f32) if z_atomic else torch.empty_like(z)
@@ -951,31 +745,30 @@ def scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, state
             raise ValueError(f"triton scan backward: grad_BC_into must be float32 tensors of B's and C's shape "
                              f"{tuple(B.shape)} with equal strides, got {tuple(dB.shape)} and {tuple(dC.shape)}")
     # per-batch-row partial sums of dA, dD and d(delta_bias) in one buffer (layout in the kernel's docstring)
-    kd = k_total * dim
-    partial = torch.empty(batch, kd * (n_state + 2), device=u.device, dtype=f32)
+    kd = num_directions * dim
+    partial = torch.empty(batch, kd * (d_state + 2), device=u.device, dtype=f32)
     dy = _in_layout_of(dy, u)  # an incoming gradient often arrives transposed: read it like u
     if merge:
         dy = dy.unsqueeze(1)
     dy_strides = (dy.stride(0), 0 if dy.shape[1] == 1 else dy.stride(1), dy.stride(2), dy.stride(3))
     dummy = partial
-    # the kernel always loads the adjoint of the last state: its variant with a constant zero there compiled to a
-    # backward 10-15% slower on an H100 (BENCHMARKS.md), so no gradient of the last state reads as zeros
+    # the kernel always loads the adjoint of the last state (its variant with a constant zero there compiled to a
+    # slower backward; BENCHMARKS.md, launch-plan figures), so no gradient of the last state reads as zeros
     if dlast is None or not dlast.numel():
-        dlast = torch.zeros(batch, k_total, dim, n_state, device=u.device, dtype=f32)
-    _scan_bwd_kernel[(batch * k_total, d_blocks)](
+        dlast = torch.zeros(batch, num_directions, dim, d_state, device=u.device, dtype=f32)
+    _scan_bwd_kernel[(batch * num_directions, plan.d_blocks)](
         u, delta, _float32(A), B, C, dummy if D is None else _float32(D), dummy if z is None else z,
         dummy if delta_bias is None else _float32(delta_bias), _path_arg(paths, dummy), states, dy,
         _float32(dlast), du, ddt, dB, dC, dz_into if dz_into is not None else dummy if dz is None else dz, partial,
-        k_total, dim, length, steps, n_state, d_per_group, n_chunks, partial.shape[1],
+        num_directions, dim, length, steps, d_state, d_per_group, plan.n_chunks, partial.shape[1],
         *_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
         *(z.stride() if z is not None else (0, 0, 0)), *dz_strides, *dy_strides, *dB.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step,
-        U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, TILE_ONE_GROUP=d_per_group % block_d == 0,
-        STATES_MIDDLE=states_middle, STEPS_IN_THREAD=steps_in_thread,
-        SPREAD_SUMS=_channels_on_lanes(block_d, block_n, warps, states_middle), BLOCK_D=block_d, BLOCK_N=block_n,
-        CHUNK=chunk, num_warps=warps)
-    dA, dD, dbias = partial.sum(0).split([kd * n_state, kd, kd])
+        U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, TILE_ONE_GROUP=d_per_group % plan.block_d == 0,
+        STATES_MIDDLE=plan.states_middle, STEPS_IN_THREAD=plan.steps_in_thread, SPREAD_SUMS=plan.spread_sums,
+        BLOCK_D=plan.block_d, BLOCK_N=plan.block_n, CHUNK=plan.chunk, num_warps=plan.num_warps)
+    dA, dD, dbias = partial.sum(0).split([kd * d_state, kd, kd])
     grads = (du, ddt, dA.view(A.shape), None if grad_BC_into is not None else dB,
              None if grad_BC_into is not None else dC, None if D is None else dD.view(D.shape), dz,
              None if delta_bias is None else dbias.view(delta_bias.shape))

@@ -1,0 +1,187 @@
+"""Helpers shared by the ops' dispatchers and their Triton kernels: backend choice, the compute-dtype rule, argument
+checks, host-side launch arithmetic and memory-layout queries.
+
+This module imports nothing from ``vssm.ops``: the dispatchers (``selective_scan``, ``scan_core``, ``causal_conv``,
+...) and the Triton files (``vssm.ops.triton``) both import it, so neither imports the other upward.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+__all__ = ["BACKENDS", "FLOAT_DTYPES", "axis_order", "axis_order_of_strides", "cdiv", "check_float_tensor",
+           "check_kernel_backend", "check_kernel_dtypes", "compute_dtype", "dense_strides", "eager", "empty_in_layout",
+           "empty_like_dense", "next_power_of_2", "resolve_backend", "triton_available", "triton_interpret"]
+
+BACKENDS = ("ref", "torch", "triton")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backends.
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def eager(*tensors: Optional[Tensor]) -> bool:
+    """True outside torch.compile / torch.export tracing and dispatch modes (``FlopCounterMode`` counts the custom ops
+    by their formulas) and for plain tensors or parameters (no fake or functional subclasses): then the kernels may run
+    behind an ``autograd.Function`` instead of the registered custom op."""
+    return (not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode()
+            and all(t is None or type(t) in _PLAIN for t in tensors))
+
+
+def resolve_backend(device: torch.device, dtype: torch.dtype) -> str:
+    """Backend for tensors on ``device``: VSSM_SCAN_BACKEND if set, else Triton on CUDA, else the PyTorch path."""
+    forced = os.environ.get("VSSM_SCAN_BACKEND", "").strip().lower()
+    if forced:
+        if forced not in BACKENDS:
+            raise ValueError(f"VSSM_SCAN_BACKEND must be one of {BACKENDS}, got {forced!r}")
+        if forced == "triton":
+            if not triton_available():
+                raise RuntimeError("VSSM_SCAN_BACKEND=triton but triton is not installed")
+            if device.type != "cuda" and not triton_interpret():
+                raise RuntimeError("VSSM_SCAN_BACKEND=triton needs CUDA tensors, or TRITON_INTERPRET=1 on the CPU")
+            if dtype == torch.float64:
+                raise TypeError("the triton scan supports float32, bfloat16 and float16 inputs, not float64")
+        return forced
+    if device.type == "cuda" and dtype != torch.float64 and triton_available():
+        return "triton"
+    return "torch"
+
+
+def check_kernel_backend(fn: str, backend: str, device: torch.device, dtypes) -> None:
+    """Raise unless ``backend`` is 'torch' or 'triton' and, for 'triton', the kernels can take tensors on ``device``
+    (CUDA, or the CPU under TRITON_INTERPRET=1) of ``dtypes`` (not float64). ``fn`` names the op in the message."""
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"{fn}: backend must be 'triton' or 'torch', got {backend!r}")
+    if backend == "triton":
+        if device.type != "cuda" and not triton_interpret():
+            raise RuntimeError(f"{fn}: the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 on the CPU")
+        if torch.float64 in dtypes:
+            raise TypeError(f"{fn}: the triton backend supports float32, bfloat16 and float16, not float64")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dtypes and argument checks.
+
+
+def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    """The dtype of the recurrent state and accumulations: float64 when any tensor given is float64, else float32
+    (whatever the input dtype: fp32, bf16, fp16)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def check_float_tensor(name: str, t, ndims: tuple[int, ...], fn: str = "selective_scan") -> None:
+    """Raise TypeError/ValueError naming ``name`` unless ``t`` is a real floating tensor of one of ``ndims`` ranks."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_complex():
+        raise TypeError(f"{fn}: {name} must be real; complex dtype {t.dtype} is not supported")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: {name} must be float32, bfloat16, float16 or float64, got {t.dtype}")
+    if t.dim() not in ndims:
+        expected = " or ".join(str(n) for n in ndims)
+        raise ValueError(f"{fn}: {name} must have {expected} dimensions, got shape {tuple(t.shape)}")
+
+
+def check_kernel_dtypes(fn: str, *tensors: Optional[Tensor]) -> None:
+    """Raise TypeError unless every tensor given (None skipped) is float32, bfloat16 or float16, the dtypes the Triton
+    kernels read; ``fn`` names the op in the message."""
+    for t in tensors:
+        if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"{fn}: tensors must be float32, bfloat16 or float16, got {t.dtype}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host-side launch arithmetic.
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host-side launch arithmetic (cheaper per call than ``triton.cdiv``; BENCHMARKS.md, launch-plan
+    figures)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1), on the host."""
+    return 1 << (n - 1).bit_length()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Memory layouts.
+
+
+def dense_strides(x: Tensor) -> bool:
+    """True when x's elements fill its storage span without gaps or overlaps (any order of the axes), the layouts
+    ``torch.empty_like`` preserves; checked on the strides alone, without an allocation."""
+    return _dense_strides(x.shape, x.stride())
+
+
+@functools.lru_cache(maxsize=1024)
+def _dense_strides(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    expected = 1
+    for size, stride in sorted((d for d in zip(shape, strides) if d[0] != 1), key=lambda d: d[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def empty_like_dense(x: Tensor) -> Tensor:
+    """Empty tensor of x's shape, in x's layout when x is dense, else contiguous."""
+    return torch.empty_like(x) if dense_strides(x) else x.new_empty(x.shape)
+
+
+def axis_order(t: Tensor, axes: tuple[int, ...]) -> tuple[int, ...]:
+    """t's ``axes`` ordered as they lie in memory, outermost (largest stride) first; size-1 axes (whose stride means
+    nothing) count as outermost."""
+    return axis_order_of_strides(t.shape, t.stride(), axes)
+
+
+@functools.lru_cache(maxsize=1024)
+def axis_order_of_strides(shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
+    """``axis_order`` of a tensor of these shape and strides (cached)."""
+    return tuple(sorted(axes, key=lambda a: (shape[a] != 1, -strides[a])))
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout_permutation(shape: tuple[int, ...], strides: tuple[int, ...], rank: int) -> tuple[tuple, tuple | None]:
+    """For ``empty_in_layout``: the axes of a rank-3 (batch, dim, L) or rank-4 (batch, K, dim, L) tensor in the memory
+    order of a (batch, K, dim, L) tensor of these shape and strides (K right inside the batch axis), and the
+    permutation that views a buffer allocated in that order with the logical axis order (None: the identity)."""
+    axis = {0: 0, 2: rank - 2, 3: rank - 1}
+    phys = [axis[a] for a in axis_order_of_strides(shape, strides, (0, 2, 3))]
+    if rank == 4:
+        phys.insert(phys.index(0) + 1, 1)
+    inverse = tuple(phys.index(a) for a in range(rank))
+    return tuple(phys), None if inverse == tuple(range(rank)) else inverse
+
+
+def empty_in_layout(u: Tensor, shape: tuple[int, ...], dtype: torch.dtype, *, zero: bool = False) -> Tensor:
+    """A (batch, [K,] dim, L) tensor whose batch, dim and L axes lie in memory in the order of u's (batch, K, dim, L)
+    (contiguous, channels-last, or dim-major as the Mamba mixer's (dim, batch, L) buffers); K sits right inside the
+    batch axis. Outputs and gradients in the inputs' layout let a path of any order read and write whole rows."""
+    phys, inverse = _layout_permutation(u.shape, u.stride(), len(shape))
+    make = torch.zeros if zero else torch.empty
+    out = make([shape[a] for a in phys], device=u.device, dtype=dtype)
+    return out if inverse is None else out.permute(inverse)
