@@ -1,5 +1,6 @@
-"""SS2D and LocalSS2D against the official formulations (explicit scans with flips, transposes and window reshapes,
-the reference selective scan, the official un-scans), layouts, the channels-last hand-over to multi_scan, the Triton
+"""SS2D (cross paths as VMamba, local routes as LocalVMamba, other kinds through ``path_kind``) against the official
+formulations (explicit scans with flips, transposes and window reshapes, the reference selective scan, the official
+un-scans), layouts, the channels-last hand-over to multi_scan, the Triton
 path, gradients, TorchScript and FX."""
 import math
 
@@ -9,11 +10,16 @@ import torch.nn.functional as F
 
 import vssm.layers.ss2d as ss2d_module
 import vssm.ops.projected_scan as projected_scan
-from vssm.layers.ss2d import SS2D, LocalSS2D, RouteChannelAttention, official_v_unscan
+from vssm.layers.ss2d import SS2D, RouteChannelAttention, official_v_unscan
 from vssm.ops import multi_scan, selective_scan_ref
 from vssm.ops.projected_scan import scan_projections
 
 from ..ops.scan_cases import KERNEL_DEVICE
+
+
+def local_ss2d(dim, directions, **kwargs):
+    """LocalVMamba's mixer: SS2D along local routes, merged by route channel attention."""
+    return SS2D(dim, path_kind="local", directions=directions, **kwargs)
 
 
 def randomise(module, seed=0):
@@ -165,7 +171,7 @@ def test_ss2d_direction_order_matters():
 @pytest.mark.parametrize("make", [
     lambda cf: SS2D(12, d_state=2, gated=True, channel_first=cf),
     lambda cf: SS2D(12, d_state=1, gated=False, channel_first=cf),
-    lambda cf: LocalSS2D(12, ["v", "h_flip", "w2", "w7_flip"], d_state=2, channel_first=cf),
+    lambda cf: local_ss2d(12, ["v", "h_flip", "w2", "w7_flip"], d_state=2, channel_first=cf),
 ])
 def test_channel_first_and_last_agree(make):
     first, last = randomise(make(True)).eval(), make(False).eval()
@@ -191,7 +197,7 @@ def test_mixers_hand_channels_last_views_to_multi_scan(monkeypatch, channel_firs
     monkeypatch.setattr(projected_scan, "multi_scan", spy)
     shape = (1, 8, 3, 5) if channel_first else (1, 3, 5, 8)
     SS2D(8, d_state=1, gated=False, channel_first=channel_first)(torch.randn(shape))
-    LocalSS2D(8, ["h", "v_flip", "w2", "w7_flip"], channel_first=channel_first)(torch.randn(shape))
+    local_ss2d(8, ["h", "v_flip", "w2", "w7_flip"], channel_first=channel_first)(torch.randn(shape))
     assert calls == [((4, 15), "sum", 1, 1, 1, 1, True, True), ((4, 49), "none", 1, 1, 1, 1, True, True)]
 
 
@@ -202,7 +208,7 @@ DIRECTION_SETS = [["h", "h_flip", "w7", "w7_flip"], ["h_flip", "v_flip", "w2", "
 @pytest.mark.parametrize("shape", [(7, 7), (4, 4), (5, 5)])
 def test_local_ss2d_matches_official_routes(directions, shape):
     """Square maps; window padding (w7 on 4x4 and 5x5, w2 on 7x7 and 5x5) is scanned as zero steps, as upstream."""
-    mixer = randomise(LocalSS2D(8, directions, d_state=4, channel_first=True)).eval()
+    mixer = randomise(local_ss2d(8, directions, d_state=4, channel_first=True)).eval()
     x = torch.randn(2, 8, *shape)
     with torch.no_grad():
         torch.testing.assert_close(mixer(x), official_ss2d(mixer, x, official_local_merge(mixer)),
@@ -213,10 +219,10 @@ def test_window_padding_steps_are_scanned():
     """w2 on a 5x5 map is a 6x6 route with 11 zero steps, scanned like tokens (the state decays across them, as
     upstream); skipping them would give other numbers."""
     directions = ["w2", "w2_flip"]
-    paths = ss2d_module.local_paths(5, 5, directions, torch.device("cpu"))
+    paths = ss2d_module.grid_paths("local", 5, 5, directions, torch.device("cpu"))
     assert paths.shape == (2, 36) and (paths == -1).sum(1).tolist() == [11, 11]
     compact = torch.stack([row[row >= 0] for row in paths])
-    mixer = randomise(LocalSS2D(8, directions, d_state=4)).eval()
+    mixer = randomise(local_ss2d(8, directions, d_state=4)).eval()
     x = torch.randn(1, 16, 5, 5).contiguous(memory_format=torch.channels_last)  # conv features, d_inner = 16
     with torch.no_grad():
         u = x.flatten(2)
@@ -234,8 +240,8 @@ def test_window_padding_steps_are_scanned():
 @pytest.mark.parametrize("directions", [["v", "h", "w2", "v_flip"], ["v_flip", "h_flip", "w7", "w2_flip"]])
 def test_local_ss2d_v_unscan_faithful_and_corrected(directions):
     """Non-square: the default reproduces the official scrambled 'v' un-scan; the option gives the true inverse."""
-    faithful = randomise(LocalSS2D(8, directions, d_state=4, channel_first=True)).eval()
-    corrected = LocalSS2D(8, directions, d_state=4, reproduce_v_unscan_bug=False, channel_first=True).eval()
+    faithful = randomise(local_ss2d(8, directions, d_state=4, channel_first=True)).eval()
+    corrected = local_ss2d(8, directions, d_state=4, reproduce_v_unscan_bug=False, channel_first=True).eval()
     corrected.load_state_dict(faithful.state_dict())
     x = torch.randn(2, 8, 5, 7)
     with torch.no_grad():
@@ -267,7 +273,7 @@ def test_route_channel_attention_is_per_route_then_sum():
     torch.testing.assert_close(attn(routes), expected)
 
 
-@pytest.mark.parametrize("make", [lambda: SS2D(8, d_state=2), lambda: LocalSS2D(8, ["h", "v", "w2", "w7_flip"])])
+@pytest.mark.parametrize("make", [lambda: SS2D(8, d_state=2), lambda: local_ss2d(8, ["h", "v", "w2", "w7_flip"])])
 def test_gradients_reach_every_parameter(make):
     mixer = make()
     x = torch.randn(2, 5, 6, 8, requires_grad=True)
@@ -289,7 +295,7 @@ def test_bf16_autocast_keeps_dtype_and_agrees():
 
 
 @pytest.mark.parametrize("make", [lambda: SS2D(8, d_state=2, gated=False),
-                                  lambda: LocalSS2D(8, ["h", "v_flip", "w2", "w7"], d_state=2)])
+                                  lambda: local_ss2d(8, ["h", "v_flip", "w2", "w7"], d_state=2)])
 def test_triton_path_matches_torch_path(monkeypatch, make):
     """The Triton kernels (the CPU interpreter when there is no GPU) on the mixers' strided channels-last views,
     behind the fused projections + scan node: outputs and all grads."""
@@ -313,7 +319,7 @@ def test_triton_path_matches_torch_path(monkeypatch, make):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("make", [lambda: SS2D(8, d_state=2), lambda: LocalSS2D(8, ["h", "v_flip", "w2", "w7"])])
+@pytest.mark.parametrize("make", [lambda: SS2D(8, d_state=2), lambda: local_ss2d(8, ["h", "v_flip", "w2", "w7"])])
 def test_torchscript_and_fx(make):
     from timm.models._features_fx import create_feature_extractor
 
@@ -324,3 +330,35 @@ def test_torchscript_and_fx(make):
         torch.testing.assert_close(torch.jit.script(mixer)(x), ref)
         traced = create_feature_extractor(mixer, ["out_proj"])
         assert torch.equal(traced(x)["out_proj"], ref)
+
+
+def test_path_kind_is_an_argument():
+    """The scan order is data: local routes (h, v, h_flip, v_flip) merged by a sum are the cross scan, with the same
+    parameters, on a non-square map."""
+    cross = randomise(SS2D(8, d_state=2)).eval()
+    local = SS2D(8, d_state=2, path_kind="local", directions=["h", "v", "h_flip", "v_flip"], merge="sum").eval()
+    local.load_state_dict(cross.state_dict())
+    x = torch.randn(2, 3, 5, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(local(x), cross(x))
+    for kind, k in (("raster", 1), ("bidirectional", 2), ("zigzag", 4)):
+        mixer = SS2D(8, d_state=2, path_kind=kind)
+        assert mixer.num_directions == k and mixer.A_log.shape == (k, 16, 2)
+        assert mixer(x).shape == x.shape
+
+
+def test_path_kind_errors():
+    with pytest.raises(ValueError, match="path_kind"):
+        SS2D(8, path_kind="spiral")
+    with pytest.raises(ValueError, match="directions"):
+        SS2D(8, directions=["h", "v"])
+    with pytest.raises(ValueError, match="directions"):
+        SS2D(8, path_kind="local")
+    with pytest.raises(ValueError, match="merge"):
+        SS2D(8, merge="mean")
+
+
+def test_a_log_and_d_are_float32_under_dtype():
+    mixer = local_ss2d(8, ["h", "w2"], dtype=torch.bfloat16)
+    assert mixer.A_log.dtype == mixer.D.dtype == torch.float32
+    assert mixer.in_proj.weight.dtype == mixer.dt_proj_bias.dtype == torch.bfloat16

@@ -26,6 +26,7 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from ..ops import mamba_inner
+from .ssm_init import init_a_log_d_, init_dt_projection_, ssm_parameters
 
 __all__ = ["MambaMixer", "MambaBlock", "stack_official_directions"]
 
@@ -74,7 +75,7 @@ class MambaMixer(nn.Module):
             dim: Token width D.
             d_state: SSM state size N.
             d_conv: Depthwise conv kernel size.
-            expand: Inner width E = expand * dim.
+            expand: Inner width d_inner (E) = expand * dim.
             dt_rank: Rank R of the delta projection; ceil(dim / 16) when None.
             bidirectional: Scan forward and backward (K = 2) or forward only (K = 1, plain Mamba).
             merge: How the K directions combine: 'mean' (Vim's (fwd + bwd) / 2) or 'sum' (VideoMamba).
@@ -92,38 +93,29 @@ class MambaMixer(nn.Module):
         self.merge = merge
         self.reverse = [False, True][:self.num_directions]  # direction k scans from the end (its conv too)
         self.dt_range = (dt_min, dt_max, dt_init_floor)
-        num_dirs, inner, rank = self.num_directions, self.d_inner, self.dt_rank
+        num_directions, d_inner, dt_rank = self.num_directions, self.d_inner, self.dt_rank
 
-        self.in_proj = nn.Linear(dim, 2 * inner, bias=False, **dd)
-        self.conv_weight = nn.Parameter(torch.empty(num_dirs, inner, d_conv, **dd))
-        self.conv_bias = nn.Parameter(torch.empty(num_dirs, inner, **dd))
-        self.x_proj_weight = nn.Parameter(torch.empty(num_dirs, rank + 2 * d_state, inner, **dd))
-        self.dt_proj_weight = nn.Parameter(torch.empty(num_dirs, inner, rank, **dd))
-        self.dt_proj_bias = nn.Parameter(torch.empty(num_dirs, inner, **dd))
-        # A_log and D stay float32 whatever the module dtype (the scan's state is float32)
-        self.A_log = nn.Parameter(torch.empty(num_dirs, inner, d_state, device=device, dtype=torch.float32))
-        self.D = nn.Parameter(torch.empty(num_dirs, inner, device=device, dtype=torch.float32))
-        self.out_proj = nn.Linear(inner, dim, bias=False, **dd)
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False, **dd)
+        self.conv_weight = nn.Parameter(torch.empty(num_directions, d_inner, d_conv, **dd))
+        self.conv_bias = nn.Parameter(torch.empty(num_directions, d_inner, **dd))
+        self.x_proj_weight = nn.Parameter(torch.empty(num_directions, dt_rank + 2 * d_state, d_inner, **dd))
+        self.dt_proj_weight = nn.Parameter(torch.empty(num_directions, d_inner, dt_rank, **dd))
+        self.dt_proj_bias = nn.Parameter(torch.empty(num_directions, d_inner, **dd))
+        self.A_log, self.D = ssm_parameters((num_directions, d_inner), d_state, device)  # float32 (layers.ssm_init)
+        self.out_proj = nn.Linear(d_inner, dim, bias=False, **dd)
         self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Mamba's initialisation: PyTorch defaults for the conv and x_proj, dt_proj uniform in +-R^-0.5 with a bias
-        such that softplus(bias) is log-uniform in [dt_min, dt_max], A = -(1..N) per channel (S4D-real), D = 1."""
+        """Mamba's initialisation: PyTorch defaults for the conv and x_proj, then ``vssm.layers.ssm_init`` for the dt
+        projection (softplus(bias) log-uniform in [dt_min, dt_max]), A (S4D-real) and D."""
         conv_bound = self.d_conv ** -0.5  # nn.Conv1d's default for a depthwise conv (fan_in = d_conv)
         nn.init.uniform_(self.conv_weight, -conv_bound, conv_bound)
         nn.init.uniform_(self.conv_bias, -conv_bound, conv_bound)
         x_proj_bound = self.d_inner ** -0.5  # nn.Linear's default
         nn.init.uniform_(self.x_proj_weight, -x_proj_bound, x_proj_bound)
-        dt_bound = self.dt_rank ** -0.5
-        nn.init.uniform_(self.dt_proj_weight, -dt_bound, dt_bound)
-        dt_min, dt_max, dt_floor = self.dt_range
-        dt = torch.exp(torch.rand_like(self.dt_proj_bias, dtype=torch.float32) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=dt_floor)
-        self.dt_proj_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
-        states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
-        self.A_log.copy_(torch.log(states).expand_as(self.A_log))
-        nn.init.ones_(self.D)
+        init_dt_projection_(self.dt_proj_weight, self.dt_proj_bias, *self.dt_range)
+        init_a_log_d_(self.A_log, self.D)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, L, dim) -> (B, L, dim)."""

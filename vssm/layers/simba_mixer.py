@@ -18,24 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import selective_scan
+from .ssm_init import init_dt_projection_, ssm_parameters
 
-__all__ = ["CausalMambaMixer", "init_dt_projection"]
-
-
-def init_dt_projection(dt_proj: nn.Linear, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4):
-    """Mamba's step-size initialisation: weight U(+-rank^-0.5), bias = softplus^-1 of log-uniform [dt_min, dt_max]."""
-    std = dt_proj.in_features ** -0.5
-    with torch.no_grad():
-        dt_proj.weight.uniform_(-std, std)
-        dt = torch.exp(torch.rand_like(dt_proj.bias) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=dt_init_floor)
-        dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-
-
-def s4d_real_A_log(d_inner: int, d_state: int, device=None) -> Tensor:
-    """A_log of Mamba's S4D-real initialisation: log(1..N) for every channel, (E, N) float32."""
-    states = torch.arange(1, d_state + 1, dtype=torch.float32, device=device)
-    return states.log().repeat(d_inner, 1)
+__all__ = ["CausalMambaMixer"]
 
 
 class CausalMambaMixer(nn.Module):
@@ -61,7 +46,7 @@ class CausalMambaMixer(nn.Module):
             dim: Model channels C.
             d_state: SSM state size N (SiMBA: 64).
             d_conv: Causal depthwise conv width.
-            expand: Inner channels E = expand * C.
+            expand: Inner width d_inner (E) = expand * C.
             dt_rank: Rank of the step-size projection ('auto' = ceil(C / 16)).
             bias: Bias of in_proj / out_proj.
             conv_bias: Bias of the causal conv.
@@ -77,9 +62,8 @@ class CausalMambaMixer(nn.Module):
                                 bias=conv_bias, **dd)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **dd)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **dd)
-        init_dt_projection(self.dt_proj)
-        self.A_log = nn.Parameter(s4d_real_A_log(self.d_inner, d_state, device))
-        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        init_dt_projection_(self.dt_proj.weight, self.dt_proj.bias)
+        self.A_log, self.D = ssm_parameters((self.d_inner,), d_state, device)  # float32 (layers.ssm_init)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=bias, **dd)
 
     def _causal_conv(self, x: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
-"""SS2D: the 2-D selective-scan token mixer of VMamba, and its local-route variant from LocalVMamba.
+"""SS2D: the 2-D selective-scan token mixer of VMamba, over any 2-D scan-path kind (LocalVMamba's local routes
+included).
 
-Both mixers take a (B, H, W, C) map, or (B, C, H, W) with ``channel_first=True`` (same weights, same numbers), and run
+The mixer takes a (B, H, W, C) map, or (B, C, H, W) with ``channel_first=True`` (same weights, same numbers), and runs
 
     in_proj -> [x | z] -> depthwise 3x3 conv -> SiLU -> K-direction selective scan -> merge -> out_norm [* SiLU(z)]
     -> out_proj
@@ -15,22 +16,28 @@ Inside the mixer everything is channels-last: the conv runs on channels-last sto
 (``.transpose``), so the kernel reads whole rows of channels per token along any path and returns channels-last
 outputs; the layout option only decides the mixer's input and output.
 
-- ``SS2D`` (VMamba): the four ``cross`` paths (row-major, column-major, and both reversed), merged by a plain sum
-  inside the kernel. ``gated=True`` is the z-gated v0 path (Vanilla VMamba, LocalVMamba), ``gated=False`` the no-z v2
-  path.
-- ``LocalSS2D`` (LocalVMamba): K ``local`` routes per block (``h``, ``v``, ``w2``, ``w7`` and their ``_flip``s;
-  window routes zero-pad the map to a multiple of the window, and the padding steps are scanned as ordinary zero
-  tokens, as the official code does), merged by ``RouteChannelAttention`` (each route gated by its own channel
-  attention, then summed).
+The scan order is an argument, ``path_kind`` (a 2-D ``vssm.ops.scan_paths`` kind), not a class:
+
+- ``path_kind='cross'`` (VMamba, the default): the four cross paths (row-major, column-major, and both reversed),
+  merged by a plain sum inside the kernel.
+- ``path_kind='local'`` with ``directions`` (LocalVMamba): K local routes per block (``h``, ``v``, ``w2``, ``w7`` and
+  their ``_flip``s; window routes zero-pad the map to a multiple of the window, and the padding steps are scanned as
+  ordinary zero tokens, as the official code does), merged by ``RouteChannelAttention`` (each route gated by its own
+  channel attention, then summed).
+- any other 2-D kind (``raster``, ``bidirectional``, ``zigzag``) scans along its paths, merged by a sum.
+
+``gated=True`` is the z-gated v0 path (Vanilla VMamba, LocalVMamba), ``gated=False`` the no-z v2 path.
 
 Official quirk kept by default (``reproduce_v_unscan_bug=True``): LocalMamba un-scans the column-major routes ``v`` /
 ``v_flip`` by reshaping the sequence as (H, W) instead of (W, H), which is the inverse only on square maps. Converted
 official weights need it (it changes nothing at the 224 px classification sizes, whose maps are square); set
-``reproduce_v_unscan_bug=False`` for the correct inverse on non-square maps (detection and segmentation inputs).
+``reproduce_v_unscan_bug=False`` for the correct inverse on non-square maps (detection and segmentation inputs). The
+quirk belongs to the official pairing, local routes merged by attention; a sum merge (inside the kernel) always
+un-scans correctly.
 """
 import functools
 import math
-from typing import List, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,25 +45,25 @@ from timm.layers import register_notrace_function
 from torch import Tensor, nn
 
 from vssm.layers.norm import LayerNorm
+from vssm.layers.ssm_init import init_a_log_d_, init_dt_projection_, ssm_parameters
 from vssm.ops import projected_multi_scan, scan_paths
 
-__all__ = ["SS2D", "LocalSS2D", "RouteChannelAttention", "official_v_unscan"]
+__all__ = ["SS2D", "RouteChannelAttention", "grid_paths", "official_v_unscan"]
 
 COLUMN_ROUTES = ("v", "v_flip")
+MERGES = ("sum", "attention")
+# num_directions K of each 2-D ``scan_paths`` kind ('local': one per direction name)
+PATH_KIND_DIRECTIONS = {"raster": 1, "bidirectional": 2, "cross": 4, "zigzag": 4, "local": None}
 
 
 @register_notrace_function
 @torch.jit.ignore
-def cross_paths(height: int, width: int, device: torch.device) -> Tensor:
-    """VMamba's four cross-scan paths (4, H*W) on an (H, W) grid (cached)."""
-    return scan_paths.build("cross", (height, width), device=device)
-
-
-@register_notrace_function
-@torch.jit.ignore
-def local_paths(height: int, width: int, directions: List[str], device: torch.device) -> Tensor:
-    """LocalMamba routes (K, Lp) on an (H, W) grid, end-padded to the longest route (cached)."""
-    return scan_paths.build("local", (height, width), device=device, directions=directions)
+def grid_paths(path_kind: str, height: int, width: int, directions: List[str], device: torch.device) -> Tensor:
+    """Scan paths (K, Lp) of a 2-D ``scan_paths`` kind on an (H, W) grid (cached); ``directions`` for 'local' only
+    (its routes end-padded to the longest)."""
+    if path_kind == "local":
+        return scan_paths.build(path_kind, (height, width), device=device, directions=directions)
+    return scan_paths.build(path_kind, (height, width), device=device)
 
 
 @functools.lru_cache(maxsize=64)
@@ -120,7 +127,9 @@ class RouteChannelAttention(nn.Module):
 
 
 class SS2D(nn.Module):
-    """VMamba's 2-D selective scan over the four cross directions, merged by a sum (see the module docstring)."""
+    """VMamba's 2-D selective scan along the paths of ``path_kind``, merged by a sum or by route channel attention
+    (see the module docstring)."""
+    directions: List[str]  # TorchScript needs the element type of an empty list
 
     def __init__(
             self,
@@ -132,7 +141,10 @@ class SS2D(nn.Module):
             conv_bias: bool = True,
             gated: bool = True,
             channel_first: bool = False,
-            num_directions: int = 4,
+            path_kind: str = "cross",
+            directions: Optional[Sequence[str]] = None,
+            merge: Optional[str] = None,
+            reproduce_v_unscan_bug: bool = True,
             device=None,
             dtype=None,
     ):
@@ -146,102 +158,91 @@ class SS2D(nn.Module):
             conv_bias: Bias in the depthwise conv.
             gated: Split in_proj into x and a SiLU(z) gate applied after out_norm (v0); False: no z branch (v2).
             channel_first: Input/output layout (B, C, H, W) if True, else (B, H, W, C).
-            num_directions: K scan directions (4 for the cross scan; ``LocalSS2D`` passes its route count).
+            path_kind: The scan order, a 2-D ``vssm.ops.scan_paths`` kind ('cross', 'local', 'zigzag', 'raster',
+                'bidirectional'); num_directions K is its path count.
+            directions: Route names of ``path_kind='local'`` in parameter order, e.g. ['h_flip', 'v', 'w2', 'w7_flip'].
+            merge: 'sum' or 'attention' (``RouteChannelAttention``); None: 'attention' for 'local' (LocalVMamba),
+                'sum' otherwise (VMamba).
+            reproduce_v_unscan_bug: Un-scan 'v'/'v_flip' local routes as the official code does (wrong on non-square
+                maps).
         """
         dd = {"device": device, "dtype": dtype}
         super().__init__()
+        if path_kind not in PATH_KIND_DIRECTIONS:
+            raise ValueError(f"SS2D: path_kind must be one of {tuple(PATH_KIND_DIRECTIONS)}, got {path_kind!r}")
+        if (directions is not None) != (path_kind == "local"):
+            raise ValueError(f"SS2D: directions go with path_kind='local' only, got path_kind={path_kind!r} and "
+                             f"directions={directions!r}")
+        merge = ("attention" if path_kind == "local" else "sum") if merge is None else merge
+        if merge not in MERGES:
+            raise ValueError(f"SS2D: merge must be one of {MERGES}, got {merge!r}")
         self.d_inner = int(ssm_ratio * dim)
         self.d_state = d_state
         self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
         self.gated = gated
         self.channel_first = channel_first
+        self.path_kind = path_kind
+        self.directions = [] if directions is None else list(directions)
+        self.merge = merge
+        self.reproduce_v_unscan_bug = reproduce_v_unscan_bug
+        self.num_directions = PATH_KIND_DIRECTIONS[path_kind] or len(self.directions)
 
         self.in_proj = nn.Linear(dim, self.d_inner * (2 if gated else 1), bias=False, **dd)
         self.conv2d = nn.Conv2d(
             self.d_inner, self.d_inner, d_conv, padding=(d_conv - 1) // 2, groups=self.d_inner, bias=conv_bias, **dd,
         )
-        k, d, r, n = num_directions, self.d_inner, self.dt_rank, d_state
-        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, d, **dd))  # per direction: d -> (dt_low, B, C)
-        self.dt_proj_weight = nn.Parameter(torch.empty(k, d, r, **dd))
-        self.dt_proj_bias = nn.Parameter(torch.empty(k, d, **dd))
-        self.A_log = nn.Parameter(torch.empty(k, d, n, **dd))
-        self.D = nn.Parameter(torch.empty(k, d, **dd))
+        num_directions, d_inner, dt_rank = self.num_directions, self.d_inner, self.dt_rank
+        # per direction: d_inner -> (dt_low, B, C)
+        self.x_proj_weight = nn.Parameter(torch.empty(num_directions, dt_rank + 2 * d_state, d_inner, **dd))
+        self.dt_proj_weight = nn.Parameter(torch.empty(num_directions, d_inner, dt_rank, **dd))
+        self.dt_proj_bias = nn.Parameter(torch.empty(num_directions, d_inner, **dd))
+        self.A_log, self.D = ssm_parameters((num_directions, d_inner), d_state, device)  # float32 (layers.ssm_init)
         self.out_norm = LayerNorm(self.d_inner, eps=1e-5, autocast_output=True, **dd)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=False, **dd)
         self.reset_ssm_parameters()
+        # parameter-free Identity for the sum merge: no state-dict keys, and TorchScript sees one module type
+        self.attn = RouteChannelAttention(self.d_inner, **dd) if merge == "attention" else nn.Identity()
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4):
         """Mamba's initialisation of the raw SSM parameters (VMamba ``ssm_init='v0'``).
 
-        x_proj: nn.Linear's default, U(+-1/sqrt(d_inner)); dt_proj weight U(+-R^-0.5); dt bias = softplus^-1(dt), dt
-        log-uniform in [dt_min, dt_max] (floored); A_log = log(1..N); D = 1.
+        x_proj: nn.Linear's default, U(+-1/sqrt(d_inner)); then ``vssm.layers.ssm_init``: dt_proj weight U(+-R^-0.5),
+        dt bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max] (floored); A_log = log(1..N); D = 1.
         """
         bound = self.d_inner ** -0.5
         nn.init.uniform_(self.x_proj_weight, -bound, bound)
-        nn.init.uniform_(self.dt_proj_weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
-        log_dt = torch.rand_like(self.dt_proj_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        dt = log_dt.exp().clamp(min=dt_floor)
-        self.dt_proj_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
-        self.A_log.copy_(states.log().expand_as(self.A_log))
-        self.D.fill_(1.0)
+        init_dt_projection_(self.dt_proj_weight, self.dt_proj_bias, dt_min, dt_max, dt_floor)
+        init_a_log_d_(self.A_log, self.D)
 
     def scan(self, x: Tensor) -> Tensor:
-        """Cross scan of the conv features x (B, d, H, W), channels-last storage; returns the merged (B, L, d)."""
+        """Scan of the conv features x (B, d_inner, H, W), channels-last storage, along the K paths, merged;
+        returns (B, L, d_inner)."""
         height, width = x.shape[-2:]
-        y = projected_multi_scan(x.flatten(2), self.x_proj_weight, self.dt_proj_weight, self.dt_proj_bias,
-                                 self.A_log, self.D, cross_paths(height, width, x.device), "sum")  # (B, d, L)
-        return y.transpose(1, 2)
+        paths = grid_paths(self.path_kind, height, width, self.directions, x.device)
+        if self.merge == "sum":
+            y = projected_multi_scan(x.flatten(2), self.x_proj_weight, self.dt_proj_weight, self.dt_proj_bias,
+                                     self.A_log, self.D, paths, "sum")  # (B, d_inner, L)
+            return y.transpose(1, 2)
+        ys = projected_multi_scan(x.flatten(2), self.x_proj_weight, self.dt_proj_weight, self.dt_proj_bias,
+                                  self.A_log, self.D, paths, "none")  # (B, K, d_inner, L)
+        routes = ys.transpose(2, 3)  # (B, K, L, d_inner)
+        if self.reproduce_v_unscan_bug and self.path_kind == "local":
+            routes = official_v_unscan(routes, self.directions, height, width)
+        return self.attn(routes)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, H, W, C) -> (B, H, W, C), or (B, C, H, W) -> (B, C, H, W) when channel_first."""
         if self.channel_first:
             x = x.permute(0, 2, 3, 1)
-        x = self.in_proj(x)  # (B, H, W, d or 2d)
+        x = self.in_proj(x)  # (B, H, W, d_inner or 2 d_inner)
         z = x
         if self.gated:
             x, z = x.chunk(2, dim=-1)
-        x = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # (B, d, H, W), no copy without z
+        x = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)  # (B, d_inner, H, W), no copy if no z
         x = F.silu(self.conv2d(x))
-        y = self.out_norm(self.scan(x)).unflatten(1, x.shape[-2:])  # (B, H, W, d)
+        y = self.out_norm(self.scan(x)).unflatten(1, x.shape[-2:])  # (B, H, W, d_inner)
         if self.gated:
             y = y * F.silu(z)
         y = self.out_proj(y)
         return y.permute(0, 3, 1, 2) if self.channel_first else y
-
-
-class LocalSS2D(SS2D):
-    """LocalVMamba's SS2D: one scan per searched local route, merged by route channel attention."""
-
-    def __init__(
-            self,
-            dim: int,
-            directions: List[str],
-            reproduce_v_unscan_bug: bool = True,
-            device=None,
-            dtype=None,
-            **kwargs,
-    ):
-        """
-        Args:
-            dim: Input/output channels.
-            directions: Route names in parameter order, e.g. ['h_flip', 'v', 'w2', 'w7_flip'].
-            reproduce_v_unscan_bug: Un-scan 'v'/'v_flip' as the official code does (wrong on non-square maps).
-            **kwargs: ``SS2D`` arguments.
-        """
-        super().__init__(dim, num_directions=len(directions), device=device, dtype=dtype, **kwargs)
-        self.directions = list(directions)
-        self.reproduce_v_unscan_bug = reproduce_v_unscan_bug
-        self.attn = RouteChannelAttention(self.d_inner, device=device, dtype=dtype)
-
-    def scan(self, x: Tensor) -> Tensor:
-        """Local-route scans of x (B, d, H, W), channels-last storage, merged by channel attention -> (B, L, d)."""
-        height, width = x.shape[-2:]
-        ys = projected_multi_scan(x.flatten(2), self.x_proj_weight, self.dt_proj_weight, self.dt_proj_bias,
-                                  self.A_log, self.D, local_paths(height, width, self.directions, x.device),
-                                  "none")  # (B, K, d, L)
-        routes = ys.transpose(2, 3)  # (B, K, L, d)
-        if self.reproduce_v_unscan_bug:
-            routes = official_v_unscan(routes, self.directions, height, width)
-        return self.attn(routes)

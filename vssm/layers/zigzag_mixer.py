@@ -32,7 +32,7 @@ from timm.layers import register_notrace_function
 from torch import Tensor
 
 from ..ops import multi_scan, scan_paths
-from .simba_mixer import init_dt_projection, s4d_real_A_log
+from .ssm_init import init_dt_projection_, ssm_parameters
 
 __all__ = ["ZigzagMamba2D", "zigzag_routes"]
 
@@ -76,7 +76,7 @@ class ZigzagMamba2D(nn.Module):
         Args:
             dim: Model channels C.
             d_state: SSM state size N.
-            expand: Inner channels E = expand * C.
+            expand: Inner width d_inner (E) = expand * C.
             dt_rank: Rank of the step-size projection ('auto' = ceil(C / 16)).
             conv_size: Odd kernel size of the depthwise 2-D conv.
             bias: Bias of in_proj / out_proj.
@@ -98,9 +98,8 @@ class ZigzagMamba2D(nn.Module):
                                 bias=conv_bias, **dd)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **dd)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **dd)
-        init_dt_projection(self.dt_proj)
-        self.A_log = nn.Parameter(s4d_real_A_log(self.d_inner, d_state, device))
-        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        init_dt_projection_(self.dt_proj.weight, self.dt_proj.bias)
+        self.A_log, self.D = ssm_parameters((self.d_inner,), d_state, device)  # float32 (layers.ssm_init)
         self.direction_tokens = nn.Parameter(torch.zeros(NUM_MOVES, d_state, **dd))
         nn.init.trunc_normal_(self.direction_tokens, std=0.02)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=bias, **dd)

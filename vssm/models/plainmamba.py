@@ -41,9 +41,9 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, checkpoint_seq
 from torch import Tensor
 
-from ..convert import register_official, unwrap_checkpoint
+from ..convert import register_checkpoint_filter, register_official, unwrap_checkpoint
 from ..layers.norm import LayerNorm
-from ..layers.simba_mixer import init_dt_projection
+from ..layers.ssm_init import init_dt_projection_
 from ..layers.zigzag_mixer import ZigzagMamba2D
 
 __all__ = ["PlainMamba"]
@@ -168,7 +168,8 @@ class PlainMamba(nn.Module):
             dt_bias_twice: Add the dt bias twice (official); False adds it once.
             drop_rate: Dropout before the head.
             pos_drop_rate: Dropout after the position embedding.
-            drop_path_rate: Stochastic depth, linear over the blocks.
+            drop_path_rate: Stochastic depth, linear 0..drop_path_rate over the blocks, Mamba branch only, as the
+                official code (default 0; official training 0.2 / 0.2 / 0.4 for L1 / L2 / L3).
             mamba_dt_init: Keep Mamba's step-size initialisation; the official init (False) re-initialises every
                 Linear, dt_proj included, to trunc-normal(0.02) with zero bias.
         """
@@ -199,7 +200,7 @@ class PlainMamba(nn.Module):
             nn.init.normal_(self.head.weight, std=0.01)
         if mamba_dt_init:
             for block in self.blocks:
-                init_dt_projection(block.token_mixer.dt_proj)
+                init_dt_projection_(block.token_mixer.dt_proj.weight, block.token_mixer.dt_proj.bias)
 
     @staticmethod
     def _check_pool(global_pool: str) -> str:
@@ -347,6 +348,7 @@ def convert_official(state_dict: Dict[str, Tensor], grid_size: Optional[Tuple[in
     return out
 
 
+@register_checkpoint_filter
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: PlainMamba) -> Dict[str, Tensor]:
     """Official checkpoint ({'meta', 'state_dict'} from mmcv, or a flat state dict) -> vssm keys."""
     state_dict = unwrap_checkpoint(state_dict)
@@ -413,7 +415,7 @@ def _official_builder(kwargs: dict, entry: Optional[str]):
 # ---------------------------------------------------------------------------------------------------------------------
 # Variants
 
-MODEL_ARGS = {
+MODEL_VARIANTS: Dict[str, dict] = {
     "plainmamba_l1": dict(embed_dim=192, depth=24, stem_convs=1, dwconv_layers=(0,)),
     "plainmamba_l2": dict(embed_dim=384, depth=24, stem_convs=2),
     "plainmamba_l3": dict(embed_dim=448, depth=36, stem_convs=2),
@@ -426,7 +428,7 @@ def _create_plainmamba(variant: str, pretrained: bool = False, **kwargs) -> Plai
         PlainMamba, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=3, feature_cls="getter"),
-        **dict(MODEL_ARGS[variant], **kwargs),
+        **dict(MODEL_VARIANTS[variant], **kwargs),
     )
 
 

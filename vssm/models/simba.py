@@ -54,11 +54,12 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor
 
-from ..convert import register_official, unwrap_checkpoint
+from ..convert import register_checkpoint_filter, register_official, unwrap_checkpoint
 from ..layers.einfft import EinFFT
 from ..layers.monarch import MonarchMlp
 from ..layers.norm import LayerNorm
-from ..layers.simba_mixer import CausalMambaMixer, init_dt_projection
+from ..layers.simba_mixer import CausalMambaMixer
+from ..layers.ssm_init import init_dt_projection_
 
 __all__ = ["SiMBA"]
 
@@ -251,7 +252,8 @@ class SiMBA(nn.Module):
             norm_eps: Eps of the block, stage and final LayerNorms (the factories' 1e-6; stem, downsampling and Mamba
                 LayerNorms keep 1e-5 as in the official code).
             drop_rate: Dropout before the heads (the official code ignores it).
-            drop_path_rate: Stochastic depth, linear over the stage blocks.
+            drop_path_rate: Stochastic depth, linear 0..drop_path_rate over all stage blocks, as the official code
+                (default 0; official training 0.1 for S and B, 0.3 for L).
             mamba_dt_init: Keep Mamba's step-size initialisation; the official init (False) re-initialises every
                 Linear, dt_proj included, to trunc-normal(0.02) with zero bias.
         """
@@ -284,7 +286,7 @@ class SiMBA(nn.Module):
         if mamba_dt_init:
             for module in self.modules():
                 if isinstance(module, CausalMambaMixer):
-                    init_dt_projection(module.dt_proj)
+                    init_dt_projection_(module.dt_proj.weight, module.dt_proj.bias)
 
     @staticmethod
     def _check_pool(global_pool: str) -> str:
@@ -450,6 +452,7 @@ def convert_official(state_dict: Dict[str, Tensor], num_stages: int = 4) -> Dict
     return out
 
 
+@register_checkpoint_filter
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SiMBA) -> Dict[str, Tensor]:
     """Official checkpoint -> vssm keys: the trainer's {'state_dict': ...}, the {'model': {'state_dict': ...}} that
     its --finetune / --resume also accept, or a flat state dict ('module.' prefixes dropped)."""
@@ -491,7 +494,7 @@ _SIZES = {
     "b": dict(stem_width=64, dims=(64, 128, 320, 512), depths=(3, 4, 12, 3)),
     "l": dict(stem_width=64, dims=(96, 192, 384, 512), depths=(3, 6, 18, 3)),
 }
-MODEL_ARGS = {
+MODEL_VARIANTS: Dict[str, dict] = {
     **{f"simba_{size}": dict(args, channel_mixer="mlp") for size, args in _SIZES.items()},
     **{f"simba_{size}_einfft": dict(args, channel_mixer="einfft") for size, args in _SIZES.items()},
     **{f"simba_{size}_monarch": dict(args, channel_mixer="monarch") for size, args in _SIZES.items()},
@@ -505,7 +508,7 @@ def _create_simba(variant: str, pretrained: bool = False, **kwargs) -> SiMBA:
         SiMBA, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter", flatten_sequential=True),
-        **dict(MODEL_ARGS[variant], **kwargs),
+        **dict(MODEL_VARIANTS[variant], **kwargs),
     )
 
 

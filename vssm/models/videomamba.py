@@ -15,7 +15,8 @@ https://github.com/OpenGVLab/VideoMamba (commit f3427e4, Apache-2.0); weights: H
 
 The trunk is Vim's (``vssm.models.vim``) with the class token at the HEAD, the two scan directions SUMMED (no
 division by 2) and the official VideoMamba initialisation (every linear map, the mixers' dt_proj included,
-trunc-normal(0.02) with zero bias; zero class token and temporal embedding).
+trunc-normal(0.02) with zero bias; zero class token and temporal embedding). Drop path is Vim's: linear
+0..drop_path_rate over the blocks (default 0.1), as the official code.
 
 - Image variants (``videomamba_{tiny,small,middle,base}_image``, ImageNet-1k): ``Vim`` built with
   ``class_token='head', merge='sum', weight_init='videomamba'``.
@@ -45,15 +46,15 @@ from functools import partial
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from ..convert import register_official, unwrap_checkpoint
+from ..convert import register_checkpoint_filter, register_official, unwrap_checkpoint
 from ..layers.mamba_mixer import stack_official_directions
-from .vim import Vim, resize_pos_embed_official
+from ..layers.pos_embed import resample_temporal_embed, resize_pos_embed_official
+from .vim import Vim
 
 __all__ = ["VideoMamba", "TubeletEmbed", "checkpoint_filter_fn", "convert_official", "inflate_patch_weight"]
 
@@ -170,15 +171,14 @@ class VideoMamba(Vim):
         """Temporal embedding (1, frames, D), linearly resampled when the clip has another token count in time."""
         if frames == self.patch_embed.grid_size[0]:
             return self.temporal_pos_embedding
-        resampled = F.interpolate(self.temporal_pos_embedding.transpose(1, 2).float(), size=frames, mode="linear",
-                                  align_corners=False)
-        return resampled.transpose(1, 2).to(self.temporal_pos_embedding.dtype)
+        return resample_temporal_embed(self.temporal_pos_embedding, frames)
 
     def _pos_embed(self, x: Tensor, grid: List[int]) -> Tensor:
         """Patch tokens (B, t * h * w, D), frame-major -> [cls, patches] with spatial + temporal embeddings."""
         batch, frames = x.shape[0], grid[0]
         cls_token = self.cls_token
-        assert cls_token is not None
+        if cls_token is None:  # built by __init__ (class_token='head')
+            raise RuntimeError("VideoMamba: the class token is missing")
         pos_embed = self._resampled_pos_embed(grid[1:])  # (1, 1 + h * w, D), class slot first
         temporal = self._resampled_temporal_embed(frames)  # (1, t, D)
         x = x.reshape(batch, frames, -1, self.embed_dim) + pos_embed[:, None, 1:]  # (B, t, h * w, D)
@@ -224,14 +224,13 @@ def convert_official(state_dict: Dict[str, Tensor], model: Vim) -> Dict[str, Ten
                     out[key] = own[key]
         temporal = out.get("temporal_pos_embedding")
         if temporal is not None and temporal.shape != own["temporal_pos_embedding"].shape:
-            resized = F.interpolate(temporal.transpose(1, 2).float(), size=own["temporal_pos_embedding"].shape[1],
-                                    mode="linear", align_corners=False)
-            out["temporal_pos_embedding"] = resized.transpose(1, 2).to(temporal.dtype)
+            out["temporal_pos_embedding"] = resample_temporal_embed(temporal, own["temporal_pos_embedding"].shape[1])
     if "pos_embed" in out and "pos_embed" in own and out["pos_embed"].shape != own["pos_embed"].shape:
         out["pos_embed"] = resize_pos_embed_official(out["pos_embed"], model.patch_embed.grid_size[-2:], 1)
     return out
 
 
+@register_checkpoint_filter
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: Vim) -> Dict[str, Tensor]:
     """Official checkpoint as distributed (image: ``{'model': ...}``, video: flat) or a vssm one -> ``model``'s keys."""
     state_dict = unwrap_checkpoint(state_dict)
@@ -288,33 +287,29 @@ def _official_builder(kwargs: dict, entry: Optional[str]):
 
 
 # Variants: official factories videomamba_{tiny,small,middle[,base]} of the image_sm and video_sm files (patch 16,
-# RMSNorm, float32 residual, bimamba); the video ones default to 16 frames, tubelet 1 and the 400 K400 classes.
-VIDEO_VARIANTS = {
+# RMSNorm, float32 residual, bimamba); the video ones default to 16 frames, tubelet 1 and the 400 K400 classes. The
+# ``*_image`` variants are the ``Vim`` image trunk (head class token, (fwd + bwd) summed, the official init).
+_IMAGE_TRUNK = dict(class_token="head", merge="sum", weight_init="videomamba")
+MODEL_VARIANTS: Dict[str, dict] = {
     "videomamba_tiny": dict(embed_dim=192, depth=24),
     "videomamba_small": dict(embed_dim=384, depth=24),
     "videomamba_middle": dict(embed_dim=576, depth=32),
+    "videomamba_tiny_image": dict(_IMAGE_TRUNK, embed_dim=192, depth=24),
+    "videomamba_small_image": dict(_IMAGE_TRUNK, embed_dim=384, depth=24),
+    "videomamba_middle_image": dict(_IMAGE_TRUNK, embed_dim=576, depth=32),
+    "videomamba_base_image": dict(_IMAGE_TRUNK, embed_dim=768, depth=24),
     "test_videomamba": dict(embed_dim=32, depth=3, d_state=8, num_frames=4),
 }
-IMAGE_VARIANTS = {
-    "videomamba_tiny_image": dict(embed_dim=192, depth=24),
-    "videomamba_small_image": dict(embed_dim=384, depth=24),
-    "videomamba_middle_image": dict(embed_dim=576, depth=32),
-    "videomamba_base_image": dict(embed_dim=768, depth=24),
-}
-IMAGE_TRUNK = dict(class_token="head", merge="sum", weight_init="videomamba")
 
 
 def _create_videomamba(variant: str, pretrained: bool = False, **kwargs) -> Vim:
     out_indices = kwargs.pop("out_indices", 3)
-    if variant in VIDEO_VARIANTS:
-        model_cls, model_args = VideoMamba, VIDEO_VARIANTS[variant]
-    else:
-        model_cls, model_args = Vim, dict(IMAGE_TRUNK, **IMAGE_VARIANTS[variant])
+    model_cls = Vim if variant.endswith("_image") else VideoMamba
     return build_model_with_cfg(
         model_cls, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **dict(model_args, **kwargs),
+        **dict(MODEL_VARIANTS[variant], **kwargs),
     )
 
 

@@ -31,9 +31,10 @@ What is reproduced from the official code (``vssm.convert.load_official('vim', .
   2-D rotary embedding of the patch tokens, applied to the residual stream before every block, i.e. the official
   ``if_rope`` + ``if_rope_residual``; the tables are computed, the official ``rope.freqs_*`` buffers are not loaded).
 - position embeddings of official checkpoints at another size are resized the official way (``checkpoint_filter_fn``
-  / ``resize_pos_embed_official``): the fine-tune script's DeiT resize keeps index 0 as the class token, which with
-  a middle class token is a patch, and resamples the real class slot as a patch. It is wrong, but it is how the
-  stride-8 "+" checkpoints were initialised, so converted official weights behave as in the official code.
+  / ``vssm.layers.pos_embed.resize_pos_embed_official``): the fine-tune script's DeiT resize keeps index 0 as the
+  class token, which with a middle class token is a patch, and resamples the real class slot as a patch. It is
+  wrong, but it is how the stride-8 "+" checkpoints were initialised, so converted official weights behave as in the
+  official code.
   ``dynamic_img_size=True`` resamples the patch grid only and keeps the class slot (the correct resize).
 
 Modifications: timm layout and API (``blocks``, ``norm``, ``head``; per-direction mixer parameters stacked, see
@@ -49,10 +50,9 @@ from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
-    calculate_drop_path_rates, get_norm_layer, lecun_normal_, resample_abs_pos_embed, to_2tuple, trunc_normal_,
+    calculate_drop_path_rates, get_norm_layer, lecun_normal_, to_2tuple, trunc_normal_,
 )
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
@@ -60,16 +60,17 @@ from timm.models._manipulate import checkpoint
 from torch import Tensor, nn
 from torch.jit import Final
 
-from ..convert import register_official, unwrap_checkpoint
+from ..convert import register_checkpoint_filter, register_official, unwrap_checkpoint
 from ..layers.mamba_mixer import MambaBlock, stack_official_directions
 from ..layers.norm import RmsNorm
+from ..layers.pos_embed import (
+    CLASS_TOKENS, Rope2d, join_class_tokens, resample_pos_embed, resize_pos_embed_official, split_class_tokens,
+)
+# NOTE: re-exported for tests/models/test_vim.py (``vim.rope_tables``) until the contract rewrite imports it from
+# vssm.layers.pos_embed; drop then.
+from ..layers.pos_embed import rope_tables  # noqa: F401
 
-__all__ = [
-    "Vim", "StridedPatchEmbed", "VimRope", "checkpoint_filter_fn", "convert_official", "resize_pos_embed_official",
-    "rope_tables",
-]
-
-CLASS_TOKENS = ("middle", "head", "double", "none")
+__all__ = ["Vim", "StridedPatchEmbed", "checkpoint_filter_fn", "convert_official"]
 POOLS = ("token", "avg", "")
 WEIGHT_INITS = ("vim", "videomamba")
 
@@ -108,52 +109,6 @@ class StridedPatchEmbed(nn.Module):
             torch._assert(x.shape[-2] == self.img_size[0], message)
             torch._assert(x.shape[-1] == self.img_size[1], message)
         return self.proj(x)
-
-
-def rope_tables(dim: int, grid: List[int], ref_size: int, device: Optional[torch.device] = None,
-                theta: float = 10000.) -> Tuple[Tensor, Tensor]:
-    """cos and sin (h * w, dim) of the EVA-02 2-D rotary embedding: channels [0, dim/2) rotate with the row index,
-    [dim/2, dim) with the column index, both scaled to ``ref_size`` positions; channel pairs (2i, 2i+1) share a
-    frequency."""
-    half = dim // 2
-    inv_freq = 1. / (theta ** (torch.arange(0, half, 2, device=device)[:half // 2].float() / half))  # (dim/4,)
-    angles: List[Tensor] = []
-    for size in grid:
-        pos = torch.arange(size, device=device).float() / size * ref_size
-        angles.append((pos[:, None] * inv_freq[None, :]).repeat_interleave(2, dim=1))  # (size, dim/2)
-    rows = angles[0][:, None, :].expand(grid[0], grid[1], half)
-    cols = angles[1][None, :, :].expand(grid[0], grid[1], half)
-    table = torch.cat([rows, cols], dim=-1).reshape(grid[0] * grid[1], dim)
-    return table.cos(), table.sin()
-
-
-class VimRope(nn.Module):
-    """Rotary position embedding of patch tokens (B, h * w, D) in row-major order (Vim's ``if_rope``)."""
-
-    def __init__(self, dim: int, grid_size: List[int], ref_size: int = 14, device=None):
-        """
-        Args:
-            dim: Token width (a multiple of 4).
-            grid_size: Default token grid (h, w); other grids get their tables computed on the fly.
-            ref_size: Positions are scaled to a grid of this side (official ``pt_hw_seq_len``).
-        """
-        super().__init__()
-        if dim % 4:
-            raise ValueError(f"VimRope: dim must be a multiple of 4, got {dim}")
-        self.dim = dim
-        self.grid_size = list(grid_size)
-        self.ref_size = ref_size
-        cos, sin = rope_tables(dim, self.grid_size, ref_size, device)
-        self.register_buffer("freqs_cos", cos, persistent=False)
-        self.register_buffer("freqs_sin", sin, persistent=False)
-
-    def forward(self, x: Tensor, grid: List[int]) -> Tensor:
-        if grid == self.grid_size:
-            cos, sin = self.freqs_cos, self.freqs_sin
-        else:
-            cos, sin = rope_tables(self.dim, grid, self.ref_size, x.device)
-        rotated = torch.stack([-x[..., 1::2], x[..., 0::2]], dim=-1).flatten(-2)  # pairs (a, b) -> (-b, a)
-        return x * cos + rotated * sin
 
 
 class Vim(nn.Module):
@@ -216,7 +171,8 @@ class Vim(nn.Module):
             norm_eps: Norm epsilon.
             drop_rate: Dropout before the head.
             pos_drop_rate: Dropout after the position embedding (official ``drop_rate``).
-            drop_path_rate: Stochastic depth, linear over the blocks.
+            drop_path_rate: Stochastic depth, linear 0..drop_path_rate over the blocks, as the official code (see the
+                module docstring).
             dynamic_img_size: Accept other input sizes, resampling the position embedding to the token grid.
             weight_init: 'vim' (official Vim init) or 'videomamba' (official VideoMamba init: every linear map
                 trunc-normal(0.02) with zero bias, dt_proj included, zero class token).
@@ -247,7 +203,7 @@ class Vim(nn.Module):
         num_pos = self.num_prefix_tokens + spatial_grid[0] * spatial_grid[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_pos, embed_dim, **dd)) if abs_pos_embed else None
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        self.rope = VimRope(embed_dim, spatial_grid, rope_ref_size, device=device) if rope else None
+        self.rope = Rope2d(embed_dim, spatial_grid, rope_ref_size, device=device) if rope else None
 
         if norm_layer == "rmsnorm":  # vssm's one-kernel RMSNorm; a block's norm feeds in_proj in the autocast dtype
             block_norm = partial(RmsNorm, eps=norm_eps, autocast_output=True)
@@ -331,43 +287,20 @@ class Vim(nn.Module):
             self.global_pool = self._check_pool(global_pool)
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
-    def _join_prefix(self, prefix: Tensor, patches: Tensor) -> Tensor:
-        """Class token(s) (B, P, D) and patch tokens (B, M, D) -> the token sequence (B, P + M, D)."""
-        if self.class_token == "head":
-            return torch.cat([prefix, patches], dim=1)
-        if self.class_token == "middle":
-            middle = patches.shape[1] // 2
-            return torch.cat([patches[:, :middle], prefix, patches[:, middle:]], dim=1)
-        if self.class_token == "double":
-            return torch.cat([prefix[:, :1], patches, prefix[:, 1:]], dim=1)
-        return patches
-
-    def _split_prefix(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """Token sequence (B, P + M, D) -> (class token(s) (B, P, D), patch tokens (B, M, D) in row-major order)."""
-        if self.class_token == "head":
-            return x[:, :1], x[:, 1:]
-        if self.class_token == "middle":
-            middle = (x.shape[1] - 1) // 2
-            return x[:, middle:middle + 1], torch.cat([x[:, :middle], x[:, middle + 1:]], dim=1)
-        if self.class_token == "double":
-            return torch.cat([x[:, :1], x[:, -1:]], dim=1), x[:, 1:-1]
-        return x[:, :0], x
-
     def _resampled_pos_embed(self, grid: List[int]) -> Tensor:
         """Position embedding for a token grid: resample the patch part (bicubic), keep the class slot(s)."""
         pos_embed = self.pos_embed
-        assert pos_embed is not None
+        if pos_embed is None:
+            raise RuntimeError("Vim: the model has no position embedding (abs_pos_embed=False)")
         default_grid = self.patch_embed.grid_size[-2:]
         if grid == default_grid:
             return pos_embed
-        prefix, patches = self._split_prefix(pos_embed)
-        patches = resample_abs_pos_embed(patches, grid, default_grid, num_prefix_tokens=0, antialias=False)
-        return self._join_prefix(prefix, patches)
+        return resample_pos_embed(pos_embed, grid, default_grid, self.class_token)
 
     def _pos_embed(self, x: Tensor, grid: List[int]) -> Tensor:
         """Patch tokens (B, M, D) -> token sequence with class token(s) and position embedding (B, P + M, D)."""
         if self.cls_token is not None:
-            x = self._join_prefix(self.cls_token.expand(x.shape[0], -1, -1), x)
+            x = join_class_tokens(self.cls_token.expand(x.shape[0], -1, -1), x, self.class_token)
         if self.pos_embed is not None:
             x = x + self._resampled_pos_embed(grid)
         return self.pos_drop(x)
@@ -380,10 +313,12 @@ class Vim(nn.Module):
         return self._pos_embed(x, grid).float(), grid
 
     def _apply_rope(self, x: Tensor, grid: List[int]) -> Tensor:
+        """RoPE on the patch tokens of the stream (class tokens untouched), when the model has it."""
         rope = self.rope
-        assert rope is not None
-        prefix, patches = self._split_prefix(x)
-        return self._join_prefix(prefix, rope(patches, grid))
+        if rope is None:
+            return x
+        prefix, patches = split_class_tokens(x, self.class_token)
+        return join_class_tokens(prefix, rope(patches, grid), self.class_token)
 
     def _final_norm(self, x: Tensor) -> Tensor:
         """Final norm in the parameters' dtype (float32 under autocast)."""
@@ -414,7 +349,8 @@ class Vim(nn.Module):
         Returns:
             The intermediates, or (final features as ``forward_features``, intermediates).
         """
-        assert output_fmt in ("NCHW", "NLC"), "output_fmt must be 'NCHW' or 'NLC'"
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"Vim: output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         batch = x.shape[0]
         x, grid = self._embed(x)
@@ -424,8 +360,7 @@ class Vim(nn.Module):
             blocks = self.blocks[:max_index + 1]
         intermediates = []
         for i, block in enumerate(blocks):
-            if self.rope is not None:
-                x = self._apply_rope(x, grid)
+            x = self._apply_rope(x, grid)
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(block, x)
             else:
@@ -435,7 +370,7 @@ class Vim(nn.Module):
         prefix_tokens: List[Tensor] = []
         patch_tokens: List[Tensor] = []
         for y in intermediates:
-            prefix, patches = self._split_prefix(y)
+            prefix, patches = split_class_tokens(y, self.class_token)
             prefix_tokens.append(prefix)
             if output_fmt == "NCHW":
                 patches = patches.transpose(1, 2).reshape([batch, self.embed_dim] + grid)
@@ -467,8 +402,7 @@ class Vim(nn.Module):
         """Input -> normalised token sequence (B, L, D)."""
         x, grid = self._embed(x)
         for block in self.blocks:
-            if self.rope is not None:
-                x = self._apply_rope(x, grid)
+            x = self._apply_rope(x, grid)
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(block, x)
             else:
@@ -485,28 +419,12 @@ class Vim(nn.Module):
             else:  # double: mean of the head and tail tokens
                 x = (x[:, 0] + x[:, -1]) / 2
         elif self.global_pool == "avg":
-            x = self._split_prefix(x)[1].mean(dim=1)
+            x = split_class_tokens(x, self.class_token)[1].mean(dim=1)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def resize_pos_embed_official(pos_embed: Tensor, new_grid: List[int], num_extra_tokens: int) -> Tensor:
-    """The official fine-tuning resize (DeiT's): keep the first ``num_extra_tokens`` entries, resample the rest as a
-    square grid to ``new_grid`` (bicubic, align_corners=False, no antialias).
-
-    With Vim's middle class token this keeps patch 0 as if it were the class token and resamples the class slot as a
-    patch; that is what produced the official stride-8 fine-tunes, so it is what official weights get.
-    """
-    extra, grid_tokens = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
-    old_side = int(math.sqrt(grid_tokens.shape[1]))
-    dim = pos_embed.shape[-1]
-    grid_tokens = grid_tokens.reshape(1, old_side, old_side, dim).permute(0, 3, 1, 2).float()
-    grid_tokens = F.interpolate(grid_tokens, size=list(new_grid), mode="bicubic", align_corners=False)
-    grid_tokens = grid_tokens.permute(0, 2, 3, 1).flatten(1, 2).to(pos_embed.dtype)
-    return torch.cat([extra, grid_tokens], dim=1)
 
 
 def convert_official(state_dict: Dict[str, Tensor], model: Vim) -> Dict[str, Tensor]:
@@ -517,7 +435,7 @@ def convert_official(state_dict: Dict[str, Tensor], model: Vim) -> Dict[str, Ten
     """
     out = {}
     for key, value in state_dict.items():
-        if key.startswith("rope."):  # cos/sin tables, computed by VimRope
+        if key.startswith("rope."):  # cos/sin tables, computed by Rope2d
             continue
         key = re.sub(r"^layers\.", "blocks.", key)
         key = re.sub(r"^norm_f\.", "norm.", key)
@@ -531,6 +449,7 @@ def convert_official(state_dict: Dict[str, Tensor], model: Vim) -> Dict[str, Ten
     return out
 
 
+@register_checkpoint_filter
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: Vim) -> Dict[str, Tensor]:
     """Official checkpoint as distributed (``{'model': ...}``, ``module.`` prefixes) or a vssm one -> ``Vim`` keys."""
     state_dict = unwrap_checkpoint(state_dict)
@@ -599,7 +518,7 @@ def _official_builder(kwargs: dict, entry: Optional[str]):
 
 # Variants: official factories vim_{tiny,small,base}_patch16[_stride8]_224_bimambav2_final_pool_mean_abs_pos_embed_
 # with_midclstok_div2 (middle class token, bimamba v2, (fwd + bwd) / 2, RMSNorm, float32 residual).
-VIM_VARIANTS = {
+MODEL_VARIANTS: Dict[str, dict] = {
     "vim_tiny_patch16_224": dict(embed_dim=192, depth=24),
     "vim_tiny_patch16_stride8_224": dict(embed_dim=192, depth=24, stride=8),
     "vim_small_patch16_224": dict(embed_dim=384, depth=24),
@@ -615,7 +534,7 @@ def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> Vim:
         Vim, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **dict(VIM_VARIANTS[variant], **kwargs),
+        **dict(MODEL_VARIANTS[variant], **kwargs),
     )
 
 

@@ -42,9 +42,9 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
-from vssm.convert import register_official, unwrap_checkpoint
+from vssm.convert import register_checkpoint_filter, register_official, unwrap_checkpoint
 from vssm.layers.norm import LayerNorm
-from vssm.layers.ss2d import SS2D, LocalSS2D
+from vssm.layers.ss2d import SS2D
 
 __all__ = ["VMamba", "checkpoint_filter_fn", "convert_official_vssm"]
 
@@ -224,7 +224,8 @@ class VMambaStage(nn.Module):
         def mixer(j: int) -> nn.Module:
             if directions is None:
                 return SS2D(dim_out, channel_first=channel_first, **mixer_args, **dd)
-            return LocalSS2D(dim_out, list(directions[j]), channel_first=channel_first, **mixer_args, **dd)
+            return SS2D(dim_out, channel_first=channel_first, path_kind="local", directions=directions[j], **mixer_args,
+                        **dd)
 
         self.blocks = nn.Sequential(*[
             VSSBlock(dim_out, mixer(j), mlp_ratio, channel_first, drop_path[j], **dd) for j in range(depth)
@@ -285,7 +286,8 @@ class VMamba(nn.Module):
             channel_first: NCHW layout between the layers (the official v2 default) instead of NHWC (the official
                 v0 default and ours: faster, the mixers compute channels-last anyway); same weights, same numbers.
             drop_rate: Dropout before the classifier.
-            drop_path_rate: Stochastic depth, linear in the block index from 0 to this rate.
+            drop_path_rate: Stochastic depth, linear 0..drop_path_rate over all blocks, as the official code
+                (default 0; official training rates in the module docstring).
         """
         dd = {"device": device, "dtype": dtype}
         super().__init__()
@@ -473,9 +475,9 @@ _LINEAR_WEIGHTS = ("in_proj.weight", "out_proj.weight", "fc1.weight", "fc2.weigh
 def convert_official_vssm(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Official VMamba / LocalVMamba ``VSSM`` state dict -> ``VMamba`` keys and shapes.
 
-    Stacked SSM parameters are reshaped per direction (``A_logs`` (K*d, N) -> ``A_log`` (K, d, N), ``Ds`` (K*d) ->
-    ``D`` (K, d)); Linear2d weights saved as 1x1 convs are flattened. Keys that match nothing are kept, so a strict
-    load reports them.
+    Stacked SSM parameters are reshaped per direction (``A_logs`` (K * d_inner, N) -> ``A_log`` (K, d_inner, N),
+    ``Ds`` (K * d_inner) -> ``D`` (K, d_inner)); Linear2d weights saved as 1x1 convs are flattened. Keys that match
+    nothing are kept, so a strict load reports them.
     """
     conv_pair_stem = any(k.startswith("patch_embed.5.") for k in state_dict)
     out = {}
@@ -496,6 +498,7 @@ def convert_official_vssm(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return out
 
 
+@register_checkpoint_filter
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: nn.Module) -> Dict[str, Tensor]:
     """Official checkpoint (as distributed: {'model': ...}, optional 'module.' prefixes) -> this model's keys."""
     state_dict = unwrap_checkpoint(state_dict)
@@ -574,7 +577,7 @@ def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
         VMamba, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **dict(model_cfgs[variant], **kwargs),
+        **dict(MODEL_VARIANTS[variant], **kwargs),
     )
 
 
@@ -585,7 +588,7 @@ _V0_VANILLA = dict(d_state=16, ssm_ratio=2.0, gated=True, conv_bias=True, mlp_ra
                    downsample="patch_merging")
 _DIMS_96 = (96, 192, 384, 768)
 _DIMS_128 = (128, 256, 512, 1024)
-model_cfgs = dict(
+MODEL_VARIANTS: Dict[str, dict] = dict(
     vmamba_tiny=dict(_V2_RELEASE, depths=(2, 2, 8, 2), dims=_DIMS_96, ssm_ratio=1.0),  # T [s1l8]
     vmamba_small=dict(_V2_RELEASE, depths=(2, 2, 15, 2), dims=_DIMS_96, ssm_ratio=2.0),  # S [s2l15]
     vmamba_base=dict(_V2_RELEASE, depths=(2, 2, 15, 2), dims=_DIMS_128, ssm_ratio=2.0),  # B [s2l15]
