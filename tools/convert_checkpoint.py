@@ -4,10 +4,10 @@
     python tools/convert_checkpoint.py MODEL CHECKPOINT OUTPUT.safetensors [--model-args KEY=VALUE ...]
     python tools/convert_checkpoint.py --official-config CONFIG.json CHECKPOINT OUTPUT.safetensors
 
-MODEL is a registered timm name (``vim_small_patch16_224``, ``vmamba_tiny``, ...): the checkpoint goes through that
-model's ``checkpoint_filter_fn``. With ``--official-config`` (a JSON with ``family``, ``kwargs`` and optionally
-``official_entry``, as in the shared fixtures) any configuration of the official code is built through
-``vssm.convert.load_official`` instead. Nested checkpoints ({'model': ...}, {'state_dict': ...}, 'module.' prefixes)
+MODEL is a registered timm name (``vim_small_patch16_224``, ``vmamba_tiny``, ...): the checkpoint goes through the
+``checkpoint_filter_fn`` of the family that registered the name (``vssm.convert.checkpoint_filter_for``). With
+``--official-config`` (a JSON with ``family``, ``kwargs`` and optionally ``official_entry``, as in the shared fixtures)
+any configuration of the official code is built through ``vssm.convert.load_official`` instead. Nested checkpoints ({'model': ...}, {'state_dict': ...}, 'module.' prefixes)
 are accepted. The weights are loaded strictly, so a checkpoint that does not fit fails here, and the output is written
 atomically. Load it with ``model.load_state_dict(safetensors.torch.load_file(OUTPUT))``.
 """
@@ -21,14 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    from vssm.engine.config import key_value_action
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", nargs="?", help="registered timm model name (omit with --official-config)")
     parser.add_argument("checkpoint", help="official checkpoint file (.pth, .ckpt, .safetensors)")
     parser.add_argument("output", help="the vssm safetensors file to write")
     parser.add_argument("--official-config", help="JSON with family, kwargs and official_entry of the official model")
-    parser.add_argument("--model-args", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+    parser.add_argument("--model-args", nargs="+", action=key_value_action(), default={}, metavar="KEY=VALUE",
                         help="keyword arguments of timm.create_model, e.g. num_classes=100 img_size=384")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow pickled Python objects in the file (some official checkpoints hold them)")
@@ -42,10 +42,9 @@ def convert(args):
     """The converted vssm module, with the official weights loaded strictly."""
     import timm
 
-    import vssm  # noqa: F401  (registers the zoo)
     from vssm.convert import load_official
     from vssm.engine import UserError
-    from vssm.engine.checkpoint import read_checkpoint, state_dict_of
+    from vssm.engine.checkpoint import load_model_weights, read_checkpoint, state_dict_of
 
     state_dict = state_dict_of(read_checkpoint(args.checkpoint, trust=args.trust_checkpoint), args.checkpoint)
     if args.official_config is not None:
@@ -59,16 +58,11 @@ def convert(args):
             return load_official(family, state_dict, kwargs, entry.split("::")[-1] if entry else None)
         except (KeyError, RuntimeError, ValueError) as error:
             raise UserError(f"checkpoint {args.checkpoint} does not fit the official {family} config: "
-                            f"{' '.join(str(error).split())[:300]}") from None
+                            f"{type(error).__name__}: {' '.join(str(error).split())}") from None
     if not timm.is_model(args.model):
         raise UserError(f"unknown model {args.model!r}")
     model = timm.create_model(args.model, **args.model_args)
-    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-    try:
-        model.load_state_dict(filter_fn(state_dict, model) if filter_fn else state_dict, strict=True)
-    except (KeyError, RuntimeError, ValueError) as error:
-        raise UserError(f"checkpoint {args.checkpoint} does not fit model {args.model!r}: "
-                        f"{' '.join(str(error).split())[:300]}") from None
+    load_model_weights(model, state_dict, args.checkpoint)  # the family's checkpoint_filter_fn, then strictly
     return model
 
 

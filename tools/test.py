@@ -14,7 +14,7 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    from vssm.engine.config import key_value_action
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config", help="mmengine config file (configs/...)")
@@ -22,7 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow pickled Python objects in the file (some official checkpoints hold them)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+    parser.add_argument("--cfg-options", nargs="+", action=key_value_action(), default={}, metavar="KEY=VALUE",
                         help="override config keys, e.g. data.root=/data/imagenet batch_size=256")
     return parser.parse_args(argv)
 

@@ -7,7 +7,8 @@
 
 Multi-node: torchrun's own rendezvous flags (--nnodes, --node_rank, --rdzv_endpoint, ...). Every key is documented in
 vssm/engine/config.py. Outputs in the work dir (default work_dirs/<config name>): config.py (resolved), train.log,
-summary.csv, curves.png, last.pth and best.pth.
+summary.csv, curves.png, last.pth and best.pth. SIGTERM or Ctrl-C ends the current step, writes a resumable last.pth
+(mid-epoch; --resume then ends where an uninterrupted run ends) and exits with 128 + the signal's number.
 """
 import argparse
 import os
@@ -15,7 +16,7 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from mmengine.config import DictAction
+    from vssm.engine.config import key_value_action
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config", help="mmengine config file (configs/...)")
@@ -27,14 +28,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow pickled Python objects in model.pretrained_file (some official checkpoints hold "
                              "them; only for files from a trusted source)")
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+    parser.add_argument("--cfg-options", nargs="+", action=key_value_action(), default={}, metavar="KEY=VALUE",
                         help="override config keys, e.g. epochs=10 optimizer.lr_base=1e-3 model.drop_path_rate=0.1")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from vssm.engine import USER_ERRORS, load_config, one_line, train
+    from vssm.engine import USER_ERRORS, TrainingInterrupted, load_config, one_line, train
 
     try:
         cfg = load_config(args.config, args.cfg_options)
@@ -44,6 +45,9 @@ def main(argv=None) -> int:
     except USER_ERRORS as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:  # SIGTERM / SIGINT: a resumable checkpoint was written
+        print(str(stop), file=sys.stderr)
+        return 128 + stop.signum
     return 0
 
 

@@ -67,6 +67,7 @@ def test_corrupt_image_is_reported_with_its_path(tmp_path, capsys, damage, worke
 def test_existing_work_dir_is_kept_unless_resume_or_overwrite(tmp_path, capsys, config):
     work_dir = tmp_path / "run"
     work_dir.mkdir()
+    (work_dir / "last.pth").write_bytes(b"an earlier run's checkpoint")
     (work_dir / "summary.csv").write_text("an earlier run\n")
     (work_dir / "notes.txt").write_text("mine\n")
     status, err = run_tool(capsys, "train", [config, "--work-dir", str(work_dir)])
@@ -79,6 +80,19 @@ def test_existing_work_dir_is_kept_unless_resume_or_overwrite(tmp_path, capsys, 
 
     status, err = run_tool(capsys, "train", [config, "--work-dir", str(tmp_path / "empty"), "--resume"])
     assert_one_error_line(status, err, "nothing to resume", "last.pth")
+
+
+def test_run_that_ended_before_its_first_checkpoint_is_rerun_plainly(tmp_path, capsys, config):
+    """A crash before the first epoch's checkpoint leaves a log but nothing to resume: --resume says so and a plain
+    re-run starts over."""
+    work_dir = tmp_path / "run"
+    work_dir.mkdir()
+    (work_dir / "train.log").write_text("2026-01-01 00:00:00 model test_vmamba ...\n")
+    status, err = run_tool(capsys, "train", [config, "--work-dir", str(work_dir), "--resume"])
+    assert_one_error_line(status, err, "nothing to resume", "stopped before its first epoch ended",
+                          "without --resume")
+    assert run_tool(capsys, "train", [config, "--work-dir", str(work_dir)])[0] == 0
+    assert (work_dir / "last.pth").is_file() and "model test_vmamba ..." not in (work_dir / "train.log").read_text()
 
 
 @pytest.fixture
@@ -125,3 +139,73 @@ def test_command_line_exit_status_and_single_stderr_line(tmp_path, config):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "error: unknown model 'no_such_model'"
+
+
+def test_cfg_options_without_a_value_and_values_with_spaces(tmp_path, capsys, config):
+    train_tool = load_tool("train")
+    with pytest.raises(SystemExit) as exit_info:
+        train_tool.parse_args([config, "--cfg-options", "epochs"])
+    assert exit_info.value.code == 2
+    assert "--cfg-options expects KEY=VALUE pairs, got 'epochs'" in capsys.readouterr().err
+    args = train_tool.parse_args([config, "--cfg-options", "data.root=/my data", "augment.scale=(0.5, 1.0)",
+                                  "epochs=3", "model.name='test_vim'"])
+    assert args.cfg_options == {"data.root": "/my data", "augment.scale": (0.5, 1.0), "epochs": 3,
+                                "model.name": "test_vim"}
+
+
+def test_fixed_size_model_and_data_size_disagree_before_the_first_step(tmp_path, capsys, config):
+    work_dir = tmp_path / "run"
+    status, err = run_tool(capsys, "train", [config, "--work-dir", str(work_dir), "--cfg-options",
+                                             "model.name=test_vim"])
+    assert_one_error_line(status, err, "model test_vim was built for 64x64 inputs", "gives 16x16",
+                          "model.img_size=16")
+    assert not work_dir.exists()
+
+
+def test_validation_class_missing_from_training_is_an_error_and_empty_classes_are_logged(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "images")
+    (root / "val" / "hexagon").mkdir()
+    (root / "val" / "circle" / "0.png").rename(root / "val" / "hexagon" / "0.png")
+    config = write_config(tmp_path, tiny_config(root))
+    status, err = run_tool(capsys, "train", [config, "--work-dir", str(tmp_path / "run")])
+    assert_one_error_line(status, err, f"{root / 'val'} has class folder(s) that the training split lacks: hexagon")
+
+    (root / "val" / "hexagon" / "0.png").rename(root / "val" / "circle" / "0.png")
+    (root / "val" / "hexagon").rmdir()
+    (root / "train" / "empty_class").mkdir()
+    assert run_tool(capsys, "train", [config, "--work-dir", str(tmp_path / "run")])[0] == 0
+    assert "training split: class folder(s) without images, skipped: empty_class" in (
+        tmp_path / "run" / "train.log").read_text()
+
+
+def test_checkpoint_read_errors_say_what_the_file_is(tmp_path, capsys, config):
+    import zipfile
+
+    foreign = tmp_path / "foreign.pth"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("weights.npy", b"123")
+    text = tmp_path / "text.pth"
+    text.write_text("e")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    for path, fragments in ((foreign, ["a zip archive of 1 file(s) (weights.npy) but not a PyTorch checkpoint"]),
+                            (text, ["not a PyTorch or safetensors checkpoint (", "Error: "]),
+                            (empty, ["the file is empty or ends early (EOFError)"])):
+        status, err = run_tool(capsys, "test", [config, "--checkpoint", str(path)])
+        assert_one_error_line(status, err, f"cannot read checkpoint {path}: ", *fragments)
+
+
+def test_checkpoint_that_does_not_fit_gives_counts_and_the_model_it_was_trained_as(tmp_path, capsys, config):
+    work_dir = tmp_path / "run"
+    assert run_tool(capsys, "train", [config, "--work-dir", str(work_dir)])[0] == 0
+    status, err = run_tool(capsys, "test", [config, "--checkpoint", str(work_dir / "last.pth"), "--cfg-options",
+                                            "model.name=test_plainmamba"])
+    assert_one_error_line(status, err, "does not fit model test_plainmamba (it was trained as test_vmamba)",
+                          "key(s) missing: ", "key(s) unexpected: ", "more")
+
+
+def test_resume_from_a_pickled_file_does_not_suggest_trusting_it(tmp_path, capsys, config, bad_checkpoints):
+    argv = [config, "--work-dir", str(tmp_path / "run"), "--resume", str(bad_checkpoints["pickled"])]
+    status, err = run_tool(capsys, "train", argv)
+    assert_one_error_line(status, err, "holds pickled Python objects", "tools/train.py did not write it")
+    assert "--trust-checkpoint" not in err

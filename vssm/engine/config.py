@@ -13,6 +13,7 @@ from typing import Any, Optional
 from .errors import UserError
 
 AMP_DTYPES = (None, "bf16", "fp16")
+NONFINITE_POLICIES = ("stop", "skip")
 BEST_METRICS = ("eval_top1", "eval_top5")
 EMA_BEST_METRICS = ("ema_eval_top1", "ema_eval_top5")
 
@@ -146,6 +147,9 @@ class TrainConfig:
     best_metric: str = "eval_top1"  # accuracy column of summary.csv that selects best.pth (and drives the 'plateau'
     #                                 schedule): 'eval_top1', 'eval_top5', and with EMA 'ema_eval_top1', 'ema_eval_top5'
     work_dir: Optional[str] = None  # None: work_dirs/<config file name>; the command line's --work-dir wins
+    nonfinite: str = "stop"  # a NaN/Inf training loss: 'stop' the run (one line naming the step, epoch and learning
+    #                          rate; nothing non-finite is written), or 'skip' the step and count it (checks every step
+    #                          on the host, a synchronisation per step)
 
 
 def _build(cls, values: dict, prefix: str = ""):
@@ -189,6 +193,8 @@ def _check(cfg: TrainConfig) -> None:
         raise UserError(f"config key 'cpu_threads' must be a positive integer or None, got {cfg.cpu_threads!r}")
     if cfg.data.repeated_aug < 1:
         raise UserError(f"config key 'data.repeated_aug' must be >= 1, got {cfg.data.repeated_aug!r}")
+    if cfg.nonfinite not in NONFINITE_POLICIES:
+        raise UserError(f"config key 'nonfinite' must be one of {NONFINITE_POLICIES}, got {cfg.nonfinite!r}")
     metrics = BEST_METRICS + (EMA_BEST_METRICS if cfg.ema.enable else ())
     if cfg.best_metric not in metrics:
         raise UserError(f"config key 'best_metric' must be one of {', '.join(metrics)}, got {cfg.best_metric!r}")
@@ -230,3 +236,24 @@ def load_config(path: str, options: Optional[dict[str, Any]] = None) -> TrainCon
         except Exception as error:  # e.g. a dotted key below a non-dict value
             raise UserError(f"cannot apply --cfg-options {options}: {error}") from None
     return config_from_dict(mm_cfg.to_dict())
+
+
+def key_value_action():
+    """The argparse action of ``--cfg-options`` / ``--model-args``: mmengine's ``DictAction`` (KEY=VALUE, lists as
+    ``a,b`` or ``[a,b]``, tuples as ``(a,b)``, numbers, booleans, None) that keeps the spaces inside a single value
+    (``data.root='/my data'``; mmengine removes them) and says plainly when an argument has no ``=``."""
+    from mmengine.config import DictAction
+
+    class KeyValueAction(DictAction):
+        def __call__(self, parser, namespace, values, option_string=None):
+            options = dict(getattr(namespace, self.dest, None) or {})
+            for item in values:
+                if "=" not in item:
+                    parser.error(f"{option_string} expects KEY=VALUE pairs, got {item!r} (e.g. {item}=VALUE)")
+                key, value = item.split("=", maxsplit=1)
+                plain = value.strip("'\"")
+                single = "," not in plain and not plain.startswith(("[", "(")) and not plain.endswith(("]", ")"))
+                options[key] = self._parse_int_float_bool(plain) if single else self._parse_iterable(value)
+            setattr(namespace, self.dest, options)
+
+    return KeyValueAction

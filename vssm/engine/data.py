@@ -70,7 +70,8 @@ class SeededSamples(Dataset):
 
 
 class TrainSampler(Sampler):
-    """This rank's training keys for one epoch (call ``set_epoch`` before each epoch).
+    """This rank's training keys for one epoch (call ``set_epoch`` before each epoch; a resumed epoch starts after the
+    steps it had done).
 
     Args:
         num_samples: Length of the dataset.
@@ -105,12 +106,16 @@ class TrainSampler(Sampler):
             raise UserError(f"the training set has {num_samples} images, fewer than one optimizer step needs "
                             f"(batch_size {batch_size} x {world_size} processes x {steps_multiple} accumulation steps)")
         self.epoch = 0
+        self.start_step = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Iterate ``epoch``'s keys from step ``start_step`` on (the steps before it were done before a resume)."""
+        if not 0 <= start_step <= self.steps:
+            raise ValueError(f"start_step must be in [0, {self.steps}], got {start_step}")
+        self.epoch, self.start_step = epoch, start_step
 
     def __len__(self) -> int:
-        return self.steps * self.batch_size
+        return (self.steps - self.start_step) * self.batch_size
 
     def __iter__(self) -> Iterator[SampleKey]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -120,7 +125,7 @@ class TrainSampler(Sampler):
         order = order.tolist()
         epoch_seed = (self.seed * 1_000_003 + self.epoch) * self.num_samples
         global_batch = self.batch_size * self.world_size
-        for step in range(self.steps):
+        for step in range(self.start_step, self.steps):
             for position in range(step * global_batch + self.rank, (step + 1) * global_batch, self.world_size):
                 yield SampleKey(order[position], (epoch_seed + position) % 2 ** 63)
 

@@ -31,6 +31,10 @@ class DistContext:
         if self.distributed and not dist.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(backend, device_id=self.device if backend == "nccl" else None)
+        # host-side flags (a stop request) are agreed over gloo, so that checking one costs no device synchronisation
+        self._control_group = None
+        if self.distributed:
+            self._control_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
 
     @property
     def is_main(self) -> bool:
@@ -59,6 +63,14 @@ class DistContext:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is True on any rank (over the CPU; no device synchronisation)."""
+        if not self.distributed:
+            return flag
+        tensor = torch.tensor([int(flag)])
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self._control_group)
+        return bool(tensor.item())
 
     def barrier(self) -> None:
         if self.distributed:

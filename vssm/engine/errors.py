@@ -6,6 +6,18 @@ class UserError(RuntimeError):
     """Bad input: the message says what is wrong and where, in one line."""
 
 
+class TrainingInterrupted(Exception):
+    """A run stopped by SIGTERM or SIGINT after writing a resumable checkpoint; the message says where and how to go on.
+
+    Attributes:
+        signum: The signal's number (the command line exits with 128 + signum, as a shell reports a killed process).
+    """
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
 USER_ERRORS = (UserError, DataError)
 
 

@@ -37,6 +37,13 @@ def setup_logging(log_file: Optional[str], is_main: bool) -> logging.Logger:
     return logger
 
 
+def log_to_file(logger: logging.Logger, message: str) -> None:
+    """Append ``message`` to the logger's files only (the console has it from the caller)."""
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.LogRecord(logger.name, logging.ERROR, __file__, 0, message, None, None))
+
+
 def close_logging(logger: logging.Logger) -> None:
     """Detach and close the logger's handlers (so a later run in the same process starts clean)."""
     for handler in list(logger.handlers):

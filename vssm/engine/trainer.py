@@ -14,7 +14,8 @@ import functools
 import logging
 import math
 import os
-import sys
+import signal
+import threading
 import time
 from typing import Callable, Optional
 
@@ -35,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from vssm.convert import checkpoint_filter_for
 from vssm.data import SyntheticDataset
 
 from . import checkpoint as ckpt
@@ -45,7 +47,8 @@ from .data import (
     open_train_set, open_val_set, resolve_input_config,
 )
 from .distributed import DistContext
-from .errors import UserError
+from .errors import USER_ERRORS, TrainingInterrupted, UserError, one_line
+from .workdir import WorkDirLock
 
 WORK_DIR_OUTPUTS = ("config.py", "train.log", "summary.csv", "curves.png", "last.pth", "best.pth")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,8 +63,6 @@ def build_model(cfg: TrainConfig, num_classes: int, trust: bool = False) -> nn.M
     model's ``checkpoint_filter_fn``, the classifier re-initialised when the class count differs from the pretrained
     cfg's, the stem adapted to ``in_chans``. ``trust`` allows pickled Python objects in that file.
     """
-    import vssm  # noqa: F401  (registers the zoo with timm)
-
     kwargs = dict(cfg.model)
     name = kwargs.pop("name")
     pretrained_file = kwargs.pop("pretrained_file", None)
@@ -77,14 +78,36 @@ def build_model(cfg: TrainConfig, num_classes: int, trust: bool = False) -> nn.M
     except TypeError as error:  # an unknown keyword argument
         raise UserError(f"model {name!r}: {error}") from None
     if state_dict is not None:
-        convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
         try:
             load_pretrained(model, {**model.pretrained_cfg, "state_dict": state_dict}, num_classes,
-                            kwargs.get("in_chans", 3), filter_fn=convert)
+                            kwargs.get("in_chans", 3), filter_fn=checkpoint_filter_for(name))
         except (KeyError, RuntimeError, ValueError) as error:
-            detail = " ".join(str(error).split())
-            raise UserError(f"checkpoint {pretrained_file} does not fit model {name!r}: {detail[:300]}") from None
+            raise UserError(f"checkpoint {pretrained_file} does not fit model {name!r}: "
+                            f"{_fit_problem(model, state_dict, error)}") from None
     return model
+
+
+def _fit_problem(model: nn.Module, state_dict: dict, error: Exception) -> str:
+    """Why a checkpoint failed to load: the keys that differ after conversion, else the error itself."""
+    convert = checkpoint_filter_for(model)
+    try:
+        converted = convert(state_dict, model) if convert is not None else state_dict
+    except (KeyError, RuntimeError, ValueError) as conversion_error:
+        return f"{type(conversion_error).__name__}: {' '.join(str(conversion_error).split())}"
+    return ckpt.describe_mismatch(model, converted) or f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def _check_fixed_size(model: nn.Module, name: str, size: tuple) -> None:
+    """A model built for one input size (a fixed position embedding) must get inputs of that size: say so before the
+    first step, with the fix."""
+    own = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if not model.pretrained_cfg.get("fixed_input_size") or getattr(model, "dynamic_img_size", False) or own is None:
+        return
+    own = tuple(own)[-2:]
+    if own != size:
+        raise UserError(f"model {name} was built for {own[0]}x{own[1]} inputs and takes no other size, but the data "
+                        f"config gives {size[0]}x{size[1]} (data.img_size); build the model at that size with "
+                        f"model.img_size={size[0] if size[0] == size[1] else list(size)}, or leave data.img_size unset")
 
 
 def _shard(model: nn.Module) -> None:
@@ -209,11 +232,22 @@ def train(
         The last epoch's summary row, plus ``best`` (the best value of ``cfg.best_metric`` and its epoch).
     """
     ctx = DistContext(cfg.device)
+    lock = None
     try:
+        if ctx.is_main:
+            lock = WorkDirLock(work_dir).acquire()
+        ctx.barrier()
         with _process_settings(cfg):
-            return _Trainer(cfg, ctx, work_dir, resume, overwrite, trust).run(on_epoch_end)
+            trainer = _Trainer(cfg, ctx, work_dir, resume, overwrite, trust)
+            with trainer.stop:
+                return trainer.run(on_epoch_end)
+    except USER_ERRORS as error:
+        report.log_to_file(logging.getLogger(report.LOGGER_NAME), f"error: {one_line(error)}")
+        raise
     finally:
         report.close_logging(logging.getLogger(report.LOGGER_NAME))
+        if lock is not None:
+            lock.release()
         ctx.close()
 
 
@@ -227,6 +261,93 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             changed.append(f"{prefix}{key}")
     return changed
+
+
+@contextlib.contextmanager
+def _loader_failures():
+    """A data-loading worker that died (killed, out of memory) as one line naming the cause."""
+    try:
+        yield
+    except RuntimeError as error:
+        if "DataLoader worker" not in str(error):
+            raise
+        raise UserError(f"a data-loading worker died ({one_line(error)}); if the machine ran out of memory, lower "
+                        "data.workers or batch_size") from None
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT during a run (what schedulers send before a kill, and Ctrl-C): remembered, so that the loop
+    ends after the current step with a resumable checkpoint; a second SIGINT interrupts at once. A no-op outside the
+    main thread (signals can only be handled there)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+class _NonFiniteGuard:
+    """Watches one epoch's training loss for NaN/Inf, as config key ``nonfinite`` says.
+
+    'stop': the first non-finite step is recorded on the device (no host synchronisation per step) and ``check()``, at
+    each log line and at the epoch's end, stops the run with one line naming the step, epoch and learning rate; the
+    epoch is never saved. 'skip': every step is checked on the host, agreed across ranks, and an update any of whose
+    micro-batches had a non-finite loss is skipped and counted.
+    """
+
+    def __init__(self, policy: str, ctx: DistContext, epoch: int):
+        self.policy, self.ctx, self.epoch = policy, ctx, epoch
+        self.skipped = 0
+        self._skip_next_update = False
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=ctx.device)  # 'stop': first bad step or -1
+        self._step_info: dict[int, tuple[int, float]] = {}  # step -> (update, lr), for the message
+
+    def observe(self, loss: torch.Tensor, step: int, update: int, lr: float) -> bool:
+        """Record one micro-batch's loss; False when it is non-finite and skipped (it then counts in no mean)."""
+        if self.policy == "skip":
+            bad = self.ctx.sum([float(not torch.isfinite(loss.detach()).all())])[0] > 0
+            self._skip_next_update |= bad
+            return not bad
+        self._step_info[step] = (update, lr)
+        bad = ~torch.isfinite(loss.detach()).all()
+        self._first_bad = torch.where(bad & (self._first_bad < 0), torch.full_like(self._first_bad, step),
+                                      self._first_bad)
+        return True
+
+    def skip_update(self) -> bool:
+        """Whether the update that ends here must be skipped ('skip' only); counts it."""
+        skip, self._skip_next_update = self._skip_next_update, False
+        self.skipped += skip
+        return skip
+
+    def check(self) -> None:
+        """'stop': raise UserError if any rank saw a non-finite loss so far this epoch (collective)."""
+        if self.policy != "stop":
+            return
+        bad = [step for step in self.ctx.gather(int(self._first_bad.item())) if step >= 0]
+        if bad:
+            step = min(bad)
+            update, lr = self._step_info.get(step, (-1, float("nan")))
+            raise UserError(f"the training loss became non-finite at epoch {self.epoch + 1} step {step + 1} (update "
+                            f"{update + 1}), learning rate {lr:.3e}; the run stopped and nothing of this epoch was "
+                            "written (last.pth holds the last finite epoch). Lower the learning rate, set clip_grad, "
+                            "or set nonfinite='skip' to skip such steps")
 
 
 class _Trainer:
@@ -246,7 +367,7 @@ class _Trainer:
         self.work_dir = work_dir
         self.resume_path = os.path.join(work_dir, "last.pth") if resume == "auto" else resume
         self._check_work_dir(overwrite)
-        checkpoint = ckpt.read_checkpoint(self.resume_path) if self.resume_path else None
+        checkpoint = ckpt.read_checkpoint(self.resume_path, trust_option=None) if self.resume_path else None
         if checkpoint is not None and not ckpt.is_training_checkpoint(checkpoint):
             raise UserError(f"{self.resume_path} is not a training checkpoint of this trainer (use "
                             "model.pretrained_file to start from other weights)")
@@ -261,9 +382,14 @@ class _Trainer:
         self._prepare_work_dir(overwrite)  # only now: a bad config leaves the work dir untouched
         self.logger = report.setup_logging(os.path.join(work_dir, "train.log"), ctx.is_main)
         self.start_epoch, self.num_updates, self.best = 0, 0, {"metric": cfg.best_metric, "value": None, "epoch": None}
+        self.history: Optional[list[dict]] = None  # one summary row per epoch; last.pth holds it
+        self.epoch_progress: Optional[dict] = None  # what an interrupted run had done of the epoch it resumes in
+        self.stop = _StopSignals()
         random_seed(cfg.seed, ctx.rank)  # per-rank generators for dropout, drop path, Mixup
         if checkpoint is not None:
             self._load_state(checkpoint)
+            if ctx.is_main:
+                self._repair_outputs(checkpoint)
         if ctx.is_main:
             Config(config_to_dict(cfg)).dump(os.path.join(work_dir, "config.py"))
 
@@ -273,12 +399,15 @@ class _Trainer:
     def _check_work_dir(self, overwrite: bool) -> None:
         """Refuse to write into an earlier run's work dir unless resuming or overwriting; agree on all ranks."""
         problem = None
+        last = os.path.join(self.work_dir, "last.pth")
         if self.ctx.is_main:
             if self.resume_path is not None and not os.path.isfile(self.resume_path):
                 problem = f"nothing to resume: checkpoint not found: {self.resume_path}"
-            elif self.resume_path is None and not overwrite and os.path.isdir(self.work_dir) and os.listdir(
-                    self.work_dir):
-                problem = (f"work dir {self.work_dir} already holds a run; pass --resume to continue it or "
+                if self.resume_path == last and os.path.isfile(os.path.join(self.work_dir, "train.log")):
+                    problem += (" (the earlier run in this work dir stopped before its first epoch ended; run again "
+                                "without --resume to start it over)")
+            elif self.resume_path is None and not overwrite and os.path.isfile(last):
+                problem = (f"work dir {self.work_dir} already holds a run ({last}); pass --resume to continue it or "
                            "--overwrite to start over")
         problem = self.ctx.broadcast(problem)
         if problem:
@@ -288,7 +417,7 @@ class _Trainer:
         """Create the work dir; with ``overwrite`` (and no resume), remove an earlier run's outputs (rank 0)."""
         if self.ctx.is_main:
             os.makedirs(self.work_dir, exist_ok=True)
-            if overwrite and self.resume_path is None:
+            if self.resume_path is None:  # overwrite, or the leftovers of a run that ended before its first epoch
                 for name in WORK_DIR_OUTPUTS:
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(self.work_dir, name))
@@ -298,6 +427,7 @@ class _Trainer:
         cfg, ctx = self.cfg, self.ctx
         self.input_config = resolve_input_config(cfg, self.model)
         input_size = self.input_config["input_size"]
+        _check_fixed_size(self.model, cfg.model["name"], tuple(input_size[-2:]))
         if cfg.data.dataset == "synthetic":
             train_set = open_synthetic(cfg.data, self.num_classes, input_size, cfg.seed, training=True)
             val_set = open_synthetic(cfg.data, self.num_classes, input_size, cfg.seed, training=False)
@@ -316,6 +446,9 @@ class _Trainer:
         self.val_loader = build_loader(val_set, EvalSampler(len(val_set), ctx.world_size, ctx.rank), cfg.batch_size,
                                        cfg.data.workers, pin_memory)
         self.num_train, self.num_val = len(train_set), len(val_set)
+        self.data_notes = [f"{kind} split: class folder(s) without images, skipped: {', '.join(dataset.empty_classes)}"
+                           for kind, dataset in (("training", train_set), ("validation", val_set))
+                           if getattr(dataset, "empty_classes", None)]
         self.synthetic = isinstance(train_set, SyntheticDataset)
 
     def _build_training(self) -> None:
@@ -375,8 +508,9 @@ class _Trainer:
     # ---------------------------------------------------------------------------------------------------------------
     # checkpoints
 
-    def _state(self, epoch: int) -> Optional[dict]:
-        """The checkpoint after ``epoch`` epochs (collective under FSDP; None on ranks other than 0)."""
+    def _state(self, epoch: int, progress: Optional[dict] = None) -> Optional[dict]:
+        """The checkpoint after ``epoch`` epochs and, mid-epoch, ``progress`` (the next epoch's steps done and its loss
+        sums); collective under FSDP; None on ranks other than 0."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_state = get_model_state_dict(self.model, options=options)
         optimizer_state = get_optimizer_state_dict(self.model, self.optimizer, options=options)
@@ -395,6 +529,8 @@ class _Trainer:
             "best": dict(self.best),
             "rng": rng,
             "config": config_to_dict(self.cfg),
+            "history": list(self.history or []),
+            "epoch_progress": progress,
         }
 
     def _load_state(self, checkpoint: dict) -> None:
@@ -404,8 +540,11 @@ class _Trainer:
             set_model_state_dict(self.model, checkpoint["model"], options=options)
             set_optimizer_state_dict(self.model, self.optimizer, checkpoint["optimizer"], options=options)
         except (RuntimeError, KeyError, ValueError) as error:
-            detail = " ".join(str(error).split())
-            raise UserError(f"checkpoint {self.resume_path} does not fit this run: {detail[:300]}") from None
+            detail = ckpt.describe_mismatch(self.model, checkpoint["model"]) or " ".join(str(error).split())
+            trained_as = ckpt.trained_model_name(checkpoint)
+            origin = f" (it was trained as {trained_as})" if trained_as and trained_as != self.cfg.model["name"] else ""
+            raise UserError(f"checkpoint {self.resume_path} does not fit this run's model "
+                            f"{self.cfg.model['name']}{origin}: {detail}") from None
         if self.ema is not None:
             if checkpoint.get("model_ema") is None:
                 raise UserError(f"checkpoint {self.resume_path} has no EMA weights but config key 'ema.enable' is set")
@@ -415,6 +554,8 @@ class _Trainer:
         self.start_epoch = checkpoint["epoch"]
         self.num_updates = checkpoint["num_updates"]
         self.best = checkpoint["best"]
+        self.history = list(checkpoint["history"]) if checkpoint.get("history") is not None else None
+        self.epoch_progress = checkpoint.get("epoch_progress")
         if self.cfg.scheduler.on_updates:
             self.scheduler.step_update(self.num_updates)
         else:
@@ -430,12 +571,53 @@ class _Trainer:
             self.logger.warning(f"the config differs from the checkpoint's in {', '.join(changed)} (the optimizer and "
                                 "schedule continue from the checkpoint's state)")
 
+    def _repair_outputs(self, checkpoint: dict) -> None:
+        """On resume, bring the files that follow last.pth up to its epoch (a crash between an epoch's writes leaves
+        them behind): summary.csv and curves.png from its history, best.pth from it when it is the best epoch."""
+        if self.history is not None:
+            summary_path = os.path.join(self.work_dir, "summary.csv")
+            on_disk = [int(row["epoch"]) for row in report.read_summary(summary_path)]
+            if on_disk != [int(row["epoch"]) for row in self.history]:
+                report.write_summary(summary_path, self.history, with_ema=self.ema is not None)
+                if self.history:
+                    report.plot_curves(self.history, os.path.join(self.work_dir, "curves.png"))
+                self.logger.info(f"rebuilt {summary_path} and curves.png from {self.resume_path}")
+        best_path = os.path.join(self.work_dir, "best.pth")
+        if self.best.get("epoch") == checkpoint["epoch"] and ckpt.checkpoint_epoch(best_path) != checkpoint["epoch"]:
+            ckpt.save_atomic(checkpoint, best_path)
+            self.logger.info(f"rebuilt {best_path} (epoch {checkpoint['epoch']}) from {self.resume_path}")
+
+    def _interrupt(self, epoch: int, steps_done: int, steps: int, guard: "_NonFiniteGuard", loss_sum: torch.Tensor,
+                   seen: int) -> None:
+        """After a stop signal: write a resumable mid-epoch last.pth (finite only) and raise TrainingInterrupted."""
+        guard.check()
+        total_loss, total_seen = self.ctx.sum([loss_sum.item(), seen])
+        state = self._state(epoch, {"steps": steps_done, "loss_sum": total_loss, "seen": int(total_seen)})
+        last = os.path.join(self.work_dir, "last.pth")
+        if state is not None:
+            ckpt.save_atomic(state, last)
+        signum = self.stop.signum or signal.SIGTERM  # another rank's signal
+        message = (f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1} step {steps_done}/{steps}; wrote "
+                   f"{last}, continue with --resume")
+        self.logger.info(message)
+        raise TrainingInterrupted(signum, message)
+
     def _save(self, epoch: int, is_best: bool) -> None:
+        """Write last.pth (and best.pth) after ``epoch``; refuses weights that are not finite (collective)."""
         state = self._state(epoch)
+        problem = None
+        if state is not None:
+            bad = [key for key, value in state["model"].items()
+                   if value.is_floating_point() and not torch.isfinite(value).all()]
+            if bad:
+                problem = (f"after epoch {epoch} the weights hold NaN/Inf ({len(bad)} tensors, first {bad[0]}); the "
+                           "run stopped without writing them (last.pth holds the last finite epoch)")
+        problem = self.ctx.broadcast(problem)
+        if problem:
+            raise UserError(problem)
         if state is None:
             return
-        last = os.path.join(self.work_dir, "last.pth")
-        ckpt.save_atomic(state, last)
+        ckpt.save_atomic(state, os.path.join(self.work_dir, "last.pth"))
         if is_best:
             ckpt.save_atomic(state, os.path.join(self.work_dir, "best.pth"))
 
@@ -450,17 +632,22 @@ class _Trainer:
             return contextlib.nullcontext()
         return self.ddp.no_sync()
 
-    def _train_epoch(self, epoch: int) -> dict:
+    def _train_epoch(self, epoch: int, done: Optional[dict] = None) -> dict:
+        """One training epoch; ``done``: what an interrupted run had done of it (``epoch_progress`` of last.pth)."""
         cfg, ctx, model = self.cfg, self.ctx, self.train_model
         model.train()
-        self.train_loader.sampler.set_epoch(epoch)
-        steps = len(self.train_loader)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        seen = 0
-        progress = tqdm(self.train_loader, total=steps, desc=f"epoch {epoch + 1}/{self.total_epochs}",
-                        disable=None if ctx.is_main else True, leave=False, unit="batch", dynamic_ncols=True)
+        start_step = done["steps"] if done else 0
+        self.train_loader.sampler.set_epoch(epoch, start_step)
+        steps = self.train_loader.sampler.steps
+        resumed = done is not None and ctx.is_main  # rank 0 carries the global sums of the steps done
+        loss_sum = torch.full((), done["loss_sum"] if resumed else 0.0, dtype=torch.float64, device=ctx.device)
+        seen = done["seen"] if resumed else 0
+        guard = _NonFiniteGuard(cfg.nonfinite, ctx, epoch)
+        progress = tqdm(self.train_loader, total=steps, initial=start_step,
+                        desc=f"epoch {epoch + 1}/{self.total_epochs}", disable=None if ctx.is_main else True,
+                        leave=False, unit="batch", dynamic_ncols=True)
         interval_start, interval_seen, epoch_start = time.perf_counter(), 0, time.perf_counter()
-        for step, (images, targets) in enumerate(progress):
+        for step, (images, targets) in enumerate(progress, start=start_step):
             last_micro_step = (step + 1) % cfg.grad_accum_steps == 0
             images = images.to(ctx.device, non_blocking=True)
             targets = targets.to(ctx.device, non_blocking=True)
@@ -472,16 +659,25 @@ class _Trainer:
                 with _autocast(ctx.device, cfg.amp):
                     loss = self.train_loss(model(images), targets)
                 self.scaler.scale(loss / cfg.grad_accum_steps).backward()
+            finite = guard.observe(loss, step, self.num_updates, self._lr())
             if last_micro_step:
-                self._optimizer_step()
-            loss_sum += loss.detach().double() * images.shape[0]
-            seen += images.shape[0]
+                if guard.skip_update():
+                    self.optimizer.zero_grad(set_to_none=True)
+                else:
+                    self._optimizer_step()
+            if finite:
+                loss_sum += loss.detach().double() * images.shape[0]
+                seen += images.shape[0]
+            if last_micro_step and ctx.any(self.stop.signum is not None):
+                progress.close()
+                self._interrupt(epoch, step + 1, steps, guard, loss_sum, seen)
             interval_seen += images.shape[0]
             if last_micro_step and (self.num_updates % cfg.log_interval == 0 or step == steps - 1):
                 now = time.perf_counter()
                 rate = interval_seen * ctx.world_size / (now - interval_start)
-                eta = (now - epoch_start) / (step + 1) * (steps - step - 1)
+                eta = (now - epoch_start) / (step + 1 - start_step) * (steps - step - 1)
                 lr = self._lr()
+                guard.check()
                 step_loss = ctx.sum([loss.item()])[0] / ctx.world_size  # the global batch's loss, on every rank
                 progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
                 memory = (f" peak mem {torch.cuda.max_memory_allocated(ctx.device) / 2 ** 30:.2f} GiB"
@@ -490,8 +686,12 @@ class _Trainer:
                                  f" lr {lr:.3e} {rate:.1f} img/s{memory} eta {report.format_duration(eta)}")
                 interval_start, interval_seen = now, 0
         progress.close()
+        guard.check()
         total_loss, total_seen = ctx.sum([loss_sum.item(), seen])
-        return {"loss": total_loss / total_seen, "time": time.perf_counter() - epoch_start}
+        if guard.skipped:
+            self.logger.warning(f"epoch {epoch + 1}: skipped {guard.skipped} step(s) with a non-finite loss")
+        return {"loss": total_loss / max(total_seen, 1), "time": time.perf_counter() - epoch_start,
+                "skipped_steps": guard.skipped}
 
     def _optimizer_step(self) -> None:
         cfg = self.cfg
@@ -516,7 +716,9 @@ class _Trainer:
     def run(self, on_epoch_end: Optional[Callable[[int, dict], None]]) -> dict:
         cfg, ctx = self.cfg, self.ctx
         summary_path = os.path.join(self.work_dir, "summary.csv")
-        rows = [row for row in report.read_summary(summary_path) if int(row["epoch"]) <= self.start_epoch]
+        if self.history is None:  # a fresh run, or a checkpoint written before last.pth held the history
+            self.history = [row for row in report.read_summary(summary_path) if int(row["epoch"]) <= self.start_epoch]
+        rows = self.history
         params = sum(p.numel() for p in self.model.parameters()) / 1e6
         self.logger.info(
             f"model {cfg.model['name']} ({params:.2f}M params), {self.num_classes} classes, input "
@@ -524,31 +726,42 @@ class _Trainer:
             f"{ctx.world_size} process(es) on {ctx.device.type}{' (FSDP)' if cfg.fsdp and ctx.distributed else ''}; "
             f"global batch {cfg.batch_size * ctx.world_size * cfg.grad_accum_steps}, lr {self.lr:.3e}, "
             f"{self.total_epochs} epochs x {self.updates_per_epoch} steps; work dir {self.work_dir}")
+        for note in self.data_notes:
+            self.logger.warning(note)
         row = rows[-1] if rows else {}
+        if self.start_epoch >= self.total_epochs:
+            self.logger.info(f"the run in {self.work_dir} is complete: {self.start_epoch} of {self.total_epochs} "
+                             "epochs done, nothing to train (raise 'epochs' to continue it)")
         run_start = time.perf_counter()
         for epoch in range(self.start_epoch, self.total_epochs):
-            train_metrics = self._train_epoch(epoch)
-            eval_metrics = self._evaluate(self.model)  # the unwrapped model (sharded in place under FSDP)
+            with _loader_failures():
+                train_metrics = self._train_epoch(epoch, self.epoch_progress if epoch == self.start_epoch else None)
+                eval_metrics = self._evaluate(self.model)  # the unwrapped model (sharded in place under FSDP)
             row = {"epoch": epoch + 1, "train_loss": train_metrics["loss"], "lr": self._lr(),
                    **{f"eval_{k}": v for k, v in eval_metrics.items()}}
             if self.ema is not None:
                 row.update({f"ema_eval_{k}": v for k, v in self._evaluate(self.ema.module).items()})
+            if train_metrics["skipped_steps"]:
+                row["skipped_steps"] = train_metrics["skipped_steps"]
             self.scheduler.step(epoch + 1, row[cfg.best_metric])
-            is_best = self.best["value"] is None or row[cfg.best_metric] > self.best["value"]
+            metric = float(row[cfg.best_metric])
+            comparable = math.isfinite(metric) and math.isfinite(float(row["eval_loss"]))  # best among finite only
+            is_best = comparable and (self.best["value"] is None or metric > self.best["value"])
             if is_best:
-                self.best = {"metric": cfg.best_metric, "value": row[cfg.best_metric], "epoch": epoch + 1}
+                self.best = {"metric": cfg.best_metric, "value": metric, "epoch": epoch + 1}
+            rows.append(row)
             self._save(epoch + 1, is_best)
             if ctx.is_main:
-                rows.append(row)
                 report.write_summary(summary_path, rows, with_ema=self.ema is not None)
                 report.plot_curves(rows, os.path.join(self.work_dir, "curves.png"))
             ema_note = f" ema_top1 {row['ema_eval_top1']:.2f}" if self.ema is not None else ""
             per_epoch = (time.perf_counter() - run_start) / (epoch + 1 - self.start_epoch)
+            best_note = ("no finite epoch yet" if self.best["value"] is None else
+                         f"best {self.best['metric']} {self.best['value']:.2f} at epoch {self.best['epoch']}")
             self.logger.info(
                 f"epoch {epoch + 1}/{self.total_epochs} train_loss {row['train_loss']:.4f} eval_loss "
                 f"{row['eval_loss']:.4f} top1 {row['eval_top1']:.2f} top5 {row['eval_top5']:.2f}{ema_note} "
-                f"({train_metrics['time']:.0f} s training; best {self.best['metric']} {self.best['value']:.2f} "
-                f"at epoch {self.best['epoch']}; run eta "
+                f"({train_metrics['time']:.0f} s training; {best_note}; run eta "
                 f"{report.format_duration(per_epoch * (self.total_epochs - epoch - 1))})")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, row)
