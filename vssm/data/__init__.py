@@ -1,6 +1,8 @@
 """Image datasets that timm lacks: a real dataset shipped inside an installed package (scikit-learn's handwritten
 digits, for the quick start), a synthetic one for smoke tests and benchmarks, and an image folder that names the file
-of a corrupt image instead of skipping it."""
+of a corrupt image instead of skipping it. Medical data in nnU-Net v2's raw format (reading, validation, geometry) is in
+``vssm.data.nnunet_raw`` and its preprocessing (normalisation by channel name, resampling, fingerprint) in
+``vssm.data.medical_transforms``; import them from there."""
 from .digits import DigitsDataset
 from .errors import DataError
 from .folder import StrictImageFolder
