@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vssm.convert import register_checkpoint_filter, register_official, unwrap_checkpoint
+from vssm.layers.checks import check_batched_input
 from vssm.layers.local_mixer import LocalMambaMixer, LocalVimBlock
 # NOTE: re-exported for tests/models/test_local_vmamba.py's routing test until the contract rewrite moves it to
 # tests/layers/test_local_mixer.py (which covers it); drop then.
@@ -214,6 +215,7 @@ class LocalVim(nn.Module):
 
     def _embed(self, x: Tensor) -> Tuple[Tensor, List[int]]:
         """(B, C, H, W) images -> (tokens (B, T, C) with the class token and position embedding, token grid)."""
+        check_batched_input(x, 2, self.in_chans)
         x = self.patch_embed(x)  # (B, h, w, C)
         grid = [x.shape[1], x.shape[2]] if self.dynamic_img_size else self.grid_size  # static ints for FX
         x = x.flatten(1, 2)

@@ -42,6 +42,7 @@ from timm.models._manipulate import checkpoint, checkpoint_seq
 from torch import Tensor
 
 from ..convert import register_checkpoint_filter, register_official, unwrap_checkpoint
+from ..layers.checks import check_batched_input
 from ..layers.norm import LayerNorm
 from ..layers.ssm_init import init_dt_projection_
 from ..layers.zigzag_mixer import ZigzagMamba2D
@@ -146,12 +147,14 @@ class PlainMamba(nn.Module):
             pos_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             mamba_dt_init: bool = False,
+            dynamic_img_size: bool = True,
             device=None,
             dtype=None,
     ):
         """
         Args:
             img_size: Image size the position embedding is laid out for; other sizes resize it on the fly (bicubic).
+            dynamic_img_size: Accepted as timm's models accept it; PlainMamba always takes any input size.
             patch_size: Overall stride (even).
             in_chans: Input channels.
             num_classes: Classes (0: no classifier).
@@ -180,6 +183,7 @@ class PlainMamba(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.grad_checkpointing = False
 
+        self.in_chans = in_chans
         self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, patch_size, stem_convs, stem_width, **dd)
         self.grid_size = self.patch_embed.grid_size(to_2tuple(img_size))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim, **dd))
@@ -244,6 +248,7 @@ class PlainMamba(nn.Module):
 
     def _embed(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> position-embedded tokens (B, Hp, Wp, C)."""
+        check_batched_input(x, 2, self.in_chans)
         x = self.patch_embed(x)
         batch, height, width, dim = x.shape
         pos_embed = resample_abs_pos_embed(self.pos_embed, new_size=[height, width], old_size=list(self.grid_size),

@@ -55,6 +55,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import Tensor
 
 from ..convert import register_checkpoint_filter, register_official, unwrap_checkpoint
+from ..layers.checks import check_batched_input
 from ..layers.einfft import EinFFT
 from ..layers.monarch import MonarchMlp
 from ..layers.norm import LayerNorm
@@ -230,6 +231,8 @@ class SiMBA(nn.Module):
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             mamba_dt_init: bool = False,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            dynamic_img_size: bool = True,
             device=None,
             dtype=None,
     ):
@@ -256,6 +259,8 @@ class SiMBA(nn.Module):
                 (default 0; official training 0.1 for S and B, 0.3 for L).
             mamba_dt_init: Keep Mamba's step-size initialisation; the official init (False) re-initialises every
                 Linear, dt_proj included, to trunc-normal(0.02) with zero bias.
+            img_size, dynamic_img_size: Accepted as timm's hierarchical models accept them; SiMBA takes any input size
+                (multiples of 32 keep every feature map whole), so neither changes the model.
         """
         super().__init__()
         if channel_mixer not in CHANNEL_MIXERS:
@@ -267,6 +272,7 @@ class SiMBA(nn.Module):
         self.aux_weight = aux_weight
         self.output_fmt = "NHWC"
 
+        self.in_chans = in_chans
         self.stem = Stem(in_chans, stem_width, dims[0], **dd)
         rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)  # linear over all blocks
         self.stages = nn.Sequential(*[
@@ -365,6 +371,7 @@ class SiMBA(nn.Module):
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         last_index = len(self.stages) - 1
+        check_batched_input(x, 2, self.in_chans)
         x = self.stem(x)
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
         for i, stage in enumerate(stages):
@@ -391,6 +398,7 @@ class SiMBA(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> stage-4 map (B, H/32, W/32, C), before the class block and the final norm."""
+        check_batched_input(x, 2, self.in_chans)
         return self.stages(self.stem(x))
 
     def _head_tokens(self, x: Tensor) -> Tuple[Tensor, Tensor]:

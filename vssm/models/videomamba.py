@@ -154,6 +154,7 @@ class VideoMamba(Vim):
             embed_layer=partial(TubeletEmbed, num_frames=num_frames, tubelet_size=tubelet_size),
             device=device, dtype=dtype,
         )
+        self.input_spatial_dims = 3  # (B, C, T, H, W) clips
         self.temporal_pos_embedding = nn.Parameter(
             torch.zeros(1, self.patch_embed.grid_size[0], embed_dim, device=device, dtype=dtype))
 

@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from torch.jit import Final
 
 from ..convert import register_checkpoint_filter, register_official, unwrap_checkpoint
+from ..layers.checks import check_batched_input
 from ..layers.mamba_mixer import MambaBlock, stack_official_directions
 from ..layers.norm import RmsNorm
 from ..layers.pos_embed import (
@@ -105,7 +106,8 @@ class StridedPatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.strict_img_size:
-            message = f"input size must be {self.img_size} (or create the model with dynamic_img_size=True)"
+            message = (f"input size must be {self.img_size}, got {list(x.shape[-2:])} (or create the model with "
+                       "dynamic_img_size=True)")
             torch._assert(x.shape[-2] == self.img_size[0], message)
             torch._assert(x.shape[-1] == self.img_size[1], message)
         return self.proj(x)
@@ -192,6 +194,8 @@ class Vim(nn.Module):
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
         self.weight_init = weight_init
+        self.in_chans = in_chans
+        self.input_spatial_dims = 2  # (B, C, H, W) images; VideoMamba: 3
 
         self.patch_embed = embed_layer(
             img_size=img_size, patch_size=patch_size, stride=stride, in_chans=in_chans, embed_dim=embed_dim,
@@ -307,6 +311,7 @@ class Vim(nn.Module):
 
     def _embed(self, x: Tensor) -> Tuple[Tensor, List[int]]:
         """Input -> (float32 residual stream (B, L, D), token grid)."""
+        check_batched_input(x, self.input_spatial_dims, self.in_chans)
         x = self.patch_embed(x)  # (B, D, *grid)
         grid = list(x.shape[2:]) if self.dynamic_img_size else self.patch_embed.grid_size
         x = x.flatten(2).transpose(1, 2)  # (B, M, D), row-major (frame-major for video)

@@ -43,6 +43,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
 from vssm.convert import register_checkpoint_filter, register_official, unwrap_checkpoint
+from vssm.layers.checks import check_batched_input
 from vssm.layers.norm import LayerNorm
 from vssm.layers.ss2d import SS2D
 
@@ -261,6 +262,8 @@ class VMamba(nn.Module):
             channel_first: bool = False,
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            dynamic_img_size: bool = True,
             device=None,
             dtype=None,
     ):
@@ -288,6 +291,8 @@ class VMamba(nn.Module):
             drop_rate: Dropout before the classifier.
             drop_path_rate: Stochastic depth, linear 0..drop_path_rate over all blocks, as the official code
                 (default 0; official training rates in the module docstring).
+            img_size, dynamic_img_size: Accepted as timm's hierarchical models accept them; VMamba takes any input
+                size (multiples of 32 keep every feature map whole), so neither changes the model.
         """
         dd = {"device": device, "dtype": dtype}
         super().__init__()
@@ -401,6 +406,7 @@ class VMamba(nn.Module):
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
         last_index = len(self.stages) - 1
         intermediates = []
+        check_batched_input(x, 2, self.in_chans)
         x = self.stem(x)
         for i, stage in enumerate(stages):
             x = stage(x)
@@ -431,6 +437,7 @@ class VMamba(nn.Module):
         return take_indices
 
     def forward_features(self, x: Tensor) -> Tensor:
+        check_batched_input(x, 2, self.in_chans)
         x = self.stem(x)
         x = self.stages(x)
         return self.norm(x)
