@@ -27,7 +27,7 @@ from mmengine.config import Config
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import load_pretrained
-from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
+from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad, random_seed
 from torch.distributed.checkpoint.state_dict import (
@@ -48,6 +48,7 @@ from .data import (
 )
 from .distributed import DistContext
 from .errors import USER_ERRORS, TrainingInterrupted, UserError, one_line
+from .optim import has_overrides, param_groups
 from .workdir import WorkDirLock
 
 WORK_DIR_OUTPUTS = ("config.py", "train.log", "summary.csv", "curves.png", "last.pth", "best.pth")
@@ -467,11 +468,11 @@ class _Trainer:
         self.lr = opt.lr if opt.lr is not None else opt.lr_base * (math.sqrt(ratio) if opt.lr_base_scale == "sqrt"
                                                                     else ratio)
         extra = {k: v for k, v in (("eps", opt.eps), ("betas", opt.betas)) if v is not None}
-        if opt.no_weight_decay is not None:  # the recipe's own exclusions instead of model.no_weight_decay()
-            extra["param_group_fn"] = functools.partial(
-                param_groups_weight_decay if opt.layer_decay is None else param_groups_layer_decay,
-                weight_decay=opt.weight_decay, no_weight_decay_list=opt.no_weight_decay,
-                **({} if opt.layer_decay is None else {"layer_decay": opt.layer_decay}))
+        if opt.no_weight_decay is not None or has_overrides(model):
+            # the recipe's own exclusions instead of model.no_weight_decay(), and parameters with their own lr / wd
+            extra["param_group_fn"] = functools.partial(param_groups, weight_decay=opt.weight_decay,
+                                                        layer_decay=opt.layer_decay,
+                                                        no_weight_decay=opt.no_weight_decay)
         try:
             self.optimizer = create_optimizer_v2(model, opt=opt.opt, lr=self.lr, weight_decay=opt.weight_decay,
                                                  momentum=opt.momentum, layer_decay=opt.layer_decay,
