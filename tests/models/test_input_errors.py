@@ -12,7 +12,7 @@ TINY = sorted(name for name in timm.list_models("test_*")
 
 def _input_shape(model) -> tuple:
     shape = tuple(model.pretrained_cfg["input_size"])
-    frames = getattr(getattr(model, "patch_embed", None), "num_frames", None)
+    frames = getattr(model, "num_frames", None) or getattr(getattr(model, "patch_embed", None), "num_frames", None)
     return (shape[0], frames, *shape[1:]) if frames else shape
 
 

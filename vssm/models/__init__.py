@@ -5,3 +5,4 @@ from . import plainmamba  # noqa: F401
 from . import vim  # noqa: F401
 from . import videomamba  # noqa: F401
 from . import local_vmamba  # noqa: F401
+from . import s4nd  # noqa: F401
