@@ -1,0 +1,720 @@
+"""Video evaluation data: frame samplers and spatial views as named protocols, decord decoding, and a pool of decoder
+processes with a per-video time limit.
+
+A **protocol** (``VideoProtocol``, built by ``video_protocol(name, **overrides)``) is everything that turns a file into
+the views a model scores: the temporal sampler (which frame indices form each clip), the spatial views (short side,
+crop size, crop offsets), the normalisation and how view scores are averaged. Every protocol prints itself
+(``describe()``) so that a number is never reported without the protocol that produced it. Presets:
+
+- ``videomamba_k400``: VideoMamba's ``Kinetics_sparse`` test sampling. ``seg = max(0, n - 1) / T``; clip ``k`` of
+  ``S``: ``idx_i = min(round(seg * i) + int(seg / (S + 1) * (k + 1)), n - 1)``, i = 0..T-1 (300 frames, T=16, S=4:
+  clip 0 = [3, 22, 40, ...]); x 3 crops of ``crop_size`` along the long side at ``int(c * (long - size) / 2)`` after
+  resizing the short side to ``crop_size`` (long side ``int(size * long / short)``); ImageNet mean/std; softmax per
+  view, then the mean.
+- ``videomamba_ssv2``: VideoMamba's SSv2 test sampling, 2 views: ``tick = n / T``; segment starts ``int(tick * x)``
+  and centres ``int(tick / 2 + tick * x)`` are concatenated and sorted; view k takes every other entry from k (48
+  frames, T=8: [0, 6, ..., 42] and [3, 9, ..., 45]; below 2T frames the two interleave) x 3 crops; never flipped.
+- ``mmaction_dense``: mmaction2's ``SampleFrames(clip_len, frame_interval, num_clips, test_mode=True)``: span
+  ``(clip_len - 1) * frame_interval + 1``, ``max_offset = max(n - span, 0)``, clip offsets
+  ``round(k * max_offset / (num_clips - 1))`` (one clip: ``max_offset // 2``), indices looped modulo n; then
+  ``Resize((-1, short_side))`` (long side ``int(long * short_side / short + 0.5)``) and ``ThreeCrop`` (offsets 0,
+  2 * step, step with ``step = (long - size) // 2``: left, right, centre); softmax mean (``average_clips='prob'``).
+- ``s4nd_hmdb51``: S4ND's HMDB-51 protocol (pytorchvideo): consecutive non-overlapping 2-s clips covering the video
+  (``UniformClipSampler``; at least one), each subsampled to 30 frames with ``linspace(0, t - 1, 30)`` (truncated),
+  short side 256 (long side ``floor(long * 256 / short)``), centre crop 224, Kinetics mean/std on the 0-255 scale
+  (the same as (0.43216, 0.394666, 0.37645) / (0.22803, 0.22145, 0.216989) on 0-1), video score = mean of logits.
+
+Frames are resized on uint8 with bilinear interpolation (half-pixel centres, as cv2's ``INTER_LINEAR``) and rounded
+back to uint8 before cropping, as the official pipelines do. Indices are clamped to the frames decord reports.
+
+Decoding runs in worker processes (``DecodePool``): decord can hang forever in native code holding the GIL (dmlc/decord
+#269, #375), so a worker that exceeds the per-video time limit is killed (SIGKILL), its file reported, and a fresh
+worker started. A file that decord cannot read is reported by path, never replaced by another video.
+"""
+import math
+import multiprocessing
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import wait
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from .video_errors import VideoDecodeError, VideoError, VideoNotFoundError, VideoTimeoutError, VideoTooShortError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)  # pytorchvideo's (110.2, 100.64, 96.0) / 255
+KINETICS_STD = (0.22803, 0.22145, 0.216989)  # pytorchvideo's (58.14765, 56.46975, 55.332195) / 255
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# temporal samplers: clips(n, fps) -> one list of frame indices per temporal clip
+
+@dataclass(frozen=True)
+class SparseSampler:
+    """VideoMamba's ``Kinetics_sparse``: T frames, one per segment, S clips shifted by ``seg / (S + 1)``."""
+    num_frames: int = 16
+    num_clips: int = 4
+
+    def clips(self, n: int, fps: Optional[float] = None) -> list[list[int]]:
+        seg = max(0, n - 1) / self.num_frames
+        shift = seg / (self.num_clips + 1)
+        return [[min(round(seg * i) + int(shift * (k + 1)), n - 1) for i in range(self.num_frames)]
+                for k in range(self.num_clips)]
+
+    def train_clip(self, n: int, rng: np.random.Generator) -> list[int]:
+        """One random index in ``[round(seg * i), round(seg * (i + 1))]`` per segment (the official training)."""
+        seg = max(0, n - 1) / self.num_frames
+        return [min(int(rng.integers(round(seg * i), round(seg * (i + 1)) + 1)), n - 1)
+                for i in range(self.num_frames)]
+
+    def min_frames(self) -> int:
+        return self.num_frames
+
+    def describe(self) -> str:
+        return (f"sparse T={self.num_frames} x {self.num_clips} clip(s) (seg=(n-1)/T, "
+                f"idx=min(round(seg*i)+int(seg/(S+1)*(k+1)), n-1))")
+
+
+@dataclass(frozen=True)
+class SegmentSampler:
+    """VideoMamba's SSv2 test sampling: segment starts and centres, 2 views (the official step 2 is hard-coded)."""
+    num_frames: int = 16
+    num_clips: int = 2
+
+    def __post_init__(self):
+        if self.num_clips != 2:
+            raise ValueError(f"the SSv2 protocol has exactly 2 temporal views (starts, centres), got {self.num_clips}")
+
+    def clips(self, n: int, fps: Optional[float] = None) -> list[list[int]]:
+        tick = n / self.num_frames
+        merged = sorted([int(tick / 2 + tick * x) for x in range(self.num_frames)]
+                        + [int(tick * x) for x in range(self.num_frames)])
+        return [[min(i, n - 1) for i in merged[k::2]] for k in range(2)]
+
+    def train_clip(self, n: int, rng: np.random.Generator) -> list[int]:
+        """One random frame per segment of ``n // T`` frames (sorted random frames when shorter, as the official)."""
+        duration = n // self.num_frames
+        if duration > 0:
+            return [i * duration + int(rng.integers(duration)) for i in range(self.num_frames)]
+        if n > self.num_frames:
+            return sorted(int(i) for i in rng.integers(n, size=self.num_frames))
+        return [0] * self.num_frames
+
+    def min_frames(self) -> int:
+        return self.num_frames
+
+    def describe(self) -> str:
+        return (f"segments T={self.num_frames} x 2 views (tick=n/T: starts int(tick*x), centres int(tick/2+tick*x), "
+                "sorted, view k = every 2nd from k)")
+
+
+@dataclass(frozen=True)
+class DenseSampler:
+    """mmaction2's ``SampleFrames(clip_len, frame_interval, num_clips, test_mode=True)``, out-of-bound 'loop'."""
+    clip_len: int = 16
+    frame_interval: int = 4
+    num_clips: int = 5
+
+    @property
+    def num_frames(self) -> int:
+        return self.clip_len
+
+    def clips(self, n: int, fps: Optional[float] = None) -> list[list[int]]:
+        span = (self.clip_len - 1) * self.frame_interval + 1
+        max_offset = max(n - span, 0)
+        if self.num_clips > 1:
+            offsets = np.round(np.arange(self.num_clips) * (max_offset / (self.num_clips - 1))).astype(np.int64)
+        else:
+            offsets = np.array([max_offset // 2])
+        indices = offsets[:, None] + np.arange(self.clip_len)[None, :] * self.frame_interval
+        return (indices % n).tolist()
+
+    def min_frames(self) -> int:
+        return (self.clip_len - 1) * self.frame_interval + 1
+
+    def describe(self) -> str:
+        return (f"dense SampleFrames(clip_len={self.clip_len}, frame_interval={self.frame_interval}, "
+                f"num_clips={self.num_clips}) (offsets round(k*max(n-span,0)/(clips-1)), loop)")
+
+
+@dataclass(frozen=True)
+class UniformSecondsSampler:
+    """pytorchvideo's ``UniformClipSampler(clip_seconds)`` + ``UniformTemporalSubsample(num_frames)``: consecutive
+    clips [2k, 2k + 2) s while the next clip still ends within the video (at least one clip), the frames of each
+    (``ceil(start * fps) <= i < ceil(end * fps)``) subsampled by ``linspace(0, t - 1, num_frames)``."""
+    num_frames: int = 30
+    clip_seconds: float = 2.0
+    eps: float = 1e-6
+
+    def clips(self, n: int, fps: Optional[float] = None) -> list[list[int]]:
+        if not fps or fps <= 0:
+            raise ValueError("the uniform-seconds sampler needs the video's frame rate")
+        duration = n / fps
+        count = max(1, int(math.floor(duration / self.clip_seconds + self.eps)))
+        clips = []
+        for k in range(count):
+            first = math.ceil(k * self.clip_seconds * fps - self.eps)
+            last = min(n, math.ceil((k + 1) * self.clip_seconds * fps - self.eps)) - 1
+            frames = np.arange(first, max(last, first) + 1)
+            picks = np.linspace(0, len(frames) - 1, self.num_frames).astype(np.int64)
+            clips.append([min(int(i), n - 1) for i in frames[picks]])
+        return clips
+
+    def min_frames(self) -> int:
+        return 1
+
+    def describe(self) -> str:
+        return (f"uniform {self.clip_seconds:g}-s clips, all of the video, {self.num_frames} frames each "
+                "(linspace(0, t-1, T))")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# spatial views
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of uint8 frames (T, H, W, 3) to (T, height, width, 3), rounded back to uint8. Sampling as
+    cv2's ``INTER_LINEAR``: half-pixel centres, edges clamped, no antialiasing."""
+    _, src_h, src_w, _ = frames.shape
+    if (src_h, src_w) == (height, width):
+        return frames
+    out = frames.astype(np.float32)
+    for axis, (src, dst) in ((1, (src_h, height)), (2, (src_w, width))):
+        if src == dst:
+            continue
+        x = np.clip((np.arange(dst) + 0.5) * (src / dst) - 0.5, 0, src - 1)
+        lo = np.floor(x).astype(np.int64)
+        hi = np.minimum(lo + 1, src - 1)
+        shape = [1, 1, 1, 1]
+        shape[axis] = dst
+        frac = (x - lo).astype(np.float32).reshape(shape)
+        out = np.take(out, lo, axis=axis) * (1 - frac) + np.take(out, hi, axis=axis) * frac
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def resize_short_side(frames: np.ndarray, short_side: int, rounding: str = "floor") -> np.ndarray:
+    """Resize uint8 frames (T, H, W, 3) so that the short side is ``short_side`` (``resize_frames``).
+
+    The long side is ``int(short_side * long / short)`` (``rounding='floor'``: VideoMamba, pytorchvideo) or
+    ``int(long * short_side / short + 0.5)`` (``'round'``: mmcv's ``rescale_size``).
+    """
+    _, height, width, _ = frames.shape
+    short, long = min(height, width), max(height, width)
+    new_long = int(short_side * long / short) if rounding == "floor" else int(long * short_side / short + 0.5)
+    return resize_frames(frames, *((short_side, new_long) if height <= width else (new_long, short_side)))
+
+
+def crop_offsets(long: int, short: int, size: int, num_crops: int, mode: str) -> list[tuple[int, int]]:
+    """(long-axis, short-axis) start of each crop of ``size`` x ``size``.
+
+    Modes: ``'videomamba'`` (``int(c * (long - size) / (num_crops - 1))``, one crop: ``int((long - size) / 2)``),
+    ``'mmaction'`` (``ThreeCrop``: 0, 2 * step, step with ``step = (long - size) // 2``; one crop: step),
+    ``'centre'`` (``round((long - size) / 2)`` as torchvision's ``center_crop``; num_crops must be 1).
+    The short axis is centred (``round((short - size) / 2)``; 0 where the crop spans it).
+    """
+    if size > short:
+        raise ValueError(f"crop size {size} exceeds the resized short side {short}")
+    across = int(round((short - size) / 2))
+    if mode == "videomamba":
+        if num_crops == 1:
+            along = [int((long - size) / 2)]
+        else:
+            along = [int(c * (long - size) / (num_crops - 1)) for c in range(num_crops)]
+    elif mode == "mmaction":
+        step = (long - size) // 2
+        if num_crops not in (1, 3):
+            raise ValueError(f"mmaction crops are ThreeCrop (3) or a centre crop (1), got {num_crops}")
+        along = [0, 2 * step, step] if num_crops == 3 else [step]
+    elif mode == "centre":
+        if num_crops != 1:
+            raise ValueError(f"a centre crop is one crop, got num_crops={num_crops}")
+        along = [int(round((long - size) / 2))]
+    else:
+        raise ValueError(f"unknown crop mode {mode!r} (known: videomamba, mmaction, centre)")
+    return [(a, across) for a in along]
+
+
+def spatial_views(frames: np.ndarray, size: int, num_crops: int, mode: str) -> list[np.ndarray]:
+    """Crops of resized frames (T, H, W, 3) along the long side: ``num_crops`` arrays (T, size, size, 3)."""
+    _, height, width, _ = frames.shape
+    portrait = height > width
+    views = []
+    for along, across in crop_offsets(max(height, width), min(height, width), size, num_crops, mode):
+        top, left = (along, across) if portrait else (across, along)
+        views.append(frames[:, top:top + size, left:left + size])
+    return views
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# protocols
+
+@dataclass(frozen=True)
+class VideoProtocol:
+    """How a video becomes scored views.
+
+    Attributes:
+        name: The preset's name.
+        sampler: Temporal sampler (``clips(n, fps)``, ``describe()``).
+        short_side: Frames are resized so that their short side is this (uint8, bilinear).
+        crop_size: Side of the square crops.
+        num_crops: Spatial crops per clip.
+        crop_mode: ``'videomamba'``, ``'mmaction'`` or ``'centre'`` (see ``crop_offsets``).
+        long_side_rounding: ``'floor'`` or ``'round'`` (see ``resize_short_side``).
+        mean: Per-channel mean on the 0-1 scale.
+        std: Per-channel std on the 0-1 scale.
+        score: ``'prob'`` (softmax per view, then the mean) or ``'logit'`` (mean of logits).
+    """
+    name: str
+    sampler: Any
+    short_side: int
+    crop_size: int
+    num_crops: int = 3
+    crop_mode: str = "videomamba"
+    long_side_rounding: str = "floor"
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    score: str = "prob"
+
+    @property
+    def num_frames(self) -> int:
+        return self.sampler.num_frames
+
+    def describe(self) -> str:
+        """One line naming every choice that changes the numbers."""
+        score = "softmax per view, mean" if self.score == "prob" else "mean of logits"
+        mean = ",".join(f"{m:g}" for m in self.mean)
+        std = ",".join(f"{s:g}" for s in self.std)
+        return (f"{self.name}: {self.sampler.describe()} x {self.num_crops} {self.crop_mode} crop(s) "
+                f"{self.crop_size} after short side {self.short_side} (bilinear uint8); mean ({mean}) std ({std}) "
+                f"on 0-1; score: {score}; no flip")
+
+
+_SAMPLER_ARGS = {
+    SparseSampler: ("num_frames", "num_clips"),
+    SegmentSampler: ("num_frames", "num_clips"),
+    DenseSampler: ("clip_len", "frame_interval", "num_clips"),
+    UniformSecondsSampler: ("num_frames", "clip_seconds"),
+}
+
+
+def _presets() -> dict[str, VideoProtocol]:
+    return {
+        "videomamba_k400": VideoProtocol("videomamba_k400", SparseSampler(16, 4), 224, 224, 3, "videomamba"),
+        "videomamba_ssv2": VideoProtocol("videomamba_ssv2", SegmentSampler(16, 2), 224, 224, 3, "videomamba"),
+        "mmaction_dense": VideoProtocol("mmaction_dense", DenseSampler(16, 4, 5), 224, 224, 3, "mmaction", "round"),
+        "s4nd_hmdb51": VideoProtocol("s4nd_hmdb51", UniformSecondsSampler(30, 2.0), 256, 224, 1, "centre", "floor",
+                                     KINETICS_MEAN, KINETICS_STD, "logit"),
+    }
+
+
+PROTOCOL_NAMES = tuple(_presets())
+
+
+def video_protocol(name: str, **overrides) -> VideoProtocol:
+    """A preset protocol, with sampler arguments (``num_frames``, ``num_clips``, ``clip_len``, ``frame_interval``,
+    ``clip_seconds``) and view arguments (``short_side``, ``crop_size``, ``num_crops``, ``crop_mode``,
+    ``long_side_rounding``, ``mean``, ``std``, ``score``) overridden. Unknown names and keys raise ValueError."""
+    presets = _presets()
+    if name not in presets:
+        raise ValueError(f"unknown video protocol {name!r} (known: {', '.join(presets)})")
+    protocol = presets[name]
+    sampler_keys = _SAMPLER_ARGS[type(protocol.sampler)]
+    view_keys = {"short_side", "crop_size", "num_crops", "crop_mode", "long_side_rounding", "mean", "std", "score"}
+    unknown = sorted(set(overrides) - set(sampler_keys) - view_keys)
+    if unknown:
+        raise ValueError(f"protocol {name!r} has no setting {unknown[0]!r} (settings: "
+                         f"{', '.join(sorted(set(sampler_keys) | view_keys))})")
+    sampler_args = {k: v for k, v in overrides.items() if k in sampler_keys}
+    view_args = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if k in view_keys}
+    protocol = replace(protocol, sampler=replace(protocol.sampler, **sampler_args), **view_args)
+    if protocol.score not in ("prob", "logit"):
+        raise ValueError(f"protocol score must be 'prob' or 'logit', got {protocol.score!r}")
+    if protocol.crop_size > protocol.short_side:
+        raise ValueError(f"crop_size {protocol.crop_size} exceeds short_side {protocol.short_side}")
+    crop_offsets(protocol.short_side * 2, protocol.short_side, protocol.crop_size, protocol.num_crops,
+                 protocol.crop_mode)  # checks the crop settings
+    return protocol
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# decoding
+
+class DecodedVideo(NamedTuple):
+    """The views of one video: ``views`` uint8 (V, T, S, S, 3); ``keys[v] = (clip, crop)``; ``indices`` per clip;
+    ``num_frames`` the decodable frames the sampling used, ``reported_frames`` the container's count."""
+    path: str
+    views: np.ndarray
+    keys: list[tuple[int, int]]
+    num_frames: int
+    fps: float
+    indices: list[list[int]]
+    reported_frames: int
+
+
+def _short_message(error: BaseException, limit: int = 200) -> str:
+    """decord's errors can hold the file's bytes (dmlc/decord #299): one line, cut short."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def open_video(path: str, num_threads: int = 1):
+    """A decord ``VideoReader`` (CPU), or a VideoNotFoundError / VideoDecodeError naming the path."""
+    if not os.path.isfile(path):
+        raise VideoNotFoundError(path, "no such file")
+    try:
+        from decord import VideoReader, cpu
+    except ImportError:  # decord has wheels for x86-64 Linux and Windows only (dmlc/decord #213)
+        raise VideoDecodeError(path, "decord is not installed (pip install decord: x86-64 Linux/Windows)") from None
+    try:
+        return VideoReader(path, num_threads=num_threads, ctx=cpu(0))
+    except Exception as error:  # decord raises DECORDError (a RuntimeError) with the demuxer's message
+        raise VideoDecodeError(path, f"cannot open: {_short_message(error)}") from None
+
+
+def read_frames(reader, indices: Sequence[int], path: str = "") -> np.ndarray:
+    """``reader.get_batch`` of ``indices`` clamped to [0, len - 1], as uint8 (N, H, W, 3)."""
+    n = len(reader)
+    if not n:
+        raise VideoDecodeError(path, "no frames")
+    clamped = [min(max(int(i), 0), n - 1) for i in indices]
+    try:
+        reader.seek(0)
+        return reader.get_batch(clamped).asnumpy()
+    except Exception as error:
+        raise VideoDecodeError(path, f"cannot decode frames: {_short_message(error)}") from None
+
+
+def decodable_length(reader, reported: int) -> int:
+    """How many frames decord can decode: containers may over-report (dmlc/decord #373: 431 reported, 300 decodable).
+    A binary search with single-frame reads (``reader[i]``, which work where ``get_batch`` fails, #375); 0 when even
+    the first frame fails."""
+    def readable(i: int) -> bool:
+        try:
+            reader[i].asnumpy()
+            return True
+        except Exception:
+            return False
+
+    if readable(reported - 1):
+        return reported
+    good, bad = -1, reported - 1
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if readable(middle) else (good, middle)
+    return good + 1
+
+
+def decode_views(path: str, protocol: VideoProtocol, num_threads: int = 1, short_video: str = "pad",
+                 open_fn: Callable = open_video) -> DecodedVideo:
+    """Decode the frames ``protocol`` samples from ``path`` and cut its views.
+
+    When decoding the sampled frames fails and the container reports more frames than it holds, the sampling is
+    redone on the decodable length (``DecodedVideo.num_frames``; ``reported_frames`` keeps the container's count).
+
+    Args:
+        path: The video file.
+        protocol: The protocol (sampler and views).
+        num_threads: decord's decoding threads.
+        short_video: ``'pad'`` (a video shorter than one clip repeats frames, as the official samplers do) or
+            ``'fail'`` (VideoTooShortError).
+        open_fn: ``open_fn(path, num_threads)`` -> a decord VideoReader (tests pass a stand-in).
+    """
+    reader = open_fn(path, num_threads)
+    reported = n = len(reader)
+    if n < 1:
+        raise VideoDecodeError(path, "no frames")
+    try:
+        fps = float(reader.get_avg_fps())
+    except Exception:  # a container without timing: only the seconds-based sampler needs it
+        fps = 0.0
+
+    def sample(n: int):
+        if short_video == "fail" and n < protocol.sampler.min_frames():
+            raise VideoTooShortError(path, f"{n} frames, one clip needs {protocol.sampler.min_frames()}")
+        try:
+            clips = protocol.sampler.clips(n, fps)
+        except ValueError as error:
+            raise VideoDecodeError(path, str(error)) from None
+        return clips, sorted({i for clip in clips for i in clip})
+
+    clips, unique = sample(n)
+    try:
+        frames = read_frames(reader, unique, path)
+    except VideoDecodeError:
+        n = decodable_length(reader, reported)
+        if n in (0, reported):
+            raise
+        clips, unique = sample(n)
+        frames = read_frames(reader, unique, path)
+    del reader
+    frames = resize_short_side(frames, protocol.short_side, protocol.long_side_rounding)
+    position = {index: p for p, index in enumerate(unique)}
+    views, keys = [], []
+    for k, clip in enumerate(clips):
+        clip_frames = frames[[position[i] for i in clip]]
+        for c, view in enumerate(spatial_views(clip_frames, protocol.crop_size, protocol.num_crops,
+                                               protocol.crop_mode)):
+            views.append(view)
+            keys.append((k, c))
+    return DecodedVideo(path, np.stack(views), keys, n, fps, clips, reported)
+
+
+def normalise_views(views: np.ndarray, protocol: VideoProtocol):
+    """uint8 (V, T, S, S, 3) -> float32 tensor (V, 3, T, S, S), ``(x / 255 - mean) / std``."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(views)).permute(0, 4, 1, 2, 3).float().div_(255)
+    mean = torch.tensor(protocol.mean, dtype=torch.float32).view(1, 3, 1, 1, 1)
+    std = torch.tensor(protocol.std, dtype=torch.float32).view(1, 3, 1, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# decoder processes
+
+class DecodeResult(NamedTuple):
+    """What the pool returns for one task: ``value`` (the decode function's result) or ``error`` (a VideoError)."""
+    task: int
+    path: str
+    value: Any = None
+    error: Optional[VideoError] = None
+
+
+_ERROR_TYPES = {cls.__name__: cls for cls in (VideoError, VideoNotFoundError, VideoDecodeError, VideoTimeoutError,
+                                              VideoTooShortError)}
+
+
+def _describe_exception(path: str, error: BaseException) -> tuple[str, str, str]:
+    """(error class name, path, message) — sent instead of the exception (VideoError's __init__ takes two args)."""
+    if isinstance(error, VideoError):
+        return type(error).__name__ if type(error).__name__ in _ERROR_TYPES else "VideoDecodeError", error.path, \
+            str(error)[len(error.path) + 2:]
+    return "VideoDecodeError", path, f"{type(error).__name__}: {_short_message(error)}"
+
+
+def _rebuild_error(kind: str, path: str, message: str) -> VideoError:
+    return _ERROR_TYPES.get(kind, VideoDecodeError)(path, message)
+
+
+def _worker_main(conn, decode_fn: Callable, kwargs: dict) -> None:
+    """A decoder process: decode the paths it receives; send a small header, then the result."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        task, path = message
+        try:
+            value = decode_fn(path, **kwargs)
+        except Exception as error:
+            conn.send(("error", task, _describe_exception(path, error)))
+            continue
+        conn.send(("ok", task, None))  # small: never blocks, so the parent sees the decode finish in time
+        conn.send(value)
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Any
+    task: Optional[tuple[int, str]] = None
+    deadline: float = 0.0
+
+
+@dataclass
+class DecodePool:
+    """Decoder processes with a per-task time limit.
+
+    ``map(tasks)`` yields a ``DecodeResult`` per ``(task id, path)`` in completion order. A task past ``timeout``
+    seconds gets its worker killed (SIGKILL: decord may hang holding the GIL) and replaced, and yields a
+    VideoTimeoutError; a worker that dies (a crash in native code) yields a VideoDecodeError for its file. With
+    ``workers=0`` the tasks run in this process, without a time limit.
+
+    Args:
+        decode_fn: ``decode_fn(path, **kwargs)``; module-level (it is pickled for 'spawn'/'forkserver').
+        kwargs: Its keyword arguments.
+        workers: Decoder processes.
+        timeout: Seconds per task.
+        context: multiprocessing start method; None: 'fork' where available (no re-import), else 'spawn'.
+    """
+    decode_fn: Callable
+    kwargs: dict = field(default_factory=dict)
+    workers: int = 2
+    timeout: float = 120.0
+    context: Optional[str] = None
+    killed: list = field(default_factory=list)  # paths whose worker was killed (for the report)
+
+    def _start(self) -> _Worker:
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context(self.context or ("fork" if "fork" in methods else "spawn"))
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=_worker_main, args=(child, self.decode_fn, self.kwargs), daemon=True)
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    @staticmethod
+    def _stop(worker: _Worker, kill: bool) -> None:
+        if kill:
+            worker.process.kill()
+        else:
+            try:
+                worker.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        worker.process.join(timeout=None if kill else 5)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        worker.conn.close()
+
+    def map(self, tasks: Iterable[tuple[int, str]]) -> Iterator[DecodeResult]:
+        if self.workers <= 0:
+            for task, path in tasks:
+                try:
+                    yield DecodeResult(task, path, self.decode_fn(path, **self.kwargs))
+                except Exception as error:
+                    yield DecodeResult(task, path, error=_rebuild_error(*_describe_exception(path, error)))
+            return
+        pending = deque(tasks)
+        pool: list[Optional[_Worker]] = [None] * self.workers  # started on demand; a killed one is replaced lazily
+        try:
+            while True:
+                for i in range(len(pool)):
+                    if pending and (pool[i] is None or pool[i].task is None):
+                        pool[i] = self._assign(pool[i], pending.popleft())
+                busy = [w for w in pool if w is not None and w.task is not None]
+                if not busy:
+                    return
+                next_deadline = min(w.deadline for w in busy)
+                ready = wait([w.conn for w in busy], timeout=max(0.0, next_deadline - time.monotonic()))
+                for i, worker in enumerate(pool):
+                    if worker is None or worker.task is None:
+                        continue
+                    task, path = worker.task
+                    if worker.conn in ready or worker.conn.poll(0):
+                        try:
+                            status, _, detail = worker.conn.recv()
+                            value = worker.conn.recv() if status == "ok" else None
+                        except (EOFError, OSError):  # the process died: a crash in native code
+                            worker.process.join(timeout=5)
+                            code = worker.process.exitcode
+                            self._stop(worker, kill=True)
+                            pool[i] = None
+                            yield DecodeResult(task, path, error=VideoDecodeError(
+                                path, f"the decoder process died (exit code {code}) on this file"))
+                            continue
+                        worker.task = None
+                        if status == "ok":
+                            yield DecodeResult(task, path, value)
+                        else:
+                            yield DecodeResult(task, path, error=_rebuild_error(*detail))
+                    elif time.monotonic() >= worker.deadline:
+                        self._stop(worker, kill=True)  # SIGKILL: a decord call stuck holding the GIL ignores the rest
+                        self.killed.append(path)
+                        pool[i] = None
+                        yield DecodeResult(task, path, error=VideoTimeoutError(
+                            path, f"decoding took longer than {self.timeout:g} s; the decoder process was killed"))
+        finally:
+            for worker in pool:
+                if worker is not None:
+                    self._stop(worker, kill=worker.task is not None)
+
+    def _assign(self, worker: Optional[_Worker], task: tuple[int, str]) -> _Worker:
+        """Send ``task`` to ``worker`` (a fresh one if None or if it died while idle); its deadline starts now."""
+        for attempt in range(2):
+            if worker is None:
+                worker = self._start()
+            try:
+                worker.conn.send(task)
+                break
+            except (BrokenPipeError, OSError):
+                self._stop(worker, kill=True)
+                worker = None
+                if attempt:
+                    raise
+        worker.task, worker.deadline = task, time.monotonic() + self.timeout
+        return worker
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# one clip per video, for training and the per-epoch validation
+
+class VideoClipDataset:
+    """One clip per video as ``(float tensor (3, T, S, S), label)``: a map-style dataset for a training loop.
+
+    Training: the protocol sampler's ``train_clip`` (VideoMamba's random frame per segment; SparseSampler or
+    SegmentSampler), then a random-resized crop shared by all frames (area ``scale``, aspect ``ratio``, as timm's
+    RandomResizedCrop) resized to ``crop_size``, and a horizontal flip with probability ``hflip`` (0 for SSv2, whose
+    labels say left and right). Evaluation: one temporal clip, one centre crop (the official per-epoch validation:
+    segment middles; SSv2: segment centres). Randomness comes from NumPy's global generator, so a loader that seeds
+    it per sample (vssm.engine.data.SeededSamples) makes each sample a function of its seed. A bad file raises a
+    VideoError naming it.
+
+    Args:
+        records: ``VideoRecord``s (``path``, ``label``), e.g. ``VideoList.records``.
+        protocol: Sampler, sizes and normalisation.
+        training: Random clips and crops, or the validation view.
+        scale: Crop area range (fraction of the frame).
+        ratio: Crop aspect-ratio range.
+        hflip: Flip probability.
+        num_threads: decord threads.
+    """
+
+    def __init__(self, records: Sequence, protocol: VideoProtocol, training: bool, scale: tuple = (0.08, 1.0),
+                 ratio: tuple = (3 / 4, 4 / 3), hflip: float = 0.5, num_threads: int = 1):
+        if training and not hasattr(protocol.sampler, "train_clip"):
+            raise ValueError(f"protocol {protocol.name} has no training sampler (use videomamba_k400 or "
+                             "videomamba_ssv2)")
+        self.records = list(records)
+        self.protocol = protocol
+        self.training = training
+        self.scale, self.ratio, self.hflip = scale, ratio, hflip
+        self.num_threads = num_threads
+        clips_one = {"num_clips": 1} if not isinstance(protocol.sampler, SegmentSampler) else {}
+        self._eval_protocol = replace(protocol, sampler=replace(protocol.sampler, **clips_one), num_crops=1)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        return 1 + max(record.label for record in self.records)
+
+    def _crop_box(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """timm's RandomResizedCrop parameters: (top, left, h, w)."""
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+        side = min(height, width)
+        return (height - side) // 2, (width - side) // 2, side, side
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        if not self.training:
+            video = decode_views(record.path, self._eval_protocol, self.num_threads)
+            view = 1 if isinstance(self.protocol.sampler, SegmentSampler) else 0  # SSv2 validates on the centres
+            return normalise_views(video.views[view:view + 1], self.protocol)[0], record.label
+        rng = np.random.default_rng(np.random.randint(0, 2 ** 31))
+        reader = open_video(record.path, self.num_threads)
+        indices = self.protocol.sampler.train_clip(len(reader), rng)
+        frames = read_frames(reader, indices, record.path)
+        del reader
+        top, left, h, w = self._crop_box(frames.shape[1], frames.shape[2], rng)
+        size = self.protocol.crop_size
+        clip = resize_frames(frames[:, top:top + h, left:left + w], size, size)
+        if rng.uniform() < self.hflip:
+            clip = clip[:, :, ::-1]
+        return normalise_views(clip[None], self.protocol)[0], record.label
