@@ -22,7 +22,7 @@ from timm.layers import register_notrace_function
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .common import check_kernel_backend, eager, empty_like_dense, resolve_backend
+from .common import check_kernel_backend, eager, empty_like_dense, resolve_backend, trace_quiet
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref"]
 
@@ -136,6 +136,8 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse: Sequence[
                             f"{t.dtype if isinstance(t, Tensor) else type(t).__name__}")
     if x.dim() != 3:
         raise ValueError(f"{fn}: x must be (batch, dim, L), got {tuple(x.shape)}")
+    if x.shape[-1] < 1:
+        raise ValueError(f"{fn}: L must be >= 1, got shape {tuple(x.shape)} for x")
     if weight.dim() != 3 or weight.shape[:2] != (len(reverse), x.shape[1]):
         raise ValueError(f"{fn}: weight must be (K, dim, W) = ({len(reverse)}, {x.shape[1]}, W) for "
                          f"{len(reverse)} directions, got {tuple(weight.shape)}")
@@ -149,6 +151,7 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse: Sequence[
 
 @register_notrace_function
 @torch.jit.ignore
+@trace_quiet
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse: List[bool],
                   activation: Optional[str] = "silu", backend: Optional[str] = None) -> Tensor:
     """Per-direction depthwise causal conv (module docstring) of x (batch, dim, L) -> (batch, K, dim, L).
@@ -162,7 +165,10 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse: Li
             TRITON_INTERPRET=1 for Triton), the reference for wider kernels.
 
     Returns:
-        (batch, K, dim, L) in x's dtype.
+        (batch, K, dim, L) in x's dtype; a batch of 0 gives an empty output.
+
+    Raises:
+        ValueError: Shapes that do not fit, or L = 0 ("L must be >= 1").
     """
     _check(x, weight, bias, reverse, activation)
     if backend is None:  # as the scan's (VSSM_SCAN_BACKEND overrides), 'ref' and 'torch' both mean the reference

@@ -1,5 +1,5 @@
 """Helpers shared by the ops' dispatchers and their Triton kernels: backend choice, the compute-dtype rule, argument
-checks, host-side launch arithmetic and memory-layout queries.
+checks (scan paths included), host-side launch arithmetic and memory-layout queries.
 
 This module imports nothing from ``vssm.ops``: the dispatchers (``selective_scan``, ``scan_core``, ``causal_conv``,
 ...) and the Triton files (``vssm.ops.triton``) both import it, so neither imports the other upward.
@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
+import weakref
 from typing import Optional
 
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-__all__ = ["BACKENDS", "FLOAT_DTYPES", "axis_order", "axis_order_of_strides", "cdiv", "check_float_tensor",
-           "check_kernel_backend", "check_kernel_dtypes", "compute_dtype", "dense_strides", "eager", "empty_in_layout",
-           "empty_like_dense", "next_power_of_2", "resolve_backend", "triton_available", "triton_interpret"]
+__all__ = ["BACKENDS", "FLOAT_DTYPES", "PATH_PAD", "axis_order", "axis_order_of_strides", "cdiv", "check_float_tensor",
+           "check_kernel_backend", "check_kernel_dtypes", "check_paths", "check_paths_layout", "compute_dtype",
+           "dense_strides", "eager", "empty_in_layout", "empty_like_dense", "mark_valid_paths", "next_power_of_2",
+           "resolve_backend", "trace_quiet", "triton_available", "triton_interpret"]
 
 BACKENDS = ("ref", "torch", "triton")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -79,6 +82,23 @@ def check_kernel_backend(fn: str, backend: str, device: torch.device, dtypes) ->
             raise RuntimeError(f"{fn}: the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 on the CPU")
         if torch.float64 in dtypes:
             raise TypeError(f"{fn}: the triton backend supports float32, bfloat16 and float16, not float64")
+
+
+def trace_quiet(fn):
+    """Run ``fn`` (a public op) without TracerWarnings under ``torch.jit.trace``. The ops check and plan with Python
+    ints from tensor sizes, which a trace sees as tensors and warns about at every comparison; a trace of an op is
+    specialised to its example's shapes anyway (the launch plans and the reference's chunking are), so the ops record
+    that silently. Outside tracing: one flag test per call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not torch.jit.is_tracing():  # (torch.compile traces this test as False)
+            return fn(*args, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,3 +205,101 @@ def empty_in_layout(u: Tensor, shape: tuple[int, ...], dtype: torch.dtype, *, ze
     make = torch.zeros if zero else torch.empty
     out = make([shape[a] for a in phys], device=u.device, dtype=dtype)
     return out if inverse is None else out.permute(inverse)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scan paths: validation of user-built (K, Lp) index tensors, once per tensor (``vssm.ops.scan_paths`` docstring).
+
+PATH_PAD = -1  # a zero-padding step (``vssm.ops.scan_paths.PAD``)
+
+
+def check_paths(paths: Tensor, length: int, fn: str = "scan_paths.check") -> None:
+    """Raise unless ``paths`` is a valid path set for a map of ``length`` tokens (``vssm.ops.scan_paths`` docstring,
+    "Validation"; exported there as ``check``).
+
+    Cheap after the first call for the same tensor (and for ``scan_paths.build``'s results): nothing is read from the
+    device.
+
+    Args:
+        paths: (K, Lp) integer tensor, int64 or int32.
+        length: L, the number of tokens of the map the routes walk.
+        fn: The op named in the messages.
+
+    Raises:
+        TypeError: ``paths`` is not an int64 / int32 tensor.
+        ValueError: ``paths`` is not 2-D with K >= 1 and Lp >= L, or a route holds an index outside [0, L) other
+            than ``PATH_PAD``, visits a token twice, or misses one; the message names the route (row) and the index.
+    """
+    if torch.compiler.is_compiling():  # tracing sees fake tensors: their layout only
+        check_paths_layout(paths, length, fn)
+        return
+    length = int(length)  # a size that torch.jit.trace hands over as a tensor
+    entry = _VALID.get(id(paths))
+    if (entry is not None and entry[3] == length and entry[0]() is paths and entry[1] == paths._version
+            and entry[2] == paths.data_ptr()):
+        return
+    check_paths_layout(paths, length, fn)
+    if type(paths) is not Tensor or paths.device.type == "meta":
+        return  # a fake or meta tensor: no values to read (the real one is checked where the op runs)
+    if torch.jit.is_tracing():  # read the values without recording the reads into the trace
+        state = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            _check_path_values(paths, length, fn)
+        finally:
+            torch._C._set_tracing_state(state)
+    else:
+        _check_path_values(paths, length, fn)
+    mark_valid_paths(paths, length)
+
+
+# id(paths) -> (weak reference, _version, data_ptr, L) of the tensors known to be valid; an entry leaves when its
+# tensor dies
+_VALID: dict[int, tuple] = {}
+
+
+def mark_valid_paths(paths: Tensor, length: int) -> None:
+    """Remember ``paths`` as a valid path set for L = ``length`` until it dies or is edited in place."""
+    key = id(paths)
+
+    def forget(_, key=key):
+        _VALID.pop(key, None)
+
+    _VALID[key] = (weakref.ref(paths, forget), paths._version, paths.data_ptr(), length)
+
+
+def check_paths_layout(paths, length: int, fn: str) -> None:
+    """Raise unless ``paths`` has a path set's dtype and shape for L = ``length`` tokens (no values read)."""
+    if not isinstance(paths, Tensor) or paths.dtype not in (torch.int64, torch.int32):
+        got = (f"{paths.dtype} of shape {tuple(paths.shape)}" if isinstance(paths, Tensor)
+               else type(paths).__name__)
+        raise TypeError(f"{fn}: paths must be an integer tensor (K, Lp), int64 or int32, e.g. from "
+                        f"vssm.ops.scan_paths.build, got {got}")
+    if paths.dim() != 2 or paths.shape[0] < 1:
+        raise ValueError(f"{fn}: paths must be 2-D (K, Lp) with K >= 1, got shape {tuple(paths.shape)}")
+    if paths.shape[1] < length:
+        raise ValueError(f"{fn}: paths have {paths.shape[1]} steps per route, fewer than the L={length} tokens each "
+                         f"route must visit (shape {tuple(paths.shape)})")
+
+
+def _check_path_values(paths: Tensor, length: int, fn: str) -> None:
+    """Every row of ``paths`` a permutation of range(L) plus ``PATH_PAD`` steps, else a ValueError naming the first bad
+    route (one device-to-host copy)."""
+    host = paths.detach().to("cpu", torch.int64)
+    bad = ((host < 0) & (host != PATH_PAD)) | (host >= length)
+    if bool(bad.any()):
+        route, step = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{fn}: route {route} (row {route} of paths) holds index {int(host[route, step])} at step "
+                         f"{step}; indices must lie in [0, L={length}) or be PAD ({PATH_PAD})")
+    real = host != PATH_PAD
+    counts = torch.zeros(host.shape[0], length + 1, dtype=torch.int64)
+    counts.scatter_add_(1, torch.where(real, host, length), real.to(torch.int64))
+    counts = counts[:, :length]
+    if bool((counts != 1).any()):
+        route, token = (int(i) for i in (counts != 1).nonzero()[0])
+        if int(counts[route, token]) > 1:
+            steps = (host[route] == token).nonzero().flatten().tolist()
+            raise ValueError(f"{fn}: route {route} (row {route} of paths) visits token {token} {len(steps)} times "
+                             f"(steps {steps}); each route must visit every token of range(L={length}) exactly once")
+        raise ValueError(f"{fn}: route {route} (row {route} of paths) never visits token {token}; each route must "
+                         f"visit every token of range(L={length}) exactly once (PAD = {PATH_PAD} marks extra steps)")

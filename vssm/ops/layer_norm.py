@@ -7,7 +7,7 @@ normalises in float32 and writes ``out_dtype`` directly (one pass over memory ea
 out_dtype)`` does the same for RMSNorm, which PyTorch (timm's ``RmsNorm``) computes as six separate ops. Both are one
 ``torch.library.custom_op`` with a fake and an autograd formula (torch.compile, torch.export) and notrace leaves for
 FX; the PyTorch paths (``layer_norm_ref``, ``rms_norm_ref``) are the definitions the Triton kernels are tested
-against.
+against. Inputs without rows (a batch or length of 0) give empty outputs and gradients; C = 0 raises a ValueError.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from .common import check_kernel_backend, eager, triton_available
+from .common import check_kernel_backend, eager, trace_quiet, triton_available
 
 __all__ = ["layer_norm", "layer_norm_ref", "rms_norm", "rms_norm_ref"]
 
@@ -115,6 +115,8 @@ def _check(fn: str, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
     if not isinstance(x, Tensor) or x.dtype not in _FLOATS or x.dim() < 1:
         raise TypeError(f"{fn}: x must be a floating tensor (..., C), got "
                         f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+    if x.shape[-1] < 1:
+        raise ValueError(f"{fn}: C must be >= 1, got shape {tuple(x.shape)} for x")
     for name, t in (("weight", weight), ("bias", bias)):
         if name == "bias" and t is None:  # the weight is required, the bias optional
             continue
@@ -140,6 +142,7 @@ def _norm(fn: str, x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float
 
 @register_notrace_function
 @torch.jit.ignore
+@trace_quiet
 def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float = 1e-5,
                out_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None) -> Tensor:
     """LayerNorm of x (..., C) over its last axis with weight/bias (C,), output in ``out_dtype`` (default x's).
@@ -153,6 +156,7 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor], eps: float = 1
 
 @register_notrace_function
 @torch.jit.ignore
+@trace_quiet
 def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6, out_dtype: Optional[torch.dtype] = None,
              backend: Optional[str] = None) -> Tensor:
     """RMSNorm x / sqrt(mean(x^2) + eps) * weight of x (..., C) over its last axis, weight (C,), output in

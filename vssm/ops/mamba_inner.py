@@ -27,7 +27,7 @@ from timm.layers import register_notrace_function
 from torch import Tensor
 
 from .causal_conv import MAX_TRITON_WIDTH, _reverse_mask, causal_conv1d
-from .common import check_float_tensor, eager, resolve_backend
+from .common import check_float_tensor, eager, resolve_backend, trace_quiet
 from .multi_scan import multi_scan
 from .scan_paths import build as build_paths
 
@@ -105,6 +105,8 @@ def _check(x, in_proj_weight, conv_weight, conv_bias, reverse, x_proj_weight, dt
         raise ValueError(f"{fn}: all tensors must be on one device, got {sorted(map(str, devices))}")
     if x.dim() != 3:
         raise ValueError(f"{fn}: x must be a (batch, L, dim) tensor, got {tuple(x.shape)}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{fn}: L must be >= 1, got shape {tuple(x.shape)} for x (batch, L, dim)")
     dim = x.shape[-1]
     if dt_proj_weight.dim() != 3:
         raise ValueError(f"{fn}: dt_proj_weight must be (K, E, R), got {tuple(dt_proj_weight.shape)}")
@@ -130,6 +132,7 @@ def _check(x, in_proj_weight, conv_weight, conv_bias, reverse, x_proj_weight, dt
 
 @register_notrace_function
 @torch.jit.ignore
+@trace_quiet
 def mamba_inner(x: Tensor, in_proj_weight: Tensor, conv_weight: Tensor, conv_bias: Tensor, reverse: List[bool],
                 x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_proj_bias: Tensor, A_log: Tensor, D: Tensor,
                 out_proj_weight: Tensor, merge: str) -> Tensor:
@@ -143,7 +146,11 @@ def mamba_inner(x: Tensor, in_proj_weight: Tensor, conv_weight: Tensor, conv_bia
         merge: 'mean' ((fwd + bwd) / 2, Vim) or 'sum' (VideoMamba) over the directions.
 
     Returns:
-        (batch, L, dim), in the matmuls' dtype (the autocast dtype under autocast).
+        (batch, L, dim), in the matmuls' dtype (the autocast dtype under autocast); a batch of 0 gives an empty
+        output.
+
+    Raises:
+        ValueError: Shapes that do not fit, or L = 0 ("L must be >= 1").
     """
     args = (x, in_proj_weight, conv_weight, conv_bias, reverse, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log,
             D, out_proj_weight, merge)

@@ -21,7 +21,8 @@ import torch
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from .common import check_float_tensor
+from . import scan_paths
+from .common import check_float_tensor, trace_quiet
 from .scan_core import scan_core
 from .scan_reference import selective_scan_ref
 
@@ -35,20 +36,18 @@ def _canonical(x, delta, A, B, C, paths, D, z, delta_bias, merge, params_at_step
     fn = "multi_scan"
     if merge not in _MERGES:
         raise ValueError(f"{fn}: merge must be one of {_MERGES}, got {merge!r}")
-    if not isinstance(paths, Tensor) or paths.dim() != 2 or paths.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{fn}: paths must be an integer tensor (K, Lp) from vssm.ops.scan_paths.build, got "
-                        f"{paths.dtype if isinstance(paths, Tensor) else type(paths).__name__}"
-                        f"{tuple(paths.shape) if isinstance(paths, Tensor) else ''}")
+    scan_paths.check_layout(paths, 0, fn)
     num_directions, steps = paths.shape
     check_float_tensor("x", x, (3, 4), fn)
+    if x.shape[-1] < 1:
+        raise ValueError(f"{fn}: L must be >= 1, got shape {tuple(x.shape)} for x")
     if x.dim() == 3:
         x = x.unsqueeze(1)
     batch, kx, dim, length = x.shape
     if kx not in (1, num_directions):
         raise ValueError(f"{fn}: x must be (batch, dim, L) or (batch, K={num_directions}, dim, L), got "
                          f"{tuple(x.shape)}")
-    if steps < length:
-        raise ValueError(f"{fn}: paths have {steps} steps but the map has L={length} tokens")
+    scan_paths.check(paths, length, fn)  # once per paths tensor (see vssm.ops.scan_paths)
     param_len = steps if params_at_step else length
     check_float_tensor("delta", delta, (3, 4), fn)
     if delta.dim() == 3:
@@ -99,6 +98,7 @@ def _canonical(x, delta, A, B, C, paths, D, z, delta_bias, merge, params_at_step
 
 @register_notrace_function
 @torch.jit.ignore
+@trace_quiet
 def multi_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, paths: Tensor, D: Optional[Tensor] = None,
                z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
                merge: str = "sum", params_at_step: bool = False, return_last_state: bool = False):
@@ -108,14 +108,18 @@ def multi_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, paths:
         x: (batch, dim, L) feature map in spatial order (shared by the directions) or (batch, K, dim, L).
         delta: (batch, K, dim, Ld) or (batch, dim, Ld), Ld = L (spatial order) or Lp (``params_at_step``).
         A: (K, dim, N) or (dim, N). B, C: (batch, K, N, Ld), (batch, K, G, N, Ld) or (batch, N, Ld).
-        paths: (K, Lp) long, ``vssm.ops.scan_paths.build(...)``.
+        paths: (K, Lp) int64 or int32, ``vssm.ops.scan_paths.build(...)`` or any routes that visit every token once
+            (``PAD`` = -1 steps read zeros), checked once per tensor (``vssm.ops.scan_paths.check``).
         D, delta_bias: (K, dim) or (dim,). z: (batch, dim, L) gate, applied as y * silu(z) per direction.
         merge: 'sum' -> (batch, dim, L); 'none' -> per-direction outputs (batch, K, dim, L), spatial order.
         params_at_step: delta, B, C are indexed by scan step, not by token.
         return_last_state: also return each direction's final state (batch, K, dim, N), float32.
 
     Returns:
-        y in x's dtype [, last_state].
+        y in x's dtype [, last_state]; a batch of 0 gives empty outputs.
+
+    Raises:
+        ValueError: Shapes that do not fit, L = 0, or malformed ``paths`` (the message names the route).
     """
     x, delta, A, B, C, paths, D, z, delta_bias = _canonical(x, delta, A, B, C, paths, D, z, delta_bias, merge,
                                                             params_at_step)

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
 
-from .common import check_float_tensor, dense_strides, eager, resolve_backend
+from . import scan_paths
+from .common import check_float_tensor, dense_strides, eager, resolve_backend, trace_quiet
 from .multi_scan import multi_scan
 
 __all__ = ["projected_multi_scan", "projected_multi_scan_composed", "scan_projections"]
@@ -94,13 +95,17 @@ def _check(x, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, paths, merg
     for name, t in (("dt_proj_bias", dt_proj_bias), ("D", D)):
         if t.shape != (num_directions, dim):
             raise ValueError(f"{fn}: {name} must be (K, dim) = ({num_directions}, {dim}), got {tuple(t.shape)}")
-    if not isinstance(paths, Tensor) or paths.dim() != 2 or paths.shape[0] != num_directions:
-        raise ValueError(f"{fn}: paths must be a (K={num_directions}, Lp) index tensor, got "
-                         f"{tuple(paths.shape) if isinstance(paths, Tensor) else type(paths).__name__}")
+    if x.shape[-1] < 1:
+        raise ValueError(f"{fn}: L must be >= 1, got shape {tuple(x.shape)} for x")
+    scan_paths.check_layout(paths, x.shape[-1], fn)
+    if paths.shape[0] != num_directions:
+        raise ValueError(f"{fn}: paths must be a (K={num_directions}, Lp) index tensor, got {tuple(paths.shape)}")
+    scan_paths.check(paths, x.shape[-1], fn)  # once per paths tensor (see vssm.ops.scan_paths)
 
 
 @register_notrace_function
 @torch.jit.ignore
+@trace_quiet
 def projected_multi_scan(x: Tensor, x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_proj_bias: Tensor,
                          A_log: Tensor, D: Tensor, paths: Tensor, merge: str = "sum") -> Tensor:
     """Project x per direction and scan it along ``paths`` (see the module docstring); fused on the GPU.
@@ -109,11 +114,15 @@ def projected_multi_scan(x: Tensor, x_proj_weight: Tensor, dt_proj_weight: Tenso
         x: (batch, dim, L) feature map in spatial order; channels-last storage ((batch, L, dim) memory) is read
             without copies.
         x_proj_weight: (K, R + 2N, dim). dt_proj_weight: (K, dim, R). dt_proj_bias, D: (K, dim). A_log: (K, dim, N).
-        paths: (K, Lp) from ``vssm.ops.scan_paths.build``.
+        paths: (K, Lp) from ``vssm.ops.scan_paths.build``, or any valid routes (checked once per tensor,
+            ``vssm.ops.scan_paths.check``).
         merge: 'sum' -> (batch, dim, L); 'none' -> (batch, K, dim, L), both in spatial order.
 
     Returns:
-        y in x's dtype.
+        y in x's dtype; a batch of 0 gives an empty output.
+
+    Raises:
+        ValueError: Shapes that do not fit, L = 0, or malformed ``paths`` (the message names the route).
     """
     _check(x, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, paths, merge)
     params = (x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)

@@ -6,7 +6,10 @@ Canonical layout (K = num_directions scan directions, spatial length L, path len
     A      (K, dim, N)
     B, C   (batch, K, G, N, Ld)     G groups of dim / G channels
     D, delta_bias (K, dim) or None; z (batch, dim, L) or None (gate shared by the directions)
-    paths  (K, Lp) long or None     paths[k, j] = spatial index read at step j of direction k, -1 = a zero token
+    paths  (K, Lp) int64/int32 or None   paths[k, j] = spatial index read at step j of direction k, -1 = a zero
+                                    token; each route a permutation of range(L) plus -1 steps, checked once per
+                                    tensor where the op runs (``vssm.ops.common.check_paths``), so a malformed route
+                                    reaches no gather and no kernel, eager or compiled
 Outputs: y (batch, dim, L) summed over directions if ``merge`` else (batch, K, dim, L), both in spatial order and
 u's dtype; last state (batch, K, dim, N) float32 (float64 for float64 inputs).
 
@@ -22,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from .common import compute_dtype, dense_strides, eager, empty_in_layout, empty_like_dense, resolve_backend
+from .common import check_paths, compute_dtype, dense_strides, eager, empty_in_layout, empty_like_dense, resolve_backend
 from .scan_reference import selective_scan_chunked, selective_scan_ref
 from .triton.scan_plan import channels_fastest, chunk_count
 
@@ -60,6 +63,8 @@ def scan_core_torch(u, delta, A, B, C, D, z, delta_bias, paths, *, delta_softplu
     groups = B.shape[2]
     out_dtype = u.dtype
     if paths is not None:
+        check_paths(paths, length, "scan")  # once per paths tensor: no malformed route reaches the gathers
+        paths = paths.long()  # gather's index dtype (int32 paths are accepted)
         u = _gather_path(u, paths, num_directions)
         if not params_at_step:
             delta = _gather_path(delta, paths, num_directions)

@@ -14,6 +14,16 @@ Kinds:
     local: one row per name in the ``directions`` option on ``(H, W)`` (LocalVMamba), see ``LOCAL_DIRECTIONS``.
 
 Results are cached and shared between callers: treat every returned tensor as read-only (``clone()`` it to edit).
+
+Validation: the scan ops take any integer ``(K, Lp)`` tensor as ``paths``, and ``check`` is their gate (it lives in
+``vssm.ops.common``, which the Triton launchers import too, as ``check_paths``). A valid path
+set for a map of ``L`` tokens has ``Lp >= L`` and every row a permutation of ``range(L)`` with ``PAD`` steps anywhere
+(so each token read exactly once per route, every token read); anything else raises a ``ValueError`` naming the route
+(row) and the bad index before a kernel runs. A tensor is validated once: ``build`` marks its results as valid, and
+``check`` remembers every tensor it passed (by identity, ``_version`` and data pointer, through a weak reference), so
+repeated calls cost a dictionary look-up and no device-to-host copy. An in-place edit of a remembered tensor bumps its
+``_version`` and makes it checked again. Fake and meta tensors (torch.compile, torch.export tracing) have no values
+and are not checked; the registered scan ops check the real tensors they run on.
 """
 from __future__ import annotations
 
@@ -25,7 +35,12 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["KINDS", "LOCAL_DIRECTIONS", "MOVE_CODES", "PAD", "build", "direction_codes", "inverse"]
+from .common import check_paths as check
+from .common import check_paths_layout as check_layout
+from .common import mark_valid_paths, trace_quiet
+
+__all__ = ["KINDS", "LOCAL_DIRECTIONS", "MOVE_CODES", "PAD", "build", "check", "check_layout", "direction_codes",
+           "inverse"]
 
 KINDS = ("raster", "bidirectional", "spatiotemporal", "cross", "zigzag", "local")
 # Default ``local`` directions. ``h``: row-major, ``v``: column-major, ``wK``: KxK windows in row-major order over the
@@ -34,7 +49,7 @@ KINDS = ("raster", "bidirectional", "spatiotemporal", "cross", "zigzag", "local"
 LOCAL_DIRECTIONS = ("h", "h_flip", "v", "v_flip", "w2", "w2_flip", "w7", "w7_flip")
 # ``direction_codes`` values: the index of each move name is its code.
 MOVE_CODES = ("start", "right", "left", "up", "down")
-PAD = -1
+PAD = -1  # also ``vssm.ops.common.PATH_PAD``
 
 _RANKS = {
     "raster": (1, 2, 3),
@@ -49,6 +64,7 @@ _LOCAL_NAME = re.compile(r"(h|v|w(\d+))(_flip)?")
 _CACHE_SIZE = 256
 
 
+@trace_quiet
 def build(kind: str, shape: Sequence[int], *, device: torch.device | str | None = None, **options) -> torch.Tensor:
     """Visiting orders of ``kind`` on a grid of ``shape``.
 
@@ -67,9 +83,13 @@ def build(kind: str, shape: Sequence[int], *, device: torch.device | str | None 
     """
     sizes = _check_kind_and_shape("build", kind, shape)
     directions = _check_options("build", kind, options)
-    return _build_cached(kind, sizes, directions, _as_device(device))
+    if torch.compiler.is_compiling() and not all(type(size) is int for size in sizes):
+        # symbolic sizes (dynamic shapes): the routes become graph ops, computed where the graph runs
+        return _build_paths(kind, sizes, directions, _as_device(device))
+    return _build_constant(kind, sizes, directions, _as_device(device))
 
 
+@trace_quiet
 def inverse(paths: torch.Tensor) -> torch.Tensor:
     """Visit step of every real token, so that ``paths[k, inv[k, p]] == p``.
 
@@ -107,6 +127,7 @@ def inverse(paths: torch.Tensor) -> torch.Tensor:
     return inv
 
 
+@trace_quiet
 def direction_codes(
     kind: str, shape: Sequence[int], *, device: torch.device | str | None = None, **options
 ) -> torch.Tensor:
@@ -134,7 +155,9 @@ def direction_codes(
             f"got {kind!r}"
         )
     _check_options("direction_codes", kind, options)
-    return _codes_cached(kind, sizes, _as_device(device))
+    if torch.compiler.is_compiling() and not all(type(size) is int for size in sizes):
+        return _codes(kind, sizes, _as_device(device))
+    return _codes_constant(kind, sizes, _as_device(device))
 
 
 def _as_device(device: torch.device | str | None) -> torch.device:
@@ -187,8 +210,25 @@ def _parse_local_direction(caller: str, name: str) -> tuple[str, int | None, boo
     return match[1][0], window, match[3] is not None
 
 
+@torch._dynamo.assume_constant_result
+def _build_constant(
+    kind: str, shape: tuple[int, ...], directions: tuple[str, ...] | None, device: torch.device
+) -> torch.Tensor:
+    """The cached path set; torch.compile calls it while tracing and keeps the cached tensor as a constant of the
+    graph (no trace of the lru_cache, whose wrapper dynamo would ignore with a warning)."""
+    return _build_cached(kind, shape, directions, device)
+
+
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _build_cached(
+    kind: str, shape: tuple[int, ...], directions: tuple[str, ...] | None, device: torch.device
+) -> torch.Tensor:
+    paths = _build_paths(kind, shape, directions, device)
+    mark_valid_paths(paths, math.prod(shape))  # valid by construction
+    return paths
+
+
+def _build_paths(
     kind: str, shape: tuple[int, ...], directions: tuple[str, ...] | None, device: torch.device
 ) -> torch.Tensor:
     grid = torch.arange(math.prod(shape)).view(shape)
@@ -208,9 +248,19 @@ def _build_cached(
     return paths.to(device)
 
 
+@torch._dynamo.assume_constant_result
+def _codes_constant(kind: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The cached codes, a constant of a torch.compile graph (as ``_build_constant``)."""
+    return _codes_cached(kind, shape, device)
+
+
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _codes_cached(kind: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    paths = _build_cached(kind, shape, None, torch.device("cpu"))
+    return _codes(kind, shape, device)
+
+
+def _codes(kind: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    paths = _build_paths(kind, shape, None, torch.device("cpu"))
     width = shape[1]
     row_moves = paths.div(width, rounding_mode="floor").diff(dim=1)
     column_moves = paths.remainder(width).diff(dim=1)

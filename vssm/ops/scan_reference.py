@@ -11,7 +11,7 @@ Recurrence per batch b, channel d and state n (A real, negative in practice):
 Shapes follow ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``: u, delta, z are (batch, dim, L); A is
 (dim, N) with N = d_state; B and C are (dim, N) time-invariant, (batch, N, L), or (batch, G, N, L) with G groups of
 dim / G channels; D and delta_bias are (dim,). State and accumulation are float32 (float64 when the inputs are
-float64); the output has u's dtype.
+float64); the output has u's dtype. A batch of 0 gives empty outputs; L = 0 raises a ValueError ("L must be >= 1").
 """
 from typing import Optional
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .common import check_float_tensor, compute_dtype
+from .common import check_float_tensor, compute_dtype, trace_quiet
 
 __all__ = ["selective_scan_ref", "selective_scan_chunked", "check_scan_args", "expand_bc"]
 
@@ -29,7 +29,7 @@ def check_scan_args(u, delta, A, B, C, D, z, delta_bias) -> tuple[int, int, int,
     check_float_tensor("u", u, (3,))
     batch, dim, length = u.shape
     if length < 1:
-        raise ValueError(f"selective_scan: u must have L >= 1, got shape {tuple(u.shape)}")
+        raise ValueError(f"selective_scan: L must be >= 1, got shape {tuple(u.shape)} for u")
     check_float_tensor("delta", delta, (3,))
     if delta.shape != u.shape:
         raise ValueError(f"selective_scan: delta must have u's shape {tuple(u.shape)} (batch, dim, L), "
@@ -110,6 +110,7 @@ def _finish(y: Tensor, u: Tensor, D: Optional[Tensor], z: Optional[Tensor], out_
     return y.to(out_dtype)
 
 
+@trace_quiet
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                        z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
                        return_last_state: bool = False):
@@ -134,9 +135,10 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 def _chunk_len(length: int, rows: int) -> int:
     """Tokens per chunk of the PyTorch path: a chunk's step factors, (T, rows) with rows = batch dim N, stay near
     16M elements (64 MB in float32)."""
-    return max(1, min(length, (1 << 24) // rows))
+    return max(1, min(length, (1 << 24) // max(1, rows)))  # rows = 0: an empty batch
 
 
+@trace_quiet
 def selective_scan_chunked(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                            z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
                            delta_softplus: bool = False, return_last_state: bool = False,

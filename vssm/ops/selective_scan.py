@@ -10,6 +10,7 @@ import torch
 from timm.layers import register_notrace_function
 from torch import Tensor
 
+from .common import trace_quiet
 from .scan_core import scan_core
 from .scan_reference import check_scan_args, expand_bc
 
@@ -18,6 +19,7 @@ __all__ = ["selective_scan"]
 
 @register_notrace_function
 @torch.jit.ignore
+@trace_quiet
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                    z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
                    return_last_state: bool = False):
@@ -33,9 +35,12 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         return_last_state: also return the final state (batch, dim, N), float32.
 
     Returns:
-        y (batch, dim, L) in u's dtype [, last_state (batch, dim, N)].
+        y (batch, dim, L) in u's dtype [, last_state (batch, dim, N)]; a batch of 0 gives empty outputs.
     The backend is Triton for CUDA tensors (or anywhere under TRITON_INTERPRET=1 when forced), otherwise the
     chunked PyTorch path; ``VSSM_SCAN_BACKEND=ref|torch|triton`` forces one. Differentiable in every tensor.
+
+    Raises:
+        ValueError: Shapes that do not fit, or L = 0 ("L must be >= 1").
     """
     batch, dim, length, _ = check_scan_args(u, delta, A, B, C, D, z, delta_bias)
     B4 = expand_bc(B, batch, length).unsqueeze(1)  # (batch, K=1, G, N, L)

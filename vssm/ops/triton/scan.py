@@ -20,6 +20,17 @@ a_t h_{t-1} is h_t - delta_t B_t u_t, so no division by a decay ever happens. dB
 ``_channel_sums_spread``) and added with relaxed fp32 atomics into buffers whose states are contiguous; dA, dD and
 d(delta_bias) are reduced over the chunks and stored once per program, as per-sequence partial sums. Programs of
 different sequences run side by side, so concurrent atomics rarely meet on one address.
+
+Host side, the launchers check ``paths`` (``vssm.ops.common.check_paths``, once per tensor) so that no malformed
+route reaches a kernel; an empty batch launches empty grids (no programs).
+
+Overflow (positive A, whose decays exp(delta A) > 1 can overflow float32): the step-by-step forward and the chunk
+kernels whose threads hold whole chunks (``STEPS_IN_THREAD``) run the reference's recurrence in its order of
+operations and give its inf / NaN placement. The chunk kernels of small N compose a chunk's steps with
+``tl.associative_scan``, whose products of decays can overflow where the sequential recurrence stays finite (a zero
+state times finite decays): NaN where the reference has 0 or inf. Mamba's A = -exp(A_log) < 0 never gets there (every
+decay <= 1). An exact fallback for programs with a positive A (tested under the interpreter) cost 8 to 32 more
+registers per thread in the small-N kernels, so it is not in.
 """
 from __future__ import annotations
 
@@ -28,7 +39,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..common import axis_order, cdiv, check_kernel_dtypes, dense_strides, empty_in_layout, triton_interpret
+from ..common import (axis_order, cdiv, check_kernel_dtypes, check_paths, dense_strides, empty_in_layout,
+                      triton_interpret)
 from .scan_plan import TILE_OVERRIDES, backward_plan, channels_fastest, forward_plan, overrides_key
 
 __all__ = ["scan_fwd_triton", "scan_bwd_triton", "TILE_OVERRIDES"]
@@ -657,6 +669,8 @@ def scan_fwd_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     states the backward needs (a training forward). Returns (y, last_state, chunk_start_states or empty)."""
     check_kernel_dtypes("triton scan", u, delta, B, C, z)
     batch, dim, length, num_directions, d_state, steps, d_per_group = _sizes(u, A, B, paths)
+    if paths is not None:  # once per paths tensor: a malformed route would read and write out of bounds
+        check_paths(paths, length, "triton scan")
     plan = forward_plan(d_state, dim, batch * num_directions * dim, steps, channels_fastest(u), triton_interpret(),
                         overrides_key())
     chunk = plan.chunk
@@ -712,6 +726,8 @@ def scan_bwd_triton(dy: Tensor, dlast: Tensor | None, u: Tensor, delta: Tensor, 
     dim, L) tensor (any strides) that receives each direction's gate gradient, stored without atomics (dz is returned
     as None then; its sum over K is the gate's gradient)."""
     batch, dim, length, num_directions, d_state, steps, d_per_group = _sizes(u, A, B, paths)
+    if paths is not None:
+        check_paths(paths, length, "triton scan backward")
     rows = batch * num_directions * dim
     plan = backward_plan(d_state, dim, rows, steps, channels_fastest(u), triton_interpret(), overrides_key())
     if states.numel() != rows * plan.n_chunks * d_state:
