@@ -1,26 +1,25 @@
-"""LocalVMamba and LocalVim: timm contract on every variant (small widths and inputs), official parameter counts and
-checkpoint conversion (full-size manifests, golden fixtures), the searched routes, the tied-A and 'v' un-scan quirks
-with their options, input sizes."""
+"""LocalVMamba and LocalVim: official parameter counts and checkpoint conversion (full-size manifests, golden
+fixtures), the searched routes, the tied-A and 'v' un-scan quirks with their options, input sizes; timm's contract runs
+over every variant in tests/models/test_models.py."""
 import pytest
 import timm
 import torch
-from .contract import (KERNEL_DEVICE, check_backward, check_default_cfg, check_features_only, check_forward,
-                       check_forward_intermediates, check_fx, check_param_count, check_torchscript, load_case,
-                       load_manifest)
 
 from vssm.convert import load_official
-from vssm.models.local_vmamba import LocalVim, checkpoint_filter_fn, model_cfgs
+from vssm.models.local_vmamba import MODEL_VARIANTS, LocalVim, checkpoint_filter_fn
+
+from .contract import KERNEL_DEVICE, check_fx, check_param_count, check_torchscript, load_case, load_manifest
 
 HIERARCHICAL = ["local_vmamba_tiny", "local_vmamba_small"]
 PLAIN = ["local_vim_tiny", "local_vim_tiny_midcls", "local_vim_small"]
 VARIANTS = HIERARCHICAL + PLAIN
 CASES = ["local_vssm", "local_vim", "local_vim_midcls"]
 # each variant's code path and its first searched routes at tiny depths, widths and inputs (LocalVim's input size is
-# fixed by img_size); the full-depth models run in the slow tests
-SMALL = {name: dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), directions=model_cfgs[name]["directions"][:4])
+# fixed by img_size)
+SMALL = {name: dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), directions=MODEL_VARIANTS[name]["directions"][:4])
          for name in HIERARCHICAL}
-SMALL.update({name: dict(img_size=32, embed_dim=32, directions=model_cfgs[name]["directions"][:3]) for name in PLAIN})
-TINY_HIERARCHY = dict(depths=(1, 1, 1, 1), directions=model_cfgs["test_local_vmamba"]["directions"][:4])
+SMALL.update({name: dict(img_size=32, embed_dim=32, directions=MODEL_VARIANTS[name]["directions"][:3]) for name in PLAIN})
+TINY_HIERARCHY = dict(depths=(1, 1, 1, 1), directions=MODEL_VARIANTS["test_local_vmamba"]["directions"][:4])
 
 
 def randomise(model, seed=0):
@@ -64,19 +63,12 @@ def test_variant_routes_are_the_official_ones(name):
     assert [list(m.directions) for m in mixers] == load_manifest("localvmamba", name)["directions"]
 
 
-@pytest.mark.parametrize("check", [check_forward, check_backward, check_default_cfg, check_features_only,
-                                   check_forward_intermediates])
-@pytest.mark.parametrize("name", VARIANTS)
-def test_contract(name, check):
-    check(name, size=32, **SMALL[name])
-
-
-@pytest.mark.parametrize("name,kwargs", [("test_local_vmamba", TINY_HIERARCHY),
-                                         ("test_local_vim", {}),
-                                         ("local_vim_tiny", dict(SMALL["local_vim_tiny"], directions=[["h", "w2"]]))])
-def test_fx_and_torchscript(name, kwargs):
-    check_fx(name, size=32, **kwargs)
-    check_torchscript(name, size=32, **kwargs)
+def test_rope_path_traces_and_scripts():
+    """LocalVim with RoPE (test_local_vim has none; the full-size variants trace under slow in test_models.py): FX and
+    TorchScript."""
+    kwargs = dict(SMALL["local_vim_tiny"], directions=[["h", "w2"]])
+    check_fx("local_vim_tiny", size=32, **kwargs)
+    check_torchscript("local_vim_tiny", size=32, **kwargs)
 
 
 def test_hierarchical_features():
@@ -227,41 +219,3 @@ def test_pretrained_cfgs():
     assert cfg["fixed_input_size"] and cfg["first_conv"] == "patch_embed.proj" and cfg["classifier"] == "head"
     cfg = timm.create_model("local_vmamba_small", **SMALL["local_vmamba_small"]).pretrained_cfg
     assert cfg["first_conv"] == "stem.conv" and cfg["classifier"] == "head.fc" and cfg["crop_pct"] == 0.875
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", VARIANTS)
-def test_full_depth(name):
-    small = {k: v for k, v in SMALL[name].items() if k not in ("depths", "directions")}
-    check_forward(name, size=32, **small)
-    check_backward(name, size=32, **small)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", VARIANTS)
-def test_full_size_forward(name):
-    check_forward(name, size=224)
-
-
-@pytest.mark.parametrize("grid,directions", [((4, 4), ("h", "v_flip")), ((5, 3), ("w2", "h_flip", "w3_flip"))])
-def test_routing_gradients_match_indexing(grid, directions):
-    """LocalVim's route / un-route nodes (gather-based backwards) against autograd through plain indexing, with
-    window padding on the 5 x 3 grid."""
-    from vssm.models.local_vmamba import _route_tables, route_tokens, unroute_tokens
-
-    height, width = grid
-    gather, unscan = _route_tables(directions, height, width, torch.device("cpu"))
-    assert gather.shape[1] >= height * width
-    tokens = torch.randn(2, 3, height * width, dtype=torch.float64, requires_grad=True)
-    routes_in = torch.randn(2, len(directions), 3, gather.shape[1], dtype=torch.float64, requires_grad=True)
-    routes = route_tokens(tokens, list(directions), height, width)
-    unrouted = unroute_tokens(routes_in, list(directions), height, width)
-    ref_routes = torch.nn.functional.pad(tokens, (0, 1))[:, :, gather].transpose(1, 2)
-    ref_unrouted = routes_in.gather(-1, unscan[None, :, None].expand(2, len(directions), 3, -1))
-    assert torch.equal(routes, ref_routes) and torch.equal(unrouted, ref_unrouted)
-    w_routes, w_unrouted = torch.randn_like(routes), torch.randn_like(unrouted)
-    grads = torch.autograd.grad((routes * w_routes).sum() + (unrouted * w_unrouted).sum(), [tokens, routes_in])
-    expected = torch.autograd.grad((ref_routes * w_routes).sum() + (ref_unrouted * w_unrouted).sum(),
-                                   [tokens, routes_in])
-    for actual, reference in zip(grads, expected):
-        torch.testing.assert_close(actual, reference, rtol=1e-12, atol=1e-12)

@@ -11,7 +11,6 @@ import torch
 
 from vssm.convert import load_official
 from vssm.layers.s4nd import S4ND
-from vssm.models import s4nd  # noqa: F401  (registers the family until vssm.models imports it)
 from vssm.models.s4nd import (
     MODEL_VARIANTS, S4NDConvNeXt, S4NDViT, _official_builder, checkpoint_filter_fn, convert_official,
 )

@@ -430,7 +430,7 @@ def load_raw_dataset(root: PathLike, problems: Optional[list] = None) -> RawData
         images_tr, labels_tr = root / "imagesTr", root / "labelsTr"
         for folder in (images_tr, labels_tr):
             if not folder.is_dir():
-                found.append(MissingFileError(f"folder missing; a raw dataset needs imagesTr/ and labelsTr/", folder))
+                found.append(MissingFileError("folder missing; a raw dataset needs imagesTr/ and labelsTr/", folder))
         if images_tr.is_dir():
             training = list_image_folder(images_tr, ending, meta.num_channels, found)
         label_ids = {}

@@ -64,9 +64,6 @@ from torch.utils.checkpoint import checkpoint
 from vssm.convert import register_checkpoint_filter, register_official, unwrap_checkpoint
 from vssm.layers.checks import check_batched_input
 from vssm.layers.local_mixer import LocalMambaMixer, LocalVimBlock
-# NOTE: re-exported for tests/models/test_local_vmamba.py's routing test until the contract rewrite moves it to
-# tests/layers/test_local_mixer.py (which covers it); drop then.
-from vssm.layers.local_mixer import route_tables as _route_tables, route_tokens, unroute_tokens  # noqa: F401
 from vssm.layers.norm import RmsNorm
 from vssm.layers.pos_embed import apply_rope, resample_pos_embed, rope_tables
 
@@ -514,8 +511,6 @@ MODEL_VARIANTS: Dict[str, dict] = dict(
                         use_rope=False, middle_cls_token=True, global_pool="token"),
 )
 
-# NOTE: the old name, read by tests/models/test_local_vmamba.py until its rewrite; drop then.
-model_cfgs = MODEL_VARIANTS
 
 _RELEASES = "https://github.com/hunto/LocalMamba/releases/download/v1.0.0/"
 

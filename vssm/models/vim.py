@@ -61,15 +61,12 @@ from torch import Tensor, nn
 from torch.jit import Final
 
 from ..convert import register_checkpoint_filter, register_official, unwrap_checkpoint
-from ..layers.checks import check_batched_input
+from ..layers.checks import check_batched_input, check_fixed_size
 from ..layers.mamba_mixer import MambaBlock, stack_official_directions
 from ..layers.norm import RmsNorm
 from ..layers.pos_embed import (
     CLASS_TOKENS, Rope2d, join_class_tokens, resample_pos_embed, resize_pos_embed_official, split_class_tokens,
 )
-# NOTE: re-exported for tests/models/test_vim.py (``vim.rope_tables``) until the contract rewrite imports it from
-# vssm.layers.pos_embed; drop then.
-from ..layers.pos_embed import rope_tables  # noqa: F401
 
 __all__ = ["Vim", "StridedPatchEmbed", "checkpoint_filter_fn", "convert_official"]
 POOLS = ("token", "avg", "")
@@ -106,10 +103,7 @@ class StridedPatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.strict_img_size:
-            message = (f"input size must be {self.img_size}, got {list(x.shape[-2:])} (or create the model with "
-                       "dynamic_img_size=True)")
-            torch._assert(x.shape[-2] == self.img_size[0], message)
-            torch._assert(x.shape[-1] == self.img_size[1], message)
+            check_fixed_size(x, self.img_size)
         return self.proj(x)
 
 
