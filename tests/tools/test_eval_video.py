@@ -15,7 +15,7 @@ from vssm.data import DataError
 from vssm.data.video_errors import VideoDecodeError
 from vssm.engine import UserError
 from vssm.engine.video_eval import (
-    _check_model_input, build_protocol, evaluate_video, load_video_eval_config, rescore, video_scores,
+    check_clip_input, build_protocol, evaluate_video, load_video_eval_config, rescore, video_scores,
 )
 
 from ..data.video_fixtures import sleepy_decode, write_corrupt, write_shapes_list, write_truncated
@@ -122,7 +122,7 @@ def test_quickstart_eval_config_matches_its_model():
     cfg = load_video_eval_config(str(REPO / "configs" / "demo" / "video_quickstart_eval.py"))
     assert cfg.data.format == "moving_shapes"
     model = timm.create_model(cfg.model["name"], num_classes=4, **{k: v for k, v in cfg.model.items() if k != "name"})
-    _check_model_input(model, build_protocol(cfg), cfg.model["name"])
+    check_clip_input(model, build_protocol(cfg), cfg.model["name"])
 
 
 def test_two_process_gloo_run_counts_every_view_once(clips, tmp_path):

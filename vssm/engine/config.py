@@ -21,8 +21,8 @@ EMA_BEST_METRICS = ("ema_eval_top1", "ema_eval_top5")
 @dataclass
 class DataConfig:
     """Where the images come from and how they are evaluated (timm's create_dataset / create_transform)."""
-    dataset: str = "imagefolder"  # 'imagefolder' (root/<split>/<class>/<image>), 'digits', 'synthetic', or a timm
-    #                               create_dataset name such as 'torch/cifar10' (read from root, never downloaded)
+    dataset: str = "imagefolder"  # 'imagefolder' (root/<split>/<class>/<image>), 'digits', 'synthetic', 'video', or a
+    #                               timm create_dataset name such as 'torch/cifar10' (read from root, never downloaded)
     root: Optional[str] = None  # folder holding the splits (imagefolder, timm datasets)
     train_split: str = "train"
     val_split: str = "val"
@@ -40,6 +40,12 @@ class DataConfig:
     digits_size: int = 32  # digits: side the 8x8 images are upsampled to before augmentation
     synthetic_train_size: int = 1024  # synthetic: number of training images
     synthetic_val_size: int = 256  # synthetic: number of validation images
+    video: dict = field(default_factory=dict)  # 'video': the annotated videos, keys of vssm.engine.video_eval's
+    #   VideoDataConfig (format, root, classes, labels, ...) with a sub-dict per split name for what differs
+    #   (e.g. train=dict(annotation='train.csv'), val=dict(annotation='val.csv')); root is data.root unless set here
+    protocol: dict = field(default_factory=dict)  # 'video': the clip protocol preset and its overrides
+    #   (vssm.data.video.video_protocol), e.g. dict(name='videomamba_k400', num_frames=8, short_side=64, crop_size=64);
+    #   training clips follow its sampler, validation takes one clip and the centre crop
 
 
 @dataclass

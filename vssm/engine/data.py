@@ -23,9 +23,11 @@ from timm.data import create_dataset, create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vssm.data import DataError, DigitsDataset, StrictImageFolder, SyntheticDataset
+from vssm.data.video import VideoClipDataset, VideoProtocol, video_protocol
 
 from .config import DataConfig, TrainConfig
 from .errors import UserError
+from .video_eval import open_video_list, video_data_config
 
 SYNTHETIC_NUM_CLASSES = 10  # classes of the synthetic dataset when data.num_classes is not set
 _SYNTHETIC_VAL_SEED_OFFSET = 1  # the synthetic validation split is generated from seed + 1
@@ -175,6 +177,8 @@ def open_synthetic(data: DataConfig, num_classes: int, input_size: tuple, seed: 
 
 
 def _open(data: DataConfig, split: str, training: bool, class_map: Optional[dict] = None) -> Dataset:
+    if data.dataset == "video":
+        return _open_video(data, split, training)
     if data.dataset == "digits":
         return DigitsDataset(split, size=data.digits_size)
     if data.dataset == "imagefolder":
@@ -188,6 +192,23 @@ def _open(data: DataConfig, split: str, training: bool, class_map: Optional[dict
                               download=False)
     except (OSError, RuntimeError, ValueError, AssertionError) as error:
         raise DataError(f"cannot open dataset {data.dataset!r} split {split!r} at {data.root}: {error}") from None
+
+
+def video_protocol_of(data: DataConfig) -> VideoProtocol:
+    """The clip protocol of a 'video' data config."""
+    settings = dict(data.protocol)
+    try:
+        return video_protocol(settings.pop("name", "videomamba_k400"), **settings)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"config key 'data.protocol': {error}") from None
+
+
+def _open_video(data: DataConfig, split: str, training: bool) -> Dataset:
+    """One clip per annotated video of ``split`` (its sub-dict in ``data.video`` adds to the shared keys)."""
+    shared = {key: value for key, value in data.video.items() if not isinstance(value, dict)}
+    settings = {"root": data.root, "split": split, **shared, **data.video.get(split, {})}
+    videos = open_video_list(video_data_config(settings, prefix=f"data.video.{split}."))
+    return VideoClipDataset(videos.records, video_protocol_of(data), training)
 
 
 def class_map_of(dataset: Optional[Dataset]) -> Optional[dict]:
@@ -209,8 +230,13 @@ def count_classes(dataset: Dataset) -> int:
 def resolve_input_config(cfg: TrainConfig, model: torch.nn.Module) -> dict:
     """Input size, interpolation, mean, std, crop: the config's values where set, else the model's pretrained cfg.
 
-    The input size is ``data.img_size``, else the model's own ``model.img_size`` argument, else the pretrained cfg's.
+    The input size is ``data.img_size``, else the model's own ``model.img_size`` argument, else the pretrained cfg's;
+    for videos, (3, frames, crop, crop) of the clip protocol.
     """
+    if cfg.data.dataset == "video":  # clips: the protocol's frames and crop, its normalisation (applied by the dataset)
+        protocol = video_protocol_of(cfg.data)
+        return {"input_size": (3, protocol.num_frames, protocol.crop_size, protocol.crop_size),
+                "mean": protocol.mean, "std": protocol.std, "crop_pct": 1.0, "interpolation": "bilinear"}
     in_chans = cfg.model.get("in_chans", 3)
     img_size = cfg.data.img_size if cfg.data.img_size is not None else cfg.model.get("img_size")
     if isinstance(img_size, int):

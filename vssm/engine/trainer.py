@@ -44,9 +44,10 @@ from . import report
 from .config import TrainConfig, config_to_dict
 from .data import (
     SYNTHETIC_NUM_CLASSES, EvalSampler, TrainSampler, build_loader, build_transforms, count_classes, open_synthetic,
-    open_train_set, open_val_set, resolve_input_config,
+    open_train_set, open_val_set, resolve_input_config, video_protocol_of,
 )
 from .distributed import DistContext
+from .video_eval import check_clip_input
 from .errors import USER_ERRORS, TrainingInterrupted, UserError, one_line
 from .optim import has_overrides, param_groups
 from .workdir import WorkDirLock
@@ -96,6 +97,16 @@ def _fit_problem(model: nn.Module, state_dict: dict, error: Exception) -> str:
     except (KeyError, RuntimeError, ValueError) as conversion_error:
         return f"{type(conversion_error).__name__}: {' '.join(str(conversion_error).split())}"
     return ckpt.describe_mismatch(model, converted) or f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def _mix(mixup: Mixup, images: torch.Tensor, targets: torch.Tensor):
+    """timm's Mixup/CutMix on images (B, C, H, W) or clips (B, C, T, H, W): a clip's frames share one mix and one
+    CutMix box (the frames fold into the channels while timm mixes)."""
+    if images.dim() == 5:
+        batch, channels, frames, height, width = images.shape
+        folded, targets = mixup(images.reshape(batch, channels * frames, height, width), targets)
+        return folded.view(batch, channels, frames, height, width), targets
+    return mixup(images, targets)
 
 
 def _check_fixed_size(model: nn.Module, name: str, size: tuple) -> None:
@@ -156,7 +167,7 @@ def evaluate(model: nn.Module, loader, ctx: DistContext, amp: Optional[str] = No
     for images, targets in loader:
         images = images.to(ctx.device, non_blocking=True)
         targets = targets.to(ctx.device, non_blocking=True)
-        if channels_last:
+        if channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(ctx.device, amp):
             output = model(images)
@@ -189,7 +200,7 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str, use_ema: bool = False, trus
             input_config = resolve_input_config(cfg, model)
             if val_set is None:
                 val_set = open_synthetic(cfg.data, num_classes, input_config["input_size"], cfg.seed, training=False)
-            else:
+            elif cfg.data.dataset != "video":  # clips come normalised by their protocol
                 val_set.transform = build_transforms(cfg, input_config)[1]
             loader = build_loader(val_set, EvalSampler(len(val_set), ctx.world_size, ctx.rank), cfg.batch_size,
                                   cfg.data.workers, cfg.data.pin_memory and ctx.device.type == "cuda")
@@ -429,7 +440,12 @@ class _Trainer:
         self.input_config = resolve_input_config(cfg, self.model)
         input_size = self.input_config["input_size"]
         _check_fixed_size(self.model, cfg.model["name"], tuple(input_size[-2:]))
-        if cfg.data.dataset == "synthetic":
+        if cfg.data.dataset == "video":
+            check_clip_input(self.model, video_protocol_of(cfg.data), cfg.model["name"])
+            val_set = open_val_set(cfg.data, train_set)
+            aug = cfg.augment
+            train_set.scale, train_set.ratio, train_set.hflip = aug.scale, aug.ratio, aug.hflip
+        elif cfg.data.dataset == "synthetic":
             train_set = open_synthetic(cfg.data, self.num_classes, input_size, cfg.seed, training=True)
             val_set = open_synthetic(cfg.data, self.num_classes, input_size, cfg.seed, training=False)
         else:
@@ -653,8 +669,8 @@ class _Trainer:
             images = images.to(ctx.device, non_blocking=True)
             targets = targets.to(ctx.device, non_blocking=True)
             if self.mixup is not None:
-                images, targets = self.mixup(images, targets)
-            if cfg.channels_last:
+                images, targets = _mix(self.mixup, images, targets)
+            if cfg.channels_last and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
             with self._grad_sync(last_micro_step):
                 with _autocast(ctx.device, cfg.amp):

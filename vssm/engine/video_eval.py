@@ -99,6 +99,14 @@ def _build(cls, values: Any, prefix: str = ""):
     return cls(**kwargs)
 
 
+def video_data_config(values: dict, prefix: str = "data.") -> VideoDataConfig:
+    """A checked ``VideoDataConfig`` from a dict (unknown keys and formats are errors naming ``prefix``)."""
+    data = _build(VideoDataConfig, values, prefix)
+    if data.format not in DATA_FORMATS:
+        raise UserError(f"config key '{prefix}format' must be one of {DATA_FORMATS}, got {data.format!r}")
+    return data
+
+
 def video_eval_config_from_dict(values: dict) -> VideoEvalConfig:
     """Build and check a VideoEvalConfig from a plain dict (an mmengine config's ``to_dict()``)."""
     cfg = _build(VideoEvalConfig, {k: v for k, v in values.items() if not k.startswith("_")})
@@ -246,7 +254,7 @@ def rescore(views_file: str, score: Optional[str] = None) -> dict:
 # --------------------------------------------------------------------------------------------------------------------
 # the run
 
-def _check_model_input(model: torch.nn.Module, protocol: VideoProtocol, name: str) -> None:
+def check_clip_input(model: torch.nn.Module, protocol: VideoProtocol, name: str) -> None:
     """A model with a fixed clip shape (VideoMamba's patch embed) must get the protocol's; say how to fix it."""
     embed = getattr(model, "patch_embed", None)
     frames, size = getattr(embed, "num_frames", None), getattr(embed, "img_size", None)
@@ -352,7 +360,7 @@ def evaluate_video(cfg: VideoEvalConfig, checkpoint: str, trust: bool = False, u
             model = timm.create_model(name, num_classes=num_classes, **kwargs)
         except TypeError as error:
             raise UserError(f"model {name!r}: {error}") from None
-        _check_model_input(model, protocol, name)
+        check_clip_input(model, protocol, name)
         ckpt.load_model_weights(model, ckpt.read_checkpoint(checkpoint, trust=trust), checkpoint, use_ema=use_ema)
         model.to(ctx.device).eval()
 
