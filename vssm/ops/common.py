@@ -235,7 +235,7 @@ def check_paths(paths: Tensor, length: int, fn: str = "scan_paths.check") -> Non
         return
     length = int(length)  # a size that torch.jit.trace hands over as a tensor
     entry = _VALID.get(id(paths))
-    if (entry is not None and entry[3] == length and entry[0]() is paths and entry[1] == paths._version
+    if (entry is not None and entry[3] == length and entry[0]() is paths and entry[1] == _version_of(paths)
             and entry[2] == paths.data_ptr()):
         return
     check_paths_layout(paths, length, fn)
@@ -259,13 +259,22 @@ _VALID: dict[int, tuple] = {}
 
 
 def mark_valid_paths(paths: Tensor, length: int) -> None:
-    """Remember ``paths`` as a valid path set for L = ``length`` until it dies or is edited in place."""
+    """Remember ``paths`` as a valid path set for L = ``length`` until it dies or is edited in place. Tensors without
+    storage to point at (fake or functional tensors of a trace) are not remembered; they are checked where they run."""
+    if type(paths) is not Tensor or paths.device.type == "meta":
+        return
     key = id(paths)
 
     def forget(_, key=key):
         _VALID.pop(key, None)
 
-    _VALID[key] = (weakref.ref(paths, forget), paths._version, paths.data_ptr(), length)
+    _VALID[key] = (weakref.ref(paths, forget), _version_of(paths), paths.data_ptr(), length)
+
+
+def _version_of(paths: Tensor) -> Optional[int]:
+    """The in-place version counter; None for an inference tensor, which keeps none (it cannot be edited in place
+    outside inference mode)."""
+    return None if paths.is_inference() else paths._version
 
 
 def check_paths_layout(paths, length: int, fn: str) -> None:
