@@ -23,10 +23,13 @@ SCANNED = ("vssm", "tools")  # top-level folders whose modules are read
 
 # importer floor -> floors it must not import (``vssm`` itself counts as ``vssm.models``, see ``floor_of``)
 FORBIDDEN = {
-    "vssm.ops": ("vssm.layers", "vssm.models", "vssm.engine", "vssm.convert", "vssm.seg", "vssm.data"),
-    "vssm.layers": ("vssm.models", "vssm.engine", "vssm.seg"),
-    "vssm.convert": ("vssm.models", "vssm.engine", "vssm.layers"),
-    "vssm.models": ("vssm.engine", "vssm.seg"),
+    "vssm.ops": ("vssm.layers", "vssm.models", "vssm.engine", "vssm.convert", "vssm.seg", "vssm.data", "vssm.export"),
+    "vssm.layers": ("vssm.models", "vssm.engine", "vssm.seg", "vssm.export"),
+    "vssm.convert": ("vssm.models", "vssm.engine", "vssm.layers", "vssm.export"),
+    "vssm.models": ("vssm.engine", "vssm.seg", "vssm.export"),
+    "vssm.engine": ("vssm.export",),
+    "vssm.seg": ("vssm.export",),
+    "vssm.data": ("vssm.export", "vssm.engine", "vssm.seg", "vssm.models", "vssm.layers", "vssm.ops"),
 }
 FORBIDDEN_FROM_ANY_VSSM = ("tools",)
 
