@@ -158,8 +158,10 @@ class TrainConfig:
     #                          on the host, a synchronisation per step)
 
 
-def _build(cls, values: dict, prefix: str = ""):
-    """Instantiate dataclass ``cls`` from ``values``, recursing into nested sections; unknown keys raise."""
+def build_dataclass(cls, values: dict, prefix: str = "", sections: Optional[dict] = None):
+    """Instantiate dataclass ``cls`` from ``values``, recursing into the nested sections that ``sections`` maps
+    (class -> {field: section class}; default: the training config's); unknown keys raise ``UserError`` naming them,
+    lists become tuples."""
     if not isinstance(values, dict):
         raise UserError(f"config key '{prefix.rstrip('.')}' must be a dict, got {values!r}")
     fields = [f.name for f in dataclasses.fields(cls)]
@@ -167,11 +169,12 @@ def _build(cls, values: dict, prefix: str = ""):
     if unknown:
         where = f"in '{prefix.rstrip('.')}'" if prefix else "at the top level"
         raise UserError(f"unknown config key '{prefix}{unknown[0]}' (known {where}: {', '.join(fields)})")
-    sections = _SECTIONS.get(cls, {})
+    sections = _SECTIONS if sections is None else sections
+    nested = sections.get(cls, {})
     kwargs = {}
     for name, value in values.items():
-        if name in sections:
-            kwargs[name] = _build(sections[name], value, f"{prefix}{name}.")
+        if name in nested:
+            kwargs[name] = build_dataclass(nested[name], value, f"{prefix}{name}.", sections)
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
         else:
@@ -211,7 +214,7 @@ def _check(cfg: TrainConfig) -> None:
 def config_from_dict(values: dict) -> TrainConfig:
     """Build and check a TrainConfig from a plain dict (an mmengine config's ``to_dict()``)."""
     values = {k: v for k, v in values.items() if not k.startswith("_")}  # mmengine bookkeeping such as _base_
-    cfg = _build(TrainConfig, values)
+    cfg = build_dataclass(TrainConfig, values)
     _check(cfg)
     return cfg
 

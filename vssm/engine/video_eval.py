@@ -15,7 +15,6 @@ The config is an mmengine file with the keys of ``VideoEvalConfig`` (unknown key
     data = dict(format='list', annotation='data/k400/val.csv', root='data/k400/videos', delimiter=',')
     protocol = dict(name='videomamba_k400', num_frames=16, num_clips=4)
 """
-import dataclasses
 import math
 import os
 import sys
@@ -35,6 +34,7 @@ from vssm.data.video_annotations import (
 from vssm.data.video_errors import VideoError, VideoNotFoundError
 
 from . import checkpoint as ckpt
+from .config import build_dataclass
 from .distributed import DistContext
 from .errors import UserError
 
@@ -83,25 +83,9 @@ class VideoEvalConfig:
     #                                   name>.pt
 
 
-def _build(cls, values: Any, prefix: str = ""):
-    if not isinstance(values, dict):
-        raise UserError(f"config key '{prefix.rstrip('.')}' must be a dict, got {values!r}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        where = f"in '{prefix.rstrip('.')}'" if prefix else "at the top level"
-        raise UserError(f"unknown config key '{prefix}{unknown[0]}' (known {where}: {', '.join(names)})")
-    kwargs = {}
-    for name, value in values.items():
-        if cls is VideoEvalConfig and name == "data":
-            value = _build(VideoDataConfig, value, "data.")
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
 def video_data_config(values: dict, prefix: str = "data.") -> VideoDataConfig:
     """A checked ``VideoDataConfig`` from a dict (unknown keys and formats are errors naming ``prefix``)."""
-    data = _build(VideoDataConfig, values, prefix)
+    data = build_dataclass(VideoDataConfig, values, prefix, sections={})
     if data.format not in DATA_FORMATS:
         raise UserError(f"config key '{prefix}format' must be one of {DATA_FORMATS}, got {data.format!r}")
     return data
@@ -109,7 +93,8 @@ def video_data_config(values: dict, prefix: str = "data.") -> VideoDataConfig:
 
 def video_eval_config_from_dict(values: dict) -> VideoEvalConfig:
     """Build and check a VideoEvalConfig from a plain dict (an mmengine config's ``to_dict()``)."""
-    cfg = _build(VideoEvalConfig, {k: v for k, v in values.items() if not k.startswith("_")})
+    cfg = build_dataclass(VideoEvalConfig, {k: v for k, v in values.items() if not k.startswith("_")},
+                          sections={VideoEvalConfig: {"data": VideoDataConfig}})
     if not isinstance(cfg.model.get("name"), str):
         raise UserError("config key 'model.name' must name a timm model")
     choices = {"data.format": (cfg.data.format, DATA_FORMATS), "on_error": (cfg.on_error, ON_ERROR),
