@@ -47,9 +47,9 @@ from .data import (
     open_train_set, open_val_set, resolve_input_config, video_protocol_of,
 )
 from .distributed import DistContext
-from .video_eval import check_clip_input
 from .errors import USER_ERRORS, TrainingInterrupted, UserError, one_line
 from .optim import has_overrides, param_groups
+from .video_eval import check_clip_input
 from .workdir import WorkDirLock
 
 WORK_DIR_OUTPUTS = ("config.py", "train.log", "summary.csv", "curves.png", "last.pth", "best.pth")
