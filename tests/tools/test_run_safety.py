@@ -207,3 +207,36 @@ def test_sigterm_mid_epoch_then_resume_ends_where_an_uninterrupted_run_ends(tmp_
     for key, value in expected["model"].items():
         assert torch.equal(resumed["model"][key], value), key
     assert read_rows(interrupted / "summary.csv") == read_rows(straight / "summary.csv")
+
+
+def test_kill_between_an_epochs_writes_then_resume_repairs_the_outputs(tmp_path, image_root):
+    """A real process is killed (SIGKILL, no clean-up) right after its one epoch's last.pth is written, before
+    best.pth, summary.csv and the curves follow: --resume rebuilds them from last.pth and says the run is complete."""
+    config = write_config(tmp_path, tiny_config(image_root))
+    work_dir = tmp_path / "run"
+    script = textwrap.dedent(f"""\
+        import os, signal, sys
+        sys.path.insert(0, {str(REPO / 'tools')!r})
+        import train
+        from vssm.engine import checkpoint
+        save = checkpoint.save_atomic
+        def save_then_die(state, path):
+            save(state, path)
+            if path.endswith("last.pth"):
+                os.kill(os.getpid(), signal.SIGKILL)
+        checkpoint.save_atomic = save_then_die
+        sys.exit(train.main({[config, '--work-dir', str(work_dir)]!r}))
+        """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
+                            timeout=600)
+    assert result.returncode == -9, result.stderr
+    last = torch.load(work_dir / "last.pth", weights_only=True)
+    assert last["epoch"] == 1 and last["best"]["epoch"] == 1
+    assert not (work_dir / "best.pth").exists() and not (work_dir / "summary.csv").exists()
+
+    assert load_tool("train").main([config, "--work-dir", str(work_dir), "--resume"]) == 0
+    assert [row["epoch"] for row in read_rows(work_dir / "summary.csv")] == ["1"]
+    assert (work_dir / "curves.png").is_file()
+    best = torch.load(work_dir / "best.pth", weights_only=True)
+    assert best["epoch"] == 1 and all(torch.equal(best["model"][k], v) for k, v in last["model"].items())
+    assert "is complete: 1 of 1 epochs done" in (work_dir / "train.log").read_text()
