@@ -358,3 +358,126 @@ def test_s4nd_protocol_reads_two_second_clips_at_the_video_frame_rate(video_dir)
     assert video.keys == [(0, 0), (1, 0), (2, 0)] and video.views.shape == (3, 6, 16, 16, 3)
     for k, view in enumerate(video.views):
         assert [frame_index(f) for f in view] == [16 * k + i for i in (0, 3, 6, 9, 12, 15)]
+
+
+# ---------------------------------------------------------------------------------------- training augmentation
+
+def _rand_augment_reference(size: int):
+    """timm's RandAugment with the hyper-parameters of VideoMamba's create_random_augment (built independently)."""
+    from PIL import Image
+    from timm.data.auto_augment import rand_augment_transform
+
+    transform = rand_augment_transform("rand-m9-n3-mstd0.5-inc1", {"translate_const": int(size * 0.45),
+                                                                   "interpolation": Image.BICUBIC})
+    return lambda frame: np.asarray(transform(Image.fromarray(frame)))
+
+
+def _seed_all(seed: int) -> None:
+    """Seed the generators the clip augmentation draws from (as vssm.engine.data.SeededSamples does per sample)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def test_rand_augment_applies_the_same_ops_to_every_frame():
+    from vssm.data.video import rand_augment_clip
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(5, 24, 40, 3), dtype=np.uint8)
+    constant = np.repeat(frames[:1], 5, axis=0)
+    reference = _rand_augment_reference(32)
+    outputs = []
+    for seed in range(6):
+        _seed_all(seed)
+        out = rand_augment_clip(constant, "rand-m9-n3-mstd0.5-inc1", 32)
+        assert out.shape == constant.shape and out.dtype == np.uint8
+        assert all(np.array_equal(out[t], out[0]) for t in range(5))  # a constant clip stays constant
+        outputs.append(out[0])
+        _seed_all(seed)
+        varied = rand_augment_clip(frames, "rand-m9-n3-mstd0.5-inc1", 32)
+        for t in range(5):  # each frame: exactly what timm's RandAugment makes of it from the same generator state
+            _seed_all(seed)
+            assert np.array_equal(varied[t], reference(frames[t]))
+    distinct = {out.tobytes() for out in outputs}
+    assert len(distinct) >= 4  # other seeds, other op chains
+    assert any(not np.array_equal(out, constant[0]) for out in outputs)
+
+
+def test_rand_augment_leaves_the_generators_as_one_image_would():
+    import random
+
+    from vssm.data.video import rand_augment_clip
+
+    frames = np.random.default_rng(1).integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    _seed_all(7)
+    rand_augment_clip(frames, "rand-m9-n3-mstd0.5-inc1", 32)
+    after_clip = (random.random(), np.random.random())
+    _seed_all(7)
+    _rand_augment_reference(32)(frames[0])
+    assert (random.random(), np.random.random()) == after_clip
+
+
+def test_random_erasing_erases_one_box_per_clip():
+    import random
+
+    from vssm.data.video import erase_clip
+
+    clip = torch.zeros(3, 6, 20, 20)
+    for seed in range(5):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        erased = erase_clip(clip, probability=1.0, mode="pixel")
+        box = (erased != 0).any(dim=0)  # (T, H, W)
+        assert box[0].any() and all(torch.equal(box[t], box[0]) for t in range(6))  # the same box in every frame
+        assert not torch.equal(erased[:, 0], erased[:, 1])  # fresh noise per frame
+        assert torch.equal(clip, torch.zeros_like(clip))  # the input is left alone
+    assert torch.equal(erase_clip(clip, probability=0.0), clip)
+    random.seed(0)
+    two = (erase_clip(clip, probability=1.0, max_count=2) != 0).any(dim=0)
+    assert not two[:3].any() and two[3:].any()  # re_count 2: the official skips the first T // 2 frames
+
+
+def test_random_resized_box_and_its_fallback():
+    from vssm.data.video import random_resized_box
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        top, left, h, w = random_resized_box(30, 50, (0.08, 1.0), (3 / 4, 4 / 3), rng)
+        assert 0 <= top <= 30 - h and 0 <= left <= 50 - w and 0.08 * 1500 * 0.8 <= h * w <= 1500
+    # an area that never fits: the official centre fall-back, the frame clamped to the aspect range
+    assert random_resized_box(10, 40, (2.0, 3.0), (3 / 4, 4 / 3), rng) == (0, 13, 10, 13)
+    assert random_resized_box(40, 10, (2.0, 3.0), (3 / 4, 4 / 3), rng) == (13, 0, 13, 10)
+    assert random_resized_box(20, 22, (2.0, 3.0), (3 / 4, 4 / 3), rng) == (0, 0, 20, 22)
+
+
+def test_num_sample_augments_one_decoded_clip_several_times(video_dir, tmp_path):
+    from vssm.data.video import ClipAugment, VideoClipDataset
+    from vssm.data.video_annotations import VideoRecord
+
+    from .video_fixtures import write_shapes_list
+
+    protocol = video_protocol("videomamba_k400", num_frames=4, short_side=16, crop_size=16)
+    counter = VideoClipDataset([VideoRecord(str(video_dir / "counter48.mp4"), 1)], protocol, training=True,
+                               augment=ClipAugment(scale=(0.2, 1.0)), num_sample=2)
+    mean, std = torch.tensor(protocol.mean).view(1, 3, 1, 1, 1), torch.tensor(protocol.std).view(1, 3, 1, 1, 1)
+    for seed in range(3):
+        _seed_all(seed)
+        views, label = counter[0]
+        assert views.shape == (2, 3, 4, 16, 16) and label == 1
+        levels = ((views * std + mean) * 255 / 5).mean(dim=(1, 3, 4)).round()  # (view, frame): the frame index
+        assert torch.equal(levels[0], levels[1])  # both views augment the same decoded frames
+    assert VideoClipDataset(counter.records, protocol, training=False, num_sample=2).num_sample == 1
+
+    write_shapes_list(tmp_path, ["right"], name="list.txt")
+    augment = ClipAugment(auto_augment="rand-m9-n2-mstd0.5-inc1", scale=(0.2, 1.0), re_prob=0.5)
+    shapes = VideoClipDataset([VideoRecord(str(tmp_path / "0_right.mp4"), 1)], protocol, training=True,
+                              augment=augment, num_sample=2)
+    _seed_all(3)
+    first, _ = shapes[0]
+    assert first.shape == (2, 3, 4, 16, 16) and not torch.equal(first[0], first[1])  # independent augmentations
+    _seed_all(3)
+    assert torch.equal(shapes[0][0], first)  # a function of the generators' state
+    with pytest.raises(ValueError, match="num_sample"):
+        VideoClipDataset(counter.records, protocol, training=True, num_sample=0)

@@ -61,3 +61,79 @@ def test_trainer_optimizer_honours_the_overrides(tmp_path, image_root):
     assert groups["C"]["initial_lr"] == 1e-3 and groups["C"]["weight_decay"] == 0.05
     assert groups["conv.weight"]["initial_lr"] == 5e-3 and groups["conv.weight"]["weight_decay"] == 0.05
     assert groups["conv.bias"]["initial_lr"] == 5e-3 and groups["conv.bias"]["weight_decay"] == 0.0
+
+
+# VideoMamba's fine-tuning exclusions: 1-D parameters, biases and these names; the stacked per-direction vectors
+# (official 1-D D, conv bias, dt bias) by pattern; A_log decays
+VIDEOMAMBA_NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "temporal_pos_embedding", "*.D", "*.conv_bias",
+                              "*.dt_proj_bias")
+
+
+def _settings_by_name(model, groups) -> dict:
+    """name -> (lr_scale, weight_decay) of the one group holding each parameter."""
+    settings = {}
+    for name, param in model.named_parameters():
+        holding = [group for group in groups if any(p is param for p in group["params"])]
+        assert len(holding) == 1, f"{name} is in {len(holding)} groups"
+        settings[name] = (holding[0].get("lr_scale", 1.0), holding[0]["weight_decay"])
+    return settings
+
+
+def test_official_videomamba_layer_ids():
+    from vssm.engine.optim import videomamba_official_layer_id
+
+    depth = 24
+    for name in ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"):
+        assert videomamba_official_layer_id(name, depth) == 0
+    for name in ("temporal_pos_embedding", "blocks.0.mixer.in_proj.weight", "blocks.23.norm.weight", "norm.weight",
+                 "head.weight", "head.bias", "pos_embed_extra"):
+        assert videomamba_official_layer_id(name, depth) == depth + 1
+
+
+def test_official_videomamba_layer_decay_leaves_the_blocks_undecayed():
+    import timm
+
+    import vssm  # noqa: F401  (registers the models)
+
+    model = timm.create_model("test_videomamba", num_classes=5)  # depth 3
+    groups = param_groups(model, weight_decay=0.1, layer_decay=0.75, no_weight_decay=VIDEOMAMBA_NO_WEIGHT_DECAY,
+                          layer_decay_rule="videomamba_official")
+    settings = _settings_by_name(model, groups)
+    embedding_scale = 0.75 ** 4  # layer_decay ** (depth + 1)
+    assert settings["cls_token"] == (embedding_scale, 0.0) and settings["pos_embed"] == (embedding_scale, 0.0)
+    assert settings["patch_embed.proj.weight"] == (embedding_scale, 0.1)
+    assert settings["patch_embed.proj.bias"] == (embedding_scale, 0.0)
+    for name, (scale, decay) in settings.items():
+        if not name.startswith(("cls_token", "pos_embed", "patch_embed.")):
+            assert scale == 1.0, name  # blocks, temporal embedding, final norm, head: the full lr
+    assert settings["temporal_pos_embedding"] == (1.0, 0.0)
+    assert settings["blocks.0.mixer.A_log"][1] == 0.1 and settings["blocks.2.mixer.in_proj.weight"][1] == 0.1
+    for name in ("blocks.1.mixer.D", "blocks.1.mixer.conv_bias", "blocks.1.mixer.dt_proj_bias", "blocks.1.norm.weight",
+                 "norm.weight", "head.bias"):
+        assert settings[name][1] == 0.0, name
+    assert settings["head.weight"] == (1.0, 0.1)
+
+
+def test_timm_layer_decay_rule_decays_block_by_block():
+    import timm
+
+    import vssm  # noqa: F401
+
+    model = timm.create_model("test_videomamba", num_classes=5)
+    settings = _settings_by_name(model, param_groups(model, 0.1, layer_decay=0.5,
+                                                     no_weight_decay=VIDEOMAMBA_NO_WEIGHT_DECAY))
+    assert settings["cls_token"][0] == settings["temporal_pos_embedding"][0] == 0.5 ** 4  # the stem
+    assert [settings[f"blocks.{i}.mixer.in_proj.weight"][0] for i in range(3)] == [0.5 ** 3, 0.5 ** 2, 0.5]
+    assert settings["norm.weight"][0] == 0.5  # timm's matcher puts the final norm with the last block
+    assert settings["head.weight"][0] == 1.0
+
+
+def test_layer_decay_rule_errors_name_the_problem():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown layer_decay_rule 'beit'"):
+        param_groups(_KernelNet(), 0.05, layer_decay=0.75, layer_decay_rule="beit")
+    with pytest.raises(ValueError, match="needs a model with a 'blocks' list"):
+        param_groups(_KernelNet(), 0.05, layer_decay=0.75, layer_decay_rule="videomamba_official")
+    groups = param_groups(_KernelNet(), 0.05, layer_decay_rule="videomamba_official")  # no layer decay: rule unused
+    assert all("lr_scale" not in group for group in groups)

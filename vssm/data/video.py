@@ -30,10 +30,16 @@ back to uint8 before cropping, as the official pipelines do. Indices are clamped
 Decoding runs in worker processes (``DecodePool``): decord can hang forever in native code holding the GIL (dmlc/decord
 #269, #375), so a worker that exceeds the per-video time limit is killed (SIGKILL), its file reported, and a fresh
 worker started. A file that decord cannot read is reported by path, never replaced by another video.
+
+Training clips (``VideoClipDataset`` with ``training=True``) follow VideoMamba's fine-tuning: the sampler's random
+training clip, decoded once, then ``num_sample`` independent augmentations (``ClipAugment``: RandAugment with one draw
+per clip, a random-resized crop and a flip shared by the frames, random erasing of one box per clip).
 """
+import functools
 import math
 import multiprocessing
 import os
+import random
 import signal
 import time
 from collections import deque
@@ -645,38 +651,146 @@ class DecodePool:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# one clip per video, for training and the per-epoch validation
+# training augmentation of whole clips, as VideoMamba's fine-tuning (UMT / VideoMAE ``_aug_frame``)
+
+@dataclass(frozen=True)
+class ClipAugment:
+    """Training augmentation of one clip, every random choice made once per clip unless said otherwise.
+
+    In this order (VideoMamba's ``_aug_frame``): RandAugment on the decoded frames (timm's
+    ``rand_augment_transform(auto_augment)``; one op chain, one magnitude and one resampling filter per clip, so that
+    every frame gets the same ops; ``translate_const = int(0.45 * crop_size)``, grey fill, as the official); a
+    random-resized crop shared by the frames (area ``scale``, log-uniform aspect ``ratio``, 10 tries, then the official
+    centre fall-back) resized to the crop size; a horizontal flip of the whole clip with probability ``hflip`` (0 for
+    SSv2, whose labels say left and right); after normalisation, random erasing with probability ``re_prob`` per clip,
+    as the official ``RandomErasing(cube=True)``: one box drawn per clip and erased in every frame, with noise drawn per
+    frame (``re_mode='pixel'``: per pixel; 'rand': one colour per frame; 'const': zeros); ``re_count`` boxes at most,
+    and with ``re_count > 1`` the first ``T // re_count`` frames are left alone (the official passes
+    ``num_splits=re_count``).
+
+    Attributes:
+        auto_augment: timm RandAugment string ('rand-m7-n4-mstd0.5-inc1'); None: off.
+        interpolation: RandAugment's resampling: 'bicubic' (the official ``train_interpolation``), 'bilinear', ...,
+            or 'random' (drawn per clip).
+        scale: Crop area range (fraction of the frame).
+        ratio: Crop aspect-ratio range.
+        hflip: Flip probability.
+        re_prob: Random-erasing probability per clip.
+        re_mode: 'pixel', 'rand' or 'const'.
+        re_count: Most boxes per clip.
+    """
+    auto_augment: Optional[str] = None
+    interpolation: str = "bicubic"
+    scale: tuple = (0.08, 1.0)
+    ratio: tuple = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    re_prob: float = 0.0
+    re_mode: str = "pixel"
+    re_count: int = 1
+
+
+@functools.lru_cache(maxsize=8)
+def _rand_augment(config: str, crop_size: int, interpolation: str):
+    """timm's RandAugment with the video hyper-parameters of VideoMamba's ``create_random_augment``."""
+    from timm.data.auto_augment import rand_augment_transform
+    from timm.data.transforms import str_to_pil_interp
+
+    if not config.startswith("rand"):
+        raise ValueError(f"clip augmentation takes a RandAugment string ('rand-m7-n4-mstd0.5-inc1'), got {config!r}")
+    hparams = {"translate_const": int(crop_size * 0.45)}
+    if interpolation != "random":
+        hparams["interpolation"] = str_to_pil_interp(interpolation)
+    return rand_augment_transform(config, hparams)
+
+
+def rand_augment_clip(frames: np.ndarray, config: str, crop_size: int, interpolation: str = "bicubic") -> np.ndarray:
+    """timm's RandAugment on uint8 frames (T, H, W, 3) with the same random draws for every frame.
+
+    timm draws the op chain (``np.random``), each op's application, magnitude and resampling filter (``random``) from
+    the global generators; they are rewound to the same state before each frame, so every frame sees the draws the
+    first one saw, and the generators end where one image's augmentation leaves them.
+    """
+    from PIL import Image
+
+    transform = _rand_augment(config, crop_size, interpolation)
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    out = np.empty_like(frames)
+    for t, frame in enumerate(frames):
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        out[t] = np.asarray(transform(Image.fromarray(frame)))
+    return out
+
+
+def random_resized_box(height: int, width: int, scale: tuple, ratio: tuple,
+                       rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random-resized crop, as the official ``_get_param_spatial_crop``: 10 tries of an area
+    fraction uniform in ``scale`` and a log-uniform aspect in ``ratio``; else a centre crop of the frame clamped to the
+    aspect range."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    frame_ratio = width / height
+    if frame_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif frame_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def erase_clip(clip, probability: float, mode: str = "pixel", max_count: int = 1):
+    """Random erasing of a normalised clip (3, T, S, S) as the official ``RandomErasing(cube=True)`` on (T, C, S, S):
+    one decision and one box per clip, the same box in every frame, noise drawn per frame. timm's RandomErasing on the
+    frames folded into the channels does exactly that. Returns a new tensor."""
+    from timm.data.random_erasing import RandomErasing
+
+    frames = clip.transpose(0, 1).contiguous()  # (T, C, S, S)
+    start = frames.shape[0] // max_count if max_count > 1 else 0
+    if start < frames.shape[0]:
+        RandomErasing(probability, mode=mode, max_count=max_count, device="cpu")(
+            frames[start:].view(-1, *frames.shape[2:]))  # (frames x channels, S, S), erased in place
+    return frames.transpose(0, 1).contiguous()
+
 
 class VideoClipDataset:
-    """One clip per video as ``(float tensor (3, T, S, S), label)``: a map-style dataset for a training loop.
+    """Clips for a training loop, as ``(float tensor (3, T, S, S), label)``.
 
     Training: the protocol sampler's ``train_clip`` (VideoMamba's random frame per segment; SparseSampler or
-    SegmentSampler), then a random-resized crop shared by all frames (area ``scale``, aspect ``ratio``, as timm's
-    RandomResizedCrop) resized to ``crop_size``, and a horizontal flip with probability ``hflip`` (0 for SSv2, whose
-    labels say left and right). Evaluation: one temporal clip, one centre crop (the official per-epoch validation:
-    segment middles; SSv2: segment centres). Randomness comes from NumPy's global generator, so a loader that seeds
-    it per sample (vssm.engine.data.SeededSamples) makes each sample a function of its seed. A bad file raises a
-    VideoError naming it.
+    SegmentSampler) decoded once, then ``num_sample`` independent ``ClipAugment`` augmentations of those frames
+    (VideoMamba's repeated sampling: with ``num_sample > 1`` an item is a tensor (num_sample, 3, T, S, S); the loader
+    flattens them into the batch). Evaluation: one temporal clip, one centre crop (the official per-epoch validation:
+    segment middles; SSv2: segment centres). Randomness comes from Python's, NumPy's and torch's global generators, so
+    a loader that seeds them per sample (vssm.engine.data.SeededSamples) makes each sample a function of its seed. A
+    bad file raises a VideoError naming it.
 
     Args:
         records: ``VideoRecord``s (``path``, ``label``), e.g. ``VideoList.records``.
         protocol: Sampler, sizes and normalisation.
-        training: Random clips and crops, or the validation view.
-        scale: Crop area range (fraction of the frame).
-        ratio: Crop aspect-ratio range.
-        hflip: Flip probability.
+        training: Random clips and augmentation, or the validation view.
+        augment: The training augmentation.
+        num_sample: Augmented clips per decoded video (training).
         num_threads: decord threads.
     """
 
-    def __init__(self, records: Sequence, protocol: VideoProtocol, training: bool, scale: tuple = (0.08, 1.0),
-                 ratio: tuple = (3 / 4, 4 / 3), hflip: float = 0.5, num_threads: int = 1):
+    def __init__(self, records: Sequence, protocol: VideoProtocol, training: bool,
+                 augment: ClipAugment = ClipAugment(), num_sample: int = 1, num_threads: int = 1):
         if training and not hasattr(protocol.sampler, "train_clip"):
             raise ValueError(f"protocol {protocol.name} has no training sampler (use videomamba_k400 or "
                              "videomamba_ssv2)")
+        if num_sample < 1:
+            raise ValueError(f"num_sample must be >= 1, got {num_sample}")
         self.records = list(records)
         self.protocol = protocol
         self.training = training
-        self.scale, self.ratio, self.hflip = scale, ratio, hflip
+        self.augment = augment
+        self.num_sample = num_sample if training else 1
         self.num_threads = num_threads
         clips_one = {"num_clips": 1} if not isinstance(protocol.sampler, SegmentSampler) else {}
         self._eval_protocol = replace(protocol, sampler=replace(protocol.sampler, **clips_one), num_crops=1)
@@ -688,18 +802,19 @@ class VideoClipDataset:
     def num_classes(self) -> int:
         return 1 + max(record.label for record in self.records)
 
-    def _crop_box(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        """timm's RandomResizedCrop parameters: (top, left, h, w)."""
-        area = height * width
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            target = area * rng.uniform(*self.scale)
-            aspect = math.exp(rng.uniform(*log_ratio))
-            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-            if 0 < w <= width and 0 < h <= height:
-                return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-        side = min(height, width)
-        return (height - side) // 2, (width - side) // 2, side, side
+    def augment_frames(self, frames: np.ndarray, rng: np.random.Generator):
+        """One training view of decoded uint8 frames (T, H, W, 3): float tensor (3, T, S, S)."""
+        aug, size = self.augment, self.protocol.crop_size
+        if aug.auto_augment:
+            frames = rand_augment_clip(frames, aug.auto_augment, size, aug.interpolation)
+        top, left, h, w = random_resized_box(frames.shape[1], frames.shape[2], aug.scale, aug.ratio, rng)
+        clip = resize_frames(frames[:, top:top + h, left:left + w], size, size)
+        if rng.uniform() < aug.hflip:
+            clip = clip[:, :, ::-1]
+        clip = normalise_views(clip[None], self.protocol)[0]
+        if aug.re_prob > 0:
+            clip = erase_clip(clip, aug.re_prob, aug.re_mode, aug.re_count)
+        return clip
 
     def __getitem__(self, index: int):
         record = self.records[index]
@@ -712,9 +827,8 @@ class VideoClipDataset:
         indices = self.protocol.sampler.train_clip(len(reader), rng)
         frames = read_frames(reader, indices, record.path)
         del reader
-        top, left, h, w = self._crop_box(frames.shape[1], frames.shape[2], rng)
-        size = self.protocol.crop_size
-        clip = resize_frames(frames[:, top:top + h, left:left + w], size, size)
-        if rng.uniform() < self.hflip:
-            clip = clip[:, :, ::-1]
-        return normalise_views(clip[None], self.protocol)[0], record.label
+        if self.num_sample == 1:
+            return self.augment_frames(frames, rng), record.label
+        import torch
+
+        return torch.stack([self.augment_frames(frames, rng) for _ in range(self.num_sample)]), record.label

@@ -46,6 +46,10 @@ class DataConfig:
     protocol: dict = field(default_factory=dict)  # 'video': the clip protocol preset and its overrides
     #   (vssm.data.video.video_protocol), e.g. dict(name='videomamba_k400', num_frames=8, short_side=64, crop_size=64);
     #   training clips follow its sampler, validation takes one clip and the centre crop
+    num_sample: int = 1  # 'video' training: augmented clips per decoded video (VideoMamba's repeated sampling, 2 in
+    #                      its recipes); a step holds batch_size x num_sample clips, the views of a video side by
+    #                      side, and the learning rate's global batch counts clips (the official lr x batch x
+    #                      num_sample / 256); an epoch still passes each video once
 
 
 @dataclass
@@ -88,6 +92,10 @@ class OptimizerConfig:
     eps: Optional[float] = None  # None: the optimizer's default
     betas: Optional[tuple] = None
     layer_decay: Optional[float] = None  # layer-wise lr decay through model.group_matcher()
+    layer_decay_rule: str = "timm"  # which parameters layer_decay scales: 'timm' (model.group_matcher(): stem, each
+    #   block, head) or 'videomamba_official' (VideoMamba's fine-tuning code, whose name matching misses its blocks:
+    #   cls_token, pos_embed and patch_embed get layer_decay ** (depth + 1), everything else 1; how the released
+    #   video models were trained)
     no_weight_decay: Optional[tuple] = None  # parameter-name patterns (fnmatch) without weight decay, besides 1-D
     #                                          parameters and biases; None: model.no_weight_decay() (timm's default).
     #                                          Official recipes that decay A_log list only their own exclusions here
@@ -231,6 +239,12 @@ def load_config(path: str, options: Optional[dict[str, Any]] = None) -> TrainCon
         path: Config file (``.py``); its ``_base_`` files are merged first.
         options: Dotted-key overrides, as mmengine's DictAction parses them.
     """
+    return config_from_dict(read_config_file(path, options))
+
+
+def read_config_file(path: str, options: Optional[dict[str, Any]] = None) -> dict:
+    """An mmengine config file (its ``_base_`` files merged first) with the ``--cfg-options`` overrides applied, as a
+    plain dict; unreadable files and bad overrides raise ``UserError``."""
     from mmengine.config import Config
 
     try:
@@ -244,7 +258,7 @@ def load_config(path: str, options: Optional[dict[str, Any]] = None) -> TrainCon
             mm_cfg.merge_from_dict(options)
         except Exception as error:  # e.g. a dotted key below a non-dict value
             raise UserError(f"cannot apply --cfg-options {options}: {error}") from None
-    return config_from_dict(mm_cfg.to_dict())
+    return mm_cfg.to_dict()
 
 
 def key_value_action():

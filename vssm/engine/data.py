@@ -20,12 +20,12 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 import torch
 from timm.data import create_dataset, create_transform, resolve_data_config
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from vssm.data import DataError, DigitsDataset, StrictImageFolder, SyntheticDataset
-from vssm.data.video import VideoClipDataset, VideoProtocol, video_protocol
+from vssm.data.video import ClipAugment, VideoClipDataset, VideoProtocol, video_protocol
 
-from .config import DataConfig, TrainConfig
+from .config import AugmentConfig, DataConfig, TrainConfig
 from .errors import UserError
 from .video_eval import open_video_list, video_data_config
 
@@ -153,6 +153,10 @@ class EvalSampler(Sampler):
 def open_train_set(data: DataConfig, required: bool = True) -> Optional[Dataset]:
     """The training split without transforms; None for 'synthetic' (built once the input size is known), and when
     ``required`` is False, also for an image folder without its training split (evaluation needs only validation)."""
+    if data.num_sample != 1 and (data.dataset != "video" or not isinstance(data.num_sample, int)
+                                 or data.num_sample < 1):
+        raise UserError(f"config key 'data.num_sample' must be a positive integer, and more than 1 only for "
+                        f"data.dataset='video' (got {data.num_sample!r} with dataset {data.dataset!r})")
     if data.dataset == "synthetic":
         return None
     if not required and data.dataset == "imagefolder" and data.root is not None:
@@ -208,7 +212,33 @@ def _open_video(data: DataConfig, split: str, training: bool) -> Dataset:
     shared = {key: value for key, value in data.video.items() if not isinstance(value, dict)}
     settings = {"root": data.root, "split": split, **shared, **data.video.get(split, {})}
     videos = open_video_list(video_data_config(settings, prefix=f"data.video.{split}."))
-    return VideoClipDataset(videos.records, video_protocol_of(data), training)
+    return VideoClipDataset(videos.records, video_protocol_of(data), training,
+                            num_sample=data.num_sample if training else 1)
+
+
+def clip_augment_of(aug: AugmentConfig) -> ClipAugment:
+    """The training augmentation of clips from the augment section (``color_jitter``, ``vflip`` and ``no_aug`` are
+    image-only: RandAugment is the colour augmentation of the video recipes)."""
+    if aug.auto_augment and not aug.auto_augment.startswith("rand"):
+        raise UserError(f"config key 'augment.auto_augment': clips take a RandAugment string such as "
+                        f"'rand-m7-n4-mstd0.5-inc1', got {aug.auto_augment!r}")
+    if aug.re_mode not in ("pixel", "rand", "const"):
+        raise UserError(f"config key 'augment.re_mode' must be 'pixel', 'rand' or 'const', got {aug.re_mode!r}")
+    return ClipAugment(auto_augment=aug.auto_augment, interpolation=aug.interpolation, scale=tuple(aug.scale),
+                       ratio=tuple(aug.ratio), hflip=aug.hflip, re_prob=aug.re_prob, re_mode=aug.re_mode,
+                       re_count=aug.re_count)
+
+
+def clips_per_item(data: DataConfig) -> int:
+    """Training samples one dataset item yields: ``data.num_sample`` augmented clips of a video, else 1."""
+    return data.num_sample if data.dataset == "video" else 1
+
+
+def collate_repeated(batch: list):
+    """VideoMamba's ``multiple_samples_collate``: items (views (S, ...), target) -> (B * S, ...) views and targets,
+    the S views of a video next to each other."""
+    views, targets = default_collate(batch)
+    return views.flatten(0, 1), targets.repeat_interleave(views.shape[1])
 
 
 def class_map_of(dataset: Optional[Dataset]) -> Optional[dict]:
@@ -279,11 +309,13 @@ def build_transforms(cfg: TrainConfig, input_config: dict):
 
 
 def build_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: int, pin_memory: bool) -> DataLoader:
-    """A DataLoader over ``SeededSamples(dataset)`` that leaves the global random generators alone."""
+    """A DataLoader over ``SeededSamples(dataset)`` that leaves the global random generators alone; a dataset whose
+    items hold ``num_sample > 1`` views gives batches of ``batch_size * num_sample`` (``collate_repeated``)."""
     return DataLoader(
         SeededSamples(dataset),
         batch_size=batch_size,
         sampler=sampler,
+        collate_fn=collate_repeated if getattr(dataset, "num_sample", 1) > 1 else None,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,

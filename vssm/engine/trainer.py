@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 from typing import Callable, Optional
 
@@ -43,17 +42,17 @@ from . import checkpoint as ckpt
 from . import report
 from .config import TrainConfig, config_to_dict
 from .data import (
-    SYNTHETIC_NUM_CLASSES, EvalSampler, TrainSampler, build_loader, build_transforms, count_classes, open_synthetic,
-    open_train_set, open_val_set, resolve_input_config, video_protocol_of,
+    SYNTHETIC_NUM_CLASSES, EvalSampler, TrainSampler, build_loader, build_transforms, clip_augment_of, clips_per_item,
+    count_classes, open_synthetic, open_train_set, open_val_set, resolve_input_config, video_protocol_of,
 )
 from .distributed import DistContext
 from .errors import USER_ERRORS, TrainingInterrupted, UserError, one_line
 from .optim import has_overrides, param_groups
+from .runtime import NonFiniteGuard, StopSignals, autocast, changed_keys, loader_failures, process_settings
 from .video_eval import check_clip_input
 from .workdir import WorkDirLock
 
 WORK_DIR_OUTPUTS = ("config.py", "train.log", "summary.csv", "curves.png", "last.pth", "best.pth")
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _FSDP_BLOCK_LISTS = ("blocks", "layers")  # FSDP2 shards each element of ModuleLists/Sequentials with these names
 
 
@@ -133,28 +132,6 @@ def _shard(model: nn.Module) -> None:
     fully_shard(model)
 
 
-@contextlib.contextmanager
-def _process_settings(cfg: TrainConfig):
-    """Run the block with the config's intra-op CPU threads and deterministic-algorithm setting, then restore both."""
-    saved_threads = torch.get_num_threads()
-    saved_deterministic = (torch.are_deterministic_algorithms_enabled(),
-                           torch.is_deterministic_algorithms_warn_only_enabled())
-    if cfg.cpu_threads is not None:
-        torch.set_num_threads(cfg.cpu_threads)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
-        torch.use_deterministic_algorithms(True, warn_only=True)  # warn about ops that have no deterministic kernel
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved_threads)
-        torch.use_deterministic_algorithms(saved_deterministic[0], warn_only=saved_deterministic[1])
-
-
-def _autocast(device: torch.device, amp: Optional[str]):
-    return torch.autocast(device.type, dtype=_AMP_DTYPES.get(amp, torch.float32), enabled=amp is not None)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, ctx: DistContext, amp: Optional[str] = None, channels_last: bool = False,
              num_classes: int = 1000) -> dict:
@@ -169,7 +146,7 @@ def evaluate(model: nn.Module, loader, ctx: DistContext, amp: Optional[str] = No
         targets = targets.to(ctx.device, non_blocking=True)
         if channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(ctx.device, amp):
+        with autocast(ctx.device, amp):
             output = model(images)
         valid = targets >= 0  # padding of uneven shards has target -1
         output, targets = output[valid].float(), targets[valid]
@@ -190,7 +167,7 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str, use_ema: bool = False, trus
     """
     ctx = DistContext(cfg.device)
     try:
-        with _process_settings(cfg):
+        with process_settings(cfg):
             checkpoint = ckpt.read_checkpoint(path, trust=trust)
             train_set = open_train_set(cfg.data, required=False)
             val_set = None if cfg.data.dataset == "synthetic" else open_val_set(cfg.data, train_set)
@@ -249,7 +226,7 @@ def train(
         if ctx.is_main:
             lock = WorkDirLock(work_dir).acquire()
         ctx.barrier()
-        with _process_settings(cfg):
+        with process_settings(cfg):
             trainer = _Trainer(cfg, ctx, work_dir, resume, overwrite, trust)
             with trainer.stop:
                 return trainer.run(on_epoch_end)
@@ -261,105 +238,6 @@ def train(
         if lock is not None:
             lock.release()
         ctx.close()
-
-
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configs (nested dicts compared key by key)."""
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changed.append(f"{prefix}{key}")
-    return changed
-
-
-@contextlib.contextmanager
-def _loader_failures():
-    """A data-loading worker that died (killed, out of memory) as one line naming the cause."""
-    try:
-        yield
-    except RuntimeError as error:
-        if "DataLoader worker" not in str(error):
-            raise
-        raise UserError(f"a data-loading worker died ({one_line(error)}); if the machine ran out of memory, lower "
-                        "data.workers or batch_size") from None
-
-
-class _StopSignals:
-    """SIGTERM and SIGINT during a run (what schedulers send before a kill, and Ctrl-C): remembered, so that the loop
-    ends after the current step with a resumable checkpoint; a second SIGINT interrupts at once. A no-op outside the
-    main thread (signals can only be handled there)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signum: Optional[int] = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
-        return self
-
-    def _handle(self, signum: int, frame) -> None:
-        if signum == signal.SIGINT and self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-
-class _NonFiniteGuard:
-    """Watches one epoch's training loss for NaN/Inf, as config key ``nonfinite`` says.
-
-    'stop': the first non-finite step is recorded on the device (no host synchronisation per step) and ``check()``, at
-    each log line and at the epoch's end, stops the run with one line naming the step, epoch and learning rate; the
-    epoch is never saved. 'skip': every step is checked on the host, agreed across ranks, and an update any of whose
-    micro-batches had a non-finite loss is skipped and counted.
-    """
-
-    def __init__(self, policy: str, ctx: DistContext, epoch: int):
-        self.policy, self.ctx, self.epoch = policy, ctx, epoch
-        self.skipped = 0
-        self._skip_next_update = False
-        self._first_bad = torch.full((), -1, dtype=torch.long, device=ctx.device)  # 'stop': first bad step or -1
-        self._step_info: dict[int, tuple[int, float]] = {}  # step -> (update, lr), for the message
-
-    def observe(self, loss: torch.Tensor, step: int, update: int, lr: float) -> bool:
-        """Record one micro-batch's loss; False when it is non-finite and skipped (it then counts in no mean)."""
-        if self.policy == "skip":
-            bad = self.ctx.sum([float(not torch.isfinite(loss.detach()).all())])[0] > 0
-            self._skip_next_update |= bad
-            return not bad
-        self._step_info[step] = (update, lr)
-        bad = ~torch.isfinite(loss.detach()).all()
-        self._first_bad = torch.where(bad & (self._first_bad < 0), torch.full_like(self._first_bad, step),
-                                      self._first_bad)
-        return True
-
-    def skip_update(self) -> bool:
-        """Whether the update that ends here must be skipped ('skip' only); counts it."""
-        skip, self._skip_next_update = self._skip_next_update, False
-        self.skipped += skip
-        return skip
-
-    def check(self) -> None:
-        """'stop': raise UserError if any rank saw a non-finite loss so far this epoch (collective)."""
-        if self.policy != "stop":
-            return
-        bad = [step for step in self.ctx.gather(int(self._first_bad.item())) if step >= 0]
-        if bad:
-            step = min(bad)
-            update, lr = self._step_info.get(step, (-1, float("nan")))
-            raise UserError(f"the training loss became non-finite at epoch {self.epoch + 1} step {step + 1} (update "
-                            f"{update + 1}), learning rate {lr:.3e}; the run stopped and nothing of this epoch was "
-                            "written (last.pth holds the last finite epoch). Lower the learning rate, set clip_grad, "
-                            "or set nonfinite='skip' to skip such steps")
 
 
 class _Trainer:
@@ -396,7 +274,7 @@ class _Trainer:
         self.start_epoch, self.num_updates, self.best = 0, 0, {"metric": cfg.best_metric, "value": None, "epoch": None}
         self.history: Optional[list[dict]] = None  # one summary row per epoch; last.pth holds it
         self.epoch_progress: Optional[dict] = None  # what an interrupted run had done of the epoch it resumes in
-        self.stop = _StopSignals()
+        self.stop = StopSignals()
         random_seed(cfg.seed, ctx.rank)  # per-rank generators for dropout, drop path, Mixup
         if checkpoint is not None:
             self._load_state(checkpoint)
@@ -443,8 +321,7 @@ class _Trainer:
         if cfg.data.dataset == "video":
             check_clip_input(self.model, video_protocol_of(cfg.data), cfg.model["name"])
             val_set = open_val_set(cfg.data, train_set)
-            aug = cfg.augment
-            train_set.scale, train_set.ratio, train_set.hflip = aug.scale, aug.ratio, aug.hflip
+            train_set.augment = clip_augment_of(cfg.augment)
         elif cfg.data.dataset == "synthetic":
             train_set = open_synthetic(cfg.data, self.num_classes, input_size, cfg.seed, training=True)
             val_set = open_synthetic(cfg.data, self.num_classes, input_size, cfg.seed, training=False)
@@ -479,16 +356,18 @@ class _Trainer:
             _shard(model)  # before the optimizer and the EMA: sharding replaces the parameters by DTensors
 
         opt = cfg.optimizer
-        global_batch = cfg.batch_size * ctx.world_size * cfg.grad_accum_steps
+        global_batch = cfg.batch_size * ctx.world_size * cfg.grad_accum_steps * clips_per_item(cfg.data)
         ratio = global_batch / opt.lr_base_size
         self.lr = opt.lr if opt.lr is not None else opt.lr_base * (math.sqrt(ratio) if opt.lr_base_scale == "sqrt"
                                                                     else ratio)
         extra = {k: v for k, v in (("eps", opt.eps), ("betas", opt.betas)) if v is not None}
-        if opt.no_weight_decay is not None or has_overrides(model):
-            # the recipe's own exclusions instead of model.no_weight_decay(), and parameters with their own lr / wd
+        if opt.no_weight_decay is not None or has_overrides(model) or opt.layer_decay_rule != "timm":
+            # the recipe's own exclusions instead of model.no_weight_decay(), parameters with their own lr / wd, and
+            # the official VideoMamba layer-decay rule
             extra["param_group_fn"] = functools.partial(param_groups, weight_decay=opt.weight_decay,
                                                         layer_decay=opt.layer_decay,
-                                                        no_weight_decay=opt.no_weight_decay)
+                                                        no_weight_decay=opt.no_weight_decay,
+                                                        layer_decay_rule=opt.layer_decay_rule)
         try:
             self.optimizer = create_optimizer_v2(model, opt=opt.opt, lr=self.lr, weight_decay=opt.weight_decay,
                                                  momentum=opt.momentum, layer_decay=opt.layer_decay,
@@ -583,7 +462,7 @@ class _Trainer:
         else:  # resumed on more ranks than saved: fresh but reproducible generators for the new ranks
             random_seed(self.cfg.seed + self.start_epoch, self.ctx.rank)
         self.logger.info(f"resumed from {self.resume_path} after epoch {self.start_epoch}")
-        changed = _changed_keys(checkpoint.get("config") or {}, config_to_dict(self.cfg))
+        changed = changed_keys(checkpoint.get("config") or {}, config_to_dict(self.cfg))
         if changed:
             self.logger.warning(f"the config differs from the checkpoint's in {', '.join(changed)} (the optimizer and "
                                 "schedule continue from the checkpoint's state)")
@@ -604,7 +483,7 @@ class _Trainer:
             ckpt.save_atomic(checkpoint, best_path)
             self.logger.info(f"rebuilt {best_path} (epoch {checkpoint['epoch']}) from {self.resume_path}")
 
-    def _interrupt(self, epoch: int, steps_done: int, steps: int, guard: "_NonFiniteGuard", loss_sum: torch.Tensor,
+    def _interrupt(self, epoch: int, steps_done: int, steps: int, guard: NonFiniteGuard, loss_sum: torch.Tensor,
                    seen: int) -> None:
         """After a stop signal: write a resumable mid-epoch last.pth (finite only) and raise TrainingInterrupted."""
         guard.check()
@@ -659,7 +538,7 @@ class _Trainer:
         resumed = done is not None and ctx.is_main  # rank 0 carries the global sums of the steps done
         loss_sum = torch.full((), done["loss_sum"] if resumed else 0.0, dtype=torch.float64, device=ctx.device)
         seen = done["seen"] if resumed else 0
-        guard = _NonFiniteGuard(cfg.nonfinite, ctx, epoch)
+        guard = NonFiniteGuard(cfg.nonfinite, ctx, epoch)
         progress = tqdm(self.train_loader, total=steps, initial=start_step,
                         desc=f"epoch {epoch + 1}/{self.total_epochs}", disable=None if ctx.is_main else True,
                         leave=False, unit="batch", dynamic_ncols=True)
@@ -673,7 +552,7 @@ class _Trainer:
             if cfg.channels_last and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
             with self._grad_sync(last_micro_step):
-                with _autocast(ctx.device, cfg.amp):
+                with autocast(ctx.device, cfg.amp):
                     loss = self.train_loss(model(images), targets)
                 self.scaler.scale(loss / cfg.grad_accum_steps).backward()
             finite = guard.observe(loss, step, self.num_updates, self._lr())
@@ -741,7 +620,8 @@ class _Trainer:
             f"model {cfg.model['name']} ({params:.2f}M params), {self.num_classes} classes, input "
             f"{tuple(self.input_config['input_size'])}; {self.num_train} training / {self.num_val} validation images; "
             f"{ctx.world_size} process(es) on {ctx.device.type}{' (FSDP)' if cfg.fsdp and ctx.distributed else ''}; "
-            f"global batch {cfg.batch_size * ctx.world_size * cfg.grad_accum_steps}, lr {self.lr:.3e}, "
+            f"global batch {cfg.batch_size * ctx.world_size * cfg.grad_accum_steps * clips_per_item(cfg.data)}, "
+            f"lr {self.lr:.3e}, "
             f"{self.total_epochs} epochs x {self.updates_per_epoch} steps; work dir {self.work_dir}")
         for note in self.data_notes:
             self.logger.warning(note)
@@ -751,7 +631,7 @@ class _Trainer:
                              "epochs done, nothing to train (raise 'epochs' to continue it)")
         run_start = time.perf_counter()
         for epoch in range(self.start_epoch, self.total_epochs):
-            with _loader_failures():
+            with loader_failures():
                 train_metrics = self._train_epoch(epoch, self.epoch_progress if epoch == self.start_epoch else None)
                 eval_metrics = self._evaluate(self.model)  # the unwrapped model (sharded in place under FSDP)
             row = {"epoch": epoch + 1, "train_loss": train_metrics["loss"], "lr": self._lr(),
