@@ -7,9 +7,20 @@ from .sliding_window import (
     compute_gaussian, compute_steps, pad_to_patch, predict_with_mirroring, sliding_window_inference,
     sliding_window_predict,
 )
+from .nets import build_seg_net, register_seg_net, seg_net_names
+from .plans import (
+    MissingPlansKeyError, NetworkPlan, Plans, PlansError, PlansFileError, PlansFormatError, SegConfiguration,
+    UnknownConfigurationError, configuration, configuration_names, load_plans,
+)
+from .umamba import UMambaBot, UMambaEnc, convert_official_state_dict
 
 __all__ = [
     "compute_gaussian", "compute_metrics", "compute_steps", "dice", "evaluate_folder", "load_summary_json",
     "normalized_surface_dice", "pad_to_patch", "predict_with_mirroring", "sliding_window_inference",
     "sliding_window_predict", "summarize", "write_summary_json",
+]
+__all__ += [  # U-Mamba nets, the net registry and nnU-Net plans
+    "MissingPlansKeyError", "NetworkPlan", "Plans", "PlansError", "PlansFileError", "PlansFormatError",
+    "SegConfiguration", "UMambaBot", "UMambaEnc", "UnknownConfigurationError", "build_seg_net", "configuration",
+    "configuration_names", "convert_official_state_dict", "load_plans", "register_seg_net", "seg_net_names",
 ]
