@@ -73,12 +73,13 @@ BROKEN_RULES = (
 
 def write_raw_dataset(root: Path, dim: int = 3, num_cases: int = 3, channel_names: Optional[Dict[str, str]] = None,
                       labels: Optional[dict] = None, broken: Optional[str] = None, with_test: bool = True,
-                      extra: Optional[dict] = None) -> Path:
+                      extra: Optional[dict] = None, spacing=None, shape: Optional[Tuple[int, ...]] = None) -> Path:
     """Writes ``root/Dataset001_Phantom`` in the nnU-Net raw format and returns its path.
 
     3-D: NIfTI ``.nii.gz``, channels ``{"0": "CT", "1": "T2"}`` by default, labels background/sphere/box. 2-D: one RGB
     ``_0000.png`` per case, channels R/G/B, labels background/disc. ``broken`` names one rule of ``BROKEN_RULES`` to
-    violate (on case ``case_001`` where a case is needed).
+    violate (on case ``case_001`` where a case is needed). 3-D only: ``spacing`` (array axis order; one tuple for
+    every case, or a list of one tuple per case; default ``SPACING_3D``) and ``shape`` (default ``SHAPE_3D``).
     """
     assert broken is None or broken in BROKEN_RULES, broken
     folder = Path(root) / "Dataset001_Phantom"
@@ -92,12 +93,14 @@ def write_raw_dataset(root: Path, dim: int = 3, num_cases: int = 3, channel_name
     meta = {"channel_names": channel_names, "labels": dict(labels), "numTraining": num_cases, "file_ending": ending,
             "name": "Phantom", "licence": "CC0"}
     meta.update(extra or {})
-    affine = nifti_affine()
+    spacing = SPACING_3D if spacing is None else spacing
+    per_case = [tuple(spacing[i]) for i in range(num_cases)] if np.ndim(spacing) == 2 else [tuple(spacing)] * num_cases
     for i in range(num_cases):
         case = f"case_{i:03d}"
         bad = i == 1
+        affine = nifti_affine(per_case[i])
         if dim == 3:
-            image, label = phantom_3d(i)
+            image, label = phantom_3d(i, SHAPE_3D if shape is None else shape)
             for c in range(len(channel_names)):
                 if broken == "missing_channel" and bad and c == 1:
                     continue

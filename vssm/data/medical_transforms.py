@@ -314,7 +314,8 @@ def fingerprint_case(image: np.ndarray, label: np.ndarray, spacing: Sequence[flo
             "relative_size_after_cropping": float(np.prod(cropped.shape[1:]) / np.prod(image.shape[1:]))}
 
 
-def compute_fingerprint(cases, num_channels: Optional[int] = None, num_foreground_voxels: float = 10e7) -> dict:
+def compute_fingerprint(cases, num_channels: Optional[int] = None, num_foreground_voxels: float = 10e7,
+                        num_cases: Optional[int] = None) -> dict:
     """The dataset fingerprint as nnU-Net's ``DatasetFingerprintExtractor`` computes it.
 
     Args:
@@ -322,6 +323,8 @@ def compute_fingerprint(cases, num_channels: Optional[int] = None, num_foregroun
             (``(C, *spatial)``, ``(*spatial)``, per-axis spacing); a list is needed to know the per-case sample count.
         num_channels: Needed only for an empty iterable.
         num_foreground_voxels: Total foreground intensities sampled, split evenly over the cases (nnU-Net: 1e8).
+        num_cases: The number of cases of an iterator, so that it is read one case at a time; None: ``cases`` is
+            listed first.
 
     Returns:
         ``{"spacings", "shapes_after_crop", "foreground_intensity_properties_per_channel": {"0": {mean, median, std,
@@ -341,8 +344,9 @@ def compute_fingerprint(cases, num_channels: Optional[int] = None, num_foregroun
                 yield image, label, geometry.spacing
         iterator = reader()
     else:
-        cases = list(cases)
-        num_cases = len(cases)
+        if num_cases is None:
+            cases = list(cases)
+            num_cases = len(cases)
         iterator = iter(cases)
     if num_cases == 0:
         raise ValueError("a fingerprint needs at least one case")

@@ -13,6 +13,8 @@ from .plans import (
     UnknownConfigurationError, configuration, configuration_names, load_plans,
 )
 from .umamba import UMambaBot, UMambaEnc, convert_official_state_dict
+from .planner import PlanningError, fingerprint_dataset, plan_dataset
+from .preprocess import PreprocessingError, load_preprocessed_case, preprocess_dataset
 
 __all__ = [
     "compute_gaussian", "compute_metrics", "compute_steps", "dice", "evaluate_folder", "load_summary_json",
@@ -23,4 +25,8 @@ __all__ += [  # U-Mamba nets, the net registry and nnU-Net plans
     "MissingPlansKeyError", "NetworkPlan", "Plans", "PlansError", "PlansFileError", "PlansFormatError",
     "SegConfiguration", "UMambaBot", "UMambaEnc", "UnknownConfigurationError", "build_seg_net", "configuration",
     "configuration_names", "convert_official_state_dict", "load_plans", "register_seg_net", "seg_net_names",
+]
+__all__ += [  # the planner and the preprocessing
+    "PlanningError", "PreprocessingError", "fingerprint_dataset", "load_preprocessed_case", "plan_dataset",
+    "preprocess_dataset",
 ]
