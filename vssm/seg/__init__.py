@@ -13,6 +13,11 @@ from .plans import (
     UnknownConfigurationError, configuration, configuration_names, load_plans,
 )
 from .umamba import UMambaBot, UMambaEnc, convert_official_state_dict
+from .heads import SemanticFPN, UPerNet
+from .swin_umamba import SwinUMamba
+from .vm_unet import VMUNet
+from .zoo_encoder import ZooEncoder
+from . import zoo_nets  # noqa: F401  (registers vm_unet, swin_umamba, upernet, fpn)
 from .planner import PlanningError, fingerprint_dataset, plan_dataset
 from .preprocess import PreprocessingError, load_preprocessed_case, preprocess_dataset
 
@@ -25,6 +30,9 @@ __all__ += [  # U-Mamba nets, the net registry and nnU-Net plans
     "MissingPlansKeyError", "NetworkPlan", "Plans", "PlansError", "PlansFileError", "PlansFormatError",
     "SegConfiguration", "UMambaBot", "UMambaEnc", "UnknownConfigurationError", "build_seg_net", "configuration",
     "configuration_names", "convert_official_state_dict", "load_plans", "register_seg_net", "seg_net_names",
+]
+__all__ += [  # zoo encoders and the nets on them
+    "SemanticFPN", "SwinUMamba", "UPerNet", "VMUNet", "ZooEncoder",
 ]
 __all__ += [  # the planner and the preprocessing
     "PlanningError", "PreprocessingError", "fingerprint_dataset", "load_preprocessed_case", "plan_dataset",
