@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, get_device_dtype, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
@@ -376,7 +376,9 @@ class VMamba(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
+        parameter = next(self.parameters())
+        self.head.reset(num_classes, global_pool)  # timm < 1.0.23 (nnunetv2's pin) takes no device/dtype here
+        self.head.to(device=parameter.device, dtype=parameter.dtype)
 
     def forward_intermediates(
             self,

@@ -115,7 +115,7 @@ class NetworkPlan:
     @property
     def size_divisor(self) -> Tuple[int, ...]:
         """Per axis, the product of the strides (patch sizes are multiples of it)."""
-        return tuple(math.prod(stride[axis] for stride in self.strides) for axis in range(self.dim))
+        return tuple(math.prod([stride[axis] for stride in self.strides]) for axis in range(self.dim))
 
 
 @dataclass(frozen=True)

@@ -437,7 +437,7 @@ class _UMamba(nn.Module):
     @property
     def size_divisor(self) -> Sizes:
         """Per axis, the product of the strides: input sizes must be multiples of it."""
-        return tuple(math.prod(stride[axis] for stride in self.strides) for axis in range(self.dim))
+        return tuple(math.prod([stride[axis] for stride in self.strides]) for axis in range(self.dim))
 
     def deep_supervision_scales(self, patch_size: Optional[Sequence[int]] = None) -> List[Sizes]:
         """Per deep-supervision output (highest resolution first, n_stages - 1 of them), its integer downscale factor
