@@ -14,6 +14,7 @@ from .errors import UserError
 
 AMP_DTYPES = (None, "bf16", "fp16")
 NONFINITE_POLICIES = ("stop", "skip")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BEST_METRICS = ("eval_top1", "eval_top5")
 EMA_BEST_METRICS = ("ema_eval_top1", "ema_eval_top5")
 
@@ -40,6 +41,15 @@ class DataConfig:
     digits_size: int = 32  # digits: side the 8x8 images are upsampled to before augmentation
     synthetic_train_size: int = 1024  # synthetic: number of training images
     synthetic_val_size: int = 256  # synthetic: number of validation images
+    synthetic_on_device: bool = True  # synthetic: generate each split once and keep it on the training device
+    #   (float32: N x C x H x W x 4 bytes, 0.6 GiB per 1024 images at 224 px), every batch an index into it, so data
+    #   is never the limit; False: each sample is generated in the loader workers
+    prefetcher: bool = True  # image datasets: the loader yields uint8 images (pinned, copied without blocking) and the
+    #   normalisation and random erasing run on the device, the next batch prepared on a side stream (timm's
+    #   prefetcher); False: both in the loader workers (timm's CPU transform). Clips ('video') come normalised by the
+    #   dataset either way
+    measure_pipeline: int = 0  # time this many training batches of the input pipeline alone (loader, copy,
+    #   normalisation, erasing, Mixup) at start-up and log its img/s: whether data can keep up with the model; 0: off
     video: dict = field(default_factory=dict)  # 'video': the annotated videos, keys of vssm.engine.video_eval's
     #   VideoDataConfig (format, root, classes, labels, ...) with a sub-dict per split name for what differs
     #   (e.g. train=dict(annotation='train.csv'), val=dict(annotation='val.csv')); root is data.root unless set here
@@ -99,6 +109,11 @@ class OptimizerConfig:
     no_weight_decay: Optional[tuple] = None  # parameter-name patterns (fnmatch) without weight decay, besides 1-D
     #                                          parameters and biases; None: model.no_weight_decay() (timm's default).
     #                                          Official recipes that decay A_log list only their own exclusions here
+    fused: Optional[bool] = None  # the fused (one kernel per step) implementation of torch's Adam / AdamW / SGD;
+    #                               None: on when every parameter is on a CUDA device (no FSDP), opt is 'adam',
+    #                               'adamw', 'sgd' or 'momentum' and foreach is not set
+    foreach: Optional[bool] = None  # the multi-tensor implementation (and foreach gradient clipping); None: torch's
+    #                                 default (on for CUDA tensors)
     kwargs: dict = field(default_factory=dict)  # further optimizer keyword arguments
 
 
@@ -149,6 +164,12 @@ class TrainConfig:
     amp: Optional[str] = None  # mixed precision: None (float32), 'bf16', or 'fp16' (with loss scaling)
     channels_last: bool = False  # NHWC memory format for model and inputs
     compile: Optional[str] = None  # torch.compile backend ('inductor'); None: eager
+    compile_mode: Optional[str] = None  # torch.compile mode with compile='inductor': 'reduce-overhead' (CUDA graphs),
+    #                                     'max-autotune', 'max-autotune-no-cudagraphs'; None: the default mode
+    cuda_graph: bool = False  # capture the training step (forward, loss, backward, clipping, optimizer step) in a CUDA
+    #   graph after 3 eager warm-up steps and replay it: no per-step host dispatch. Needs one process on a GPU, amp None
+    #   or 'bf16', grad_accum_steps 1, nonfinite 'stop', no compile, opt 'adam', 'adamw', 'sgd' or 'momentum';
+    #   otherwise (or if the capture fails) the run says why in one log line and trains eagerly
     grad_checkpointing: bool = False  # recompute activations in backward (model.set_grad_checkpointing)
     fsdp: bool = False  # multi-process: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     seed: int = 42
@@ -215,6 +236,16 @@ def _check(cfg: TrainConfig) -> None:
     metrics = BEST_METRICS + (EMA_BEST_METRICS if cfg.ema.enable else ())
     if cfg.best_metric not in metrics:
         raise UserError(f"config key 'best_metric' must be one of {', '.join(metrics)}, got {cfg.best_metric!r}")
+    if cfg.compile_mode not in COMPILE_MODES:
+        raise UserError(f"config key 'compile_mode' must be one of {COMPILE_MODES}, got {cfg.compile_mode!r}")
+    if cfg.compile_mode is not None and cfg.compile != "inductor":
+        raise UserError(f"config key 'compile_mode' is a mode of compile='inductor' (compile is {cfg.compile!r})")
+    if cfg.optimizer.fused and cfg.optimizer.foreach:
+        raise UserError("config keys 'optimizer.fused' and 'optimizer.foreach' cannot both be True (two "
+                        "implementations of the same step)")
+    if not isinstance(cfg.data.measure_pipeline, int) or cfg.data.measure_pipeline < 0:
+        raise UserError(f"config key 'data.measure_pipeline' must be a number of batches >= 0, got "
+                        f"{cfg.data.measure_pipeline!r}")
     if cfg.fsdp and cfg.ema.enable:
         raise UserError("config keys 'fsdp' and 'ema.enable' cannot both be set (the EMA copy would not be sharded)")
 

@@ -10,6 +10,10 @@ Sharding: a training epoch is one seeded permutation cut into global batches of 
 reads every world_size-th sample of each global batch, so the samples of a global batch are the same for any number of
 ranks. Evaluation shards are padded to equal length with keys marked as padding (their target becomes -1, and the
 metrics skip them), so every rank runs the same number of forward passes (which FSDP needs).
+
+On the device: image loaders can yield uint8 batches that ``DeviceBatches`` normalises and randomly erases on the
+training device (timm's prefetcher; the erasing of a sample is seeded by its key, like its CPU transform), and
+``DeviceSplit`` holds a generated split (the synthetic data) on the device, each batch an index into it.
 """
 import contextlib
 import math
@@ -20,6 +24,7 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 import torch
 from timm.data import create_dataset, create_transform, resolve_data_config
+from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from vssm.data import DataError, DigitsDataset, StrictImageFolder, SyntheticDataset
@@ -125,11 +130,19 @@ class TrainSampler(Sampler):
         if self.repeats > 1:
             order = order.repeat_interleave(self.repeats)[:self.num_samples]
         order = order.tolist()
-        epoch_seed = (self.seed * 1_000_003 + self.epoch) * self.num_samples
-        global_batch = self.batch_size * self.world_size
         for step in range(self.start_step, self.steps):
-            for position in range(step * global_batch + self.rank, (step + 1) * global_batch, self.world_size):
-                yield SampleKey(order[position], (epoch_seed + position) % 2 ** 63)
+            for position, seed in zip(self._positions(step), self.sample_seeds(step)):
+                yield SampleKey(order[position], seed)
+
+    def _positions(self, step: int) -> range:
+        """Positions in the epoch's permutation of this rank's samples at ``step``."""
+        global_batch = self.batch_size * self.world_size
+        return range(step * global_batch + self.rank, (step + 1) * global_batch, self.world_size)
+
+    def sample_seeds(self, step: int) -> list[int]:
+        """The augmentation seeds of this rank's samples at ``step`` of the current epoch (their keys' ``seed``)."""
+        epoch_seed = (self.seed * 1_000_003 + self.epoch) * self.num_samples
+        return [(epoch_seed + position) % 2 ** 63 for position in self._positions(step)]
 
 
 class EvalSampler(Sampler):
@@ -276,12 +289,14 @@ def resolve_input_config(cfg: TrainConfig, model: torch.nn.Module) -> dict:
     return resolve_data_config(args=overrides, model=model)
 
 
-def build_transforms(cfg: TrainConfig, input_config: dict):
-    """timm's training and evaluation transforms: (train_transform, eval_transform)."""
+def build_transforms(cfg: TrainConfig, input_config: dict, use_prefetcher: bool = False):
+    """timm's training and evaluation transforms: (train_transform, eval_transform). ``use_prefetcher``: they end with
+    the uint8 image tensor (no normalisation, no random erasing: ``DeviceBatches`` applies both on the device)."""
     aug = cfg.augment
     train_transform = create_transform(
         input_config["input_size"],
         is_training=True,
+        use_prefetcher=use_prefetcher,
         no_aug=aug.no_aug,
         scale=aug.scale,
         ratio=aug.ratio,
@@ -299,6 +314,7 @@ def build_transforms(cfg: TrainConfig, input_config: dict):
     eval_transform = create_transform(
         input_config["input_size"],
         is_training=False,
+        use_prefetcher=use_prefetcher,
         interpolation=input_config["interpolation"],
         mean=input_config["mean"],
         std=input_config["std"],
@@ -321,3 +337,161 @@ def build_loader(dataset: Dataset, sampler: Sampler, batch_size: int, workers: i
         persistent_workers=workers > 0,
         generator=torch.Generator(),  # the workers' base seed would otherwise be drawn from the global generator
     )
+
+
+def normalize_uint8(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, C, H, W) -> float32 ``(x / 255 - mean) / std``, the operations of torchvision's ``ToTensor`` and
+    ``Normalize`` in their order (so the numbers equal the CPU transform's); ``mean``, ``std``: (1, C, 1, 1)."""
+    return images.to(torch.float32).div_(255).sub_(mean).div_(std)
+
+
+def erasing_seed(sample_seed: int) -> int:
+    """The seed of a sample's random erasing on the device: its augmentation seed (``SampleKey.seed``) mixed by
+    splitmix64, so that the erasing draws are unrelated to those of the sample's CPU transform."""
+    mask = 2 ** 64 - 1
+    z = (sample_seed + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (z ^ (z >> 31)) % 2 ** 63
+
+
+def _torch_generator(device: torch.device) -> torch.Generator:
+    """The default torch generator that random ops on ``device`` draw from."""
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.random.default_generator
+
+
+def erase_samples(images: torch.Tensor, erasing, seeds: list[int]) -> None:
+    """timm's ``RandomErasing`` applied in place to each image of ``images`` (B, C, H, W) on its device, sample i
+    drawing its boxes (Python's generator) and noise (the device's torch generator) from ``erasing_seed(seeds[i])``;
+    both generators are restored afterwards."""
+    generator = _torch_generator(images.device)
+    saved = random.getstate(), generator.get_state()
+    try:
+        for image, seed in zip(images, seeds):
+            seed = erasing_seed(seed)
+            random.seed(seed)
+            generator.manual_seed(seed)
+            erasing(image)
+    finally:
+        random.setstate(saved[0])
+        generator.set_state(saved[1])
+
+
+def erasing_of(aug: AugmentConfig, device: torch.device) -> Optional[RandomErasing]:
+    """The augment section's random erasing as timm's ``RandomErasing`` on ``device`` (the settings timm's CPU transform
+    uses); None when ``re_prob`` is 0."""
+    if aug.re_prob <= 0:
+        return None
+    return RandomErasing(aug.re_prob, mode=aug.re_mode, max_count=aug.re_count, device=device)
+
+
+class DeviceBatches:
+    """A loader of uint8 image batches served on ``device`` as normalised float32 batches (timm's ``PrefetchLoader``
+    pattern): each batch is copied without blocking (from pinned memory) and normalised there; on CUDA the next batch
+    is prepared on a side stream while the current one trains. The normalisation is ``normalize_uint8``, so the images
+    equal those of the CPU transform. ``erasing`` erases the samples of a training batch with ``erase_samples`` and the
+    seeds of their keys (``TrainSampler.sample_seeds``): what a batch looks like depends neither on how far ahead it
+    was prepared nor on the number of workers or ranks.
+
+    Args:
+        loader: A DataLoader of (uint8 images (B, C, H, W), targets) over ``SeededSamples`` and a ``TrainSampler`` or
+            ``EvalSampler``.
+        device: Where the batches go.
+        mean: Per-channel mean, in [0, 1] units.
+        std: Per-channel standard deviation, in [0, 1] units.
+        erasing: timm's ``RandomErasing`` for ``device`` (``erasing_of``); None: no erasing.
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device, mean: tuple, std: tuple, erasing=None):
+        self.loader = loader
+        self.device = device
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.erasing = erasing
+        self._stream = None  # one side stream for the loader's lifetime (the allocator pools blocks per stream)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def sampler(self) -> Sampler:
+        return self.loader.sampler
+
+    @property
+    def num_workers(self) -> int:
+        return self.loader.num_workers
+
+    def _prepare(self, images: torch.Tensor, targets: torch.Tensor, step: int):
+        images = normalize_uint8(images.to(self.device, non_blocking=True), self.mean, self.std)
+        targets = targets.to(self.device, non_blocking=True)
+        if self.erasing is not None:
+            erase_samples(images, self.erasing, self.sampler.sample_seeds(step))
+        return images, targets
+
+    def __iter__(self):
+        first_step = getattr(self.sampler, "start_step", 0)
+        if self.device.type != "cuda":
+            for step, (images, targets) in enumerate(self.loader, start=first_step):
+                yield self._prepare(images, targets, step)
+            return
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        consumer = torch.cuda.current_stream(self.device)
+        pending = None
+        for step, (images, targets) in enumerate(self.loader, start=first_step):
+            with torch.cuda.stream(self._stream):
+                ready = self._prepare(images, targets, step)
+            for tensor in ready:  # its memory is not reused before the consumer's work on it is done
+                tensor.record_stream(consumer)
+            if pending is not None:
+                yield pending  # the consumer queues its step on the previous batch
+            consumer.wait_stream(self._stream)  # ... and whatever it queues next comes after this batch's preparation
+            pending = ready
+        if pending is not None:
+            yield pending
+
+
+class DeviceSplit:
+    """A dataset generated once and held on ``device`` (the synthetic splits): each batch of ``sampler``'s keys is an
+    index into it, so the data is never the limit. Yields the images and targets (-1 for padding keys) that a loader
+    over ``SeededSamples(dataset)`` with the same sampler yields.
+
+    Args:
+        dataset: A dataset of (image tensor, target) without augmentation.
+        sampler: A ``TrainSampler`` or ``EvalSampler`` over it.
+        batch_size: Samples per batch (the last evaluation batch may be smaller).
+        device: Where the split is held.
+        workers: Loader workers that generate the samples, once.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: Sampler, batch_size: int, device: torch.device, workers: int):
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.device = device
+        self.num_workers = 0
+        generate = DataLoader(SeededSamples(dataset), batch_size=256, sampler=EvalSampler(len(dataset), 1, 0),
+                              num_workers=workers, generator=torch.Generator())
+        self.images, self.targets, start = None, torch.empty(len(dataset), dtype=torch.long, device=device), 0
+        for images, targets in generate:
+            if self.images is None:
+                self.images = torch.empty((len(dataset), *images.shape[1:]), dtype=images.dtype, device=device)
+            self.images[start:start + len(images)].copy_(images)
+            self.targets[start:start + len(images)].copy_(targets)
+            start += len(images)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the images held on the device."""
+        return self.images.numel() * self.images.element_size()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def __iter__(self):
+        keys = list(self.sampler)  # one epoch's keys, moved to the device at once
+        index = torch.tensor([key.index for key in keys], dtype=torch.long).to(self.device)
+        padding = torch.tensor([key.padding for key in keys], dtype=torch.bool).to(self.device)
+        for rows, pad in zip(index.split(self.batch_size), padding.split(self.batch_size)):
+            yield self.images.index_select(0, rows), self.targets.index_select(0, rows).masked_fill(pad, -1)

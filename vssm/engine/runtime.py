@@ -15,27 +15,34 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @contextlib.contextmanager
-def process_settings(cfg):
+def process_settings(cfg, cudnn_benchmark: bool = False):
     """Run the block with the config's intra-op CPU threads and deterministic-algorithm setting (``cfg.cpu_threads``,
-    ``cfg.deterministic``), then restore both."""
+    ``cfg.deterministic``), then restore both. ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each
+    new input shape and keep the fastest (for fixed training shapes; never with ``cfg.deterministic``)."""
     saved_threads = torch.get_num_threads()
     saved_deterministic = (torch.are_deterministic_algorithms_enabled(),
                            torch.is_deterministic_algorithms_warn_only_enabled())
+    saved_benchmark = torch.backends.cudnn.benchmark
     if cfg.cpu_threads is not None:
         torch.set_num_threads(cfg.cpu_threads)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic matmuls
         torch.use_deterministic_algorithms(True, warn_only=True)  # warn about ops that have no deterministic kernel
+    if cudnn_benchmark and not cfg.deterministic:
+        torch.backends.cudnn.benchmark = True
     try:
         yield
     finally:
         torch.set_num_threads(saved_threads)
         torch.use_deterministic_algorithms(saved_deterministic[0], warn_only=saved_deterministic[1])
+        torch.backends.cudnn.benchmark = saved_benchmark
 
 
-def autocast(device: torch.device, amp: Optional[str]):
-    """Autocast to ``amp`` ('bf16', 'fp16') on ``device``; disabled for None."""
-    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp is not None)
+def autocast(device: torch.device, amp: Optional[str], cache_enabled: bool = True):
+    """Autocast to ``amp`` ('bf16', 'fp16') on ``device``; disabled for None. ``cache_enabled=False`` for a step
+    captured in a CUDA graph (the cast cache would hold tensors of the capture across replays)."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp is not None,
+                          cache_enabled=cache_enabled)
 
 
 def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -6,6 +6,12 @@
 (ModelEmaV3) and the loss (timm's cross-entropies); wrap the model for DDP or FSDP2 and optionally torch.compile it;
 then alternate a training epoch (AMP, gradient accumulation, clipping) and an evaluation, writing ``summary.csv``,
 the ``last.pth`` / ``best.pth`` checkpoints, the log and the curve plot into the work dir.
+
+The step keeps the GPU busy: image batches arrive as uint8 and are normalised and randomly erased on the device
+(``DeviceBatches``), Mixup/CutMix mixes the device batch, synthetic splits live on the device (``DeviceSplit``); the
+optimizer is fused on CUDA, clipping and the EMA use multi-tensor kernels, nothing in the step waits for the device
+(the loss is read once per log interval), and ``cuda_graph=True`` replays the whole step from a CUDA graph
+(``vssm.engine.step``).
 """
 import contextlib
 import dataclasses
@@ -28,7 +34,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import load_pretrained
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad, random_seed
+from timm.utils import ModelEmaV3, accuracy, random_seed
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
 )
@@ -42,13 +48,18 @@ from . import checkpoint as ckpt
 from . import report
 from .config import TrainConfig, config_to_dict
 from .data import (
-    SYNTHETIC_NUM_CLASSES, EvalSampler, TrainSampler, build_loader, build_transforms, clip_augment_of, clips_per_item,
-    count_classes, open_synthetic, open_train_set, open_val_set, resolve_input_config, video_protocol_of,
+    SYNTHETIC_NUM_CLASSES, DeviceBatches, DeviceSplit, EvalSampler, TrainSampler, build_loader, build_transforms,
+    clip_augment_of, clips_per_item, count_classes, erasing_of, open_synthetic, open_train_set, open_val_set,
+    resolve_input_config, video_protocol_of,
 )
 from .distributed import DistContext
 from .errors import USER_ERRORS, TrainingInterrupted, UserError, one_line
 from .optim import has_overrides, param_groups
 from .runtime import NonFiniteGuard, StopSignals, autocast, changed_keys, loader_failures, process_settings
+from .step import (
+    CapturedStep, CaptureFailed, clip_gradients, graph_obstacle, optimizer_implementation,
+    reset_implementation, trainable,
+)
 from .video_eval import check_clip_input
 from .workdir import WorkDirLock
 
@@ -178,9 +189,11 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str, use_ema: bool = False, trus
             if val_set is None:
                 val_set = open_synthetic(cfg.data, num_classes, input_config["input_size"], cfg.seed, training=False)
             elif cfg.data.dataset != "video":  # clips come normalised by their protocol
-                val_set.transform = build_transforms(cfg, input_config)[1]
+                val_set.transform = build_transforms(cfg, input_config, cfg.data.prefetcher)[1]
             loader = build_loader(val_set, EvalSampler(len(val_set), ctx.world_size, ctx.rank), cfg.batch_size,
                                   cfg.data.workers, cfg.data.pin_memory and ctx.device.type == "cuda")
+            if cfg.data.prefetcher and _is_image_folder_like(cfg):
+                loader = DeviceBatches(loader, ctx.device, input_config["mean"], input_config["std"])
             model.to(ctx.device)
             if cfg.channels_last:
                 model.to(memory_format=torch.channels_last)
@@ -189,6 +202,11 @@ def evaluate_checkpoint(cfg: TrainConfig, path: str, use_ema: bool = False, trus
             return metrics
     finally:
         ctx.close()
+
+
+def _is_image_folder_like(cfg: TrainConfig) -> bool:
+    """Whether the config's images go through timm's image transforms (every dataset but 'synthetic' and 'video')."""
+    return cfg.data.dataset not in ("synthetic", "video")
 
 
 def _num_classes(cfg: TrainConfig, dataset: Optional[Dataset]) -> int:
@@ -226,7 +244,7 @@ def train(
         if ctx.is_main:
             lock = WorkDirLock(work_dir).acquire()
         ctx.barrier()
-        with process_settings(cfg):
+        with process_settings(cfg, cudnn_benchmark=True):  # the training shapes are fixed
             trainer = _Trainer(cfg, ctx, work_dir, resume, overwrite, trust)
             with trainer.stop:
                 return trainer.run(on_epoch_end)
@@ -318,6 +336,7 @@ class _Trainer:
         self.input_config = resolve_input_config(cfg, self.model)
         input_size = self.input_config["input_size"]
         _check_fixed_size(self.model, cfg.model["name"], tuple(input_size[-2:]))
+        on_device = False  # normalisation and erasing on the device (uint8 loader)
         if cfg.data.dataset == "video":
             check_clip_input(self.model, video_protocol_of(cfg.data), cfg.model["name"])
             val_set = open_val_set(cfg.data, train_set)
@@ -327,7 +346,8 @@ class _Trainer:
             val_set = open_synthetic(cfg.data, self.num_classes, input_size, cfg.seed, training=False)
         else:
             val_set = open_val_set(cfg.data, train_set)
-            train_set.transform, val_set.transform = build_transforms(cfg, self.input_config)
+            on_device = cfg.data.prefetcher
+            train_set.transform, val_set.transform = build_transforms(cfg, self.input_config, use_prefetcher=on_device)
         mixing = cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0 or cfg.mixup.cutmix_minmax is not None
         if mixing and cfg.batch_size % 2:
             raise UserError(f"Mixup/CutMix needs an even batch_size, got {cfg.batch_size}")
@@ -336,14 +356,30 @@ class _Trainer:
         pin_memory = cfg.data.pin_memory and ctx.device.type == "cuda"
         train_sampler = TrainSampler(len(train_set), cfg.batch_size, ctx.world_size, ctx.rank, cfg.seed,
                                      cfg.data.repeated_aug, cfg.grad_accum_steps)
-        self.train_loader = build_loader(train_set, train_sampler, cfg.batch_size, cfg.data.workers, pin_memory)
-        self.val_loader = build_loader(val_set, EvalSampler(len(val_set), ctx.world_size, ctx.rank), cfg.batch_size,
-                                       cfg.data.workers, pin_memory)
+        val_sampler = EvalSampler(len(val_set), ctx.world_size, ctx.rank)
+        if isinstance(train_set, SyntheticDataset) and cfg.data.synthetic_on_device:
+            self.train_loader = DeviceSplit(train_set, train_sampler, cfg.batch_size, ctx.device, cfg.data.workers)
+            self.val_loader = DeviceSplit(val_set, val_sampler, cfg.batch_size, ctx.device, cfg.data.workers)
+            gib = (self.train_loader.nbytes + self.val_loader.nbytes) / 2 ** 30
+            self.pipeline = (f"synthetic data generated once and held on {ctx.device.type} ({len(train_set)} + "
+                             f"{len(val_set)} images, {gib:.2f} GiB); a batch is an index into it")
+        else:
+            self.train_loader = build_loader(train_set, train_sampler, cfg.batch_size, cfg.data.workers, pin_memory)
+            self.val_loader = build_loader(val_set, val_sampler, cfg.batch_size, cfg.data.workers, pin_memory)
+            self.pipeline = f"loader with {cfg.data.workers} worker(s) per process"
+        if on_device:
+            mean, std = self.input_config["mean"], self.input_config["std"]
+            self.train_loader = DeviceBatches(self.train_loader, ctx.device, mean, std,
+                                              erasing_of(cfg.augment, ctx.device))
+            self.val_loader = DeviceBatches(self.val_loader, ctx.device, mean, std)
+            erasing = " and random erasing" if cfg.augment.re_prob > 0 else ""
+            self.pipeline += f" giving uint8 images; normalisation{erasing} on {ctx.device.type}"
+        if self.mixup is not None:
+            self.pipeline += f"; Mixup/CutMix on {ctx.device.type}"
         self.num_train, self.num_val = len(train_set), len(val_set)
         self.data_notes = [f"{kind} split: class folder(s) without images, skipped: {', '.join(dataset.empty_classes)}"
                            for kind, dataset in (("training", train_set), ("validation", val_set))
                            if getattr(dataset, "empty_classes", None)]
-        self.synthetic = isinstance(train_set, SyntheticDataset)
 
     def _build_training(self) -> None:
         cfg, ctx, model = self.cfg, self.ctx, self.model
@@ -354,6 +390,9 @@ class _Trainer:
             model.set_grad_checkpointing(True)
         if ctx.distributed and cfg.fsdp:
             _shard(model)  # before the optimizer and the EMA: sharding replaces the parameters by DTensors
+        self.params = trainable(model.parameters())  # what clipping walks at every step
+        self.graph_obstacle = graph_obstacle(cfg, ctx.device, ctx.distributed) if cfg.cuda_graph else None
+        capture = cfg.cuda_graph and self.graph_obstacle is None
 
         opt = cfg.optimizer
         global_batch = cfg.batch_size * ctx.world_size * cfg.grad_accum_steps * clips_per_item(cfg.data)
@@ -368,13 +407,18 @@ class _Trainer:
                                                         layer_decay=opt.layer_decay,
                                                         no_weight_decay=opt.no_weight_decay,
                                                         layer_decay_rule=opt.layer_decay_rule)
+        implementation = optimizer_implementation(cfg, self.params, sharded=ctx.distributed and cfg.fsdp,
+                                                  capture=capture)
+        foreach = implementation.pop("foreach", None)
         try:
             self.optimizer = create_optimizer_v2(model, opt=opt.opt, lr=self.lr, weight_decay=opt.weight_decay,
-                                                 momentum=opt.momentum, layer_decay=opt.layer_decay,
-                                                 **extra, **opt.kwargs)
-        except (AssertionError, ValueError, TypeError) as error:
+                                                 momentum=opt.momentum, layer_decay=opt.layer_decay, foreach=foreach,
+                                                 **extra, **implementation, **opt.kwargs)
+        except (AssertionError, ValueError, TypeError, RuntimeError) as error:
             raise UserError(f"optimizer {opt.opt!r}: {error}") from None
-        self.ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup,
+        self.implementation = ", ".join(key for key in ("fused", "foreach", "capturable")
+                                        if self.optimizer.defaults.get(key)) or "torch's default implementation"
+        self.ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup, foreach=True,
                               device=torch.device("cpu") if cfg.ema.force_cpu else None) if cfg.ema.enable else None
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=cfg.amp == "fp16")
 
@@ -383,7 +427,8 @@ class _Trainer:
             self.train_model = self.ddp = nn.parallel.DistributedDataParallel(
                 model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
         if cfg.compile:
-            self.train_model = torch.compile(self.train_model, backend=cfg.compile)
+            self.train_model = torch.compile(self.train_model, backend=cfg.compile, mode=cfg.compile_mode)
+        self.captured = CapturedStep(self._captured_step, self.optimizer) if capture else None
 
         sched = cfg.scheduler
         self.updates_per_epoch = len(self.train_loader) // cfg.grad_accum_steps
@@ -435,6 +480,7 @@ class _Trainer:
         try:
             set_model_state_dict(self.model, checkpoint["model"], options=options)
             set_optimizer_state_dict(self.model, self.optimizer, checkpoint["optimizer"], options=options)
+            reset_implementation(self.optimizer)  # the checkpoint's run may have used another implementation
         except (RuntimeError, KeyError, ValueError) as error:
             detail = ckpt.describe_mismatch(self.model, checkpoint["model"]) or " ".join(str(error).split())
             trained_as = ckpt.trained_model_name(checkpoint)
@@ -530,8 +576,8 @@ class _Trainer:
 
     def _train_epoch(self, epoch: int, done: Optional[dict] = None) -> dict:
         """One training epoch; ``done``: what an interrupted run had done of it (``epoch_progress`` of last.pth)."""
-        cfg, ctx, model = self.cfg, self.ctx, self.train_model
-        model.train()
+        cfg, ctx = self.cfg, self.ctx
+        self.train_model.train()
         start_step = done["steps"] if done else 0
         self.train_loader.sampler.set_epoch(epoch, start_step)
         steps = self.train_loader.sampler.steps
@@ -539,31 +585,22 @@ class _Trainer:
         loss_sum = torch.full((), done["loss_sum"] if resumed else 0.0, dtype=torch.float64, device=ctx.device)
         seen = done["seen"] if resumed else 0
         guard = NonFiniteGuard(cfg.nonfinite, ctx, epoch)
-        progress = tqdm(self.train_loader, total=steps, initial=start_step,
-                        desc=f"epoch {epoch + 1}/{self.total_epochs}", disable=None if ctx.is_main else True,
-                        leave=False, unit="batch", dynamic_ncols=True)
-        interval_start, interval_seen, epoch_start = time.perf_counter(), 0, time.perf_counter()
-        for step, (images, targets) in enumerate(progress, start=start_step):
+        progress = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{self.total_epochs}",
+                        disable=None if ctx.is_main else True, leave=False, unit="batch", dynamic_ncols=True)
+        interval_start, interval_seen, interval_wait = time.perf_counter(), 0, 0.0
+        epoch_start = interval_start
+        batches = iter(self.train_loader)
+        for step in range(start_step, steps):
+            wait_start = time.perf_counter()
+            images, targets = next(batches)
+            interval_wait += time.perf_counter() - wait_start
             last_micro_step = (step + 1) % cfg.grad_accum_steps == 0
-            images = images.to(ctx.device, non_blocking=True)
-            targets = targets.to(ctx.device, non_blocking=True)
-            if self.mixup is not None:
-                images, targets = _mix(self.mixup, images, targets)
-            if cfg.channels_last and images.dim() == 4:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with self._grad_sync(last_micro_step):
-                with autocast(ctx.device, cfg.amp):
-                    loss = self.train_loss(model(images), targets)
-                self.scaler.scale(loss / cfg.grad_accum_steps).backward()
-            finite = guard.observe(loss, step, self.num_updates, self._lr())
-            if last_micro_step:
-                if guard.skip_update():
-                    self.optimizer.zero_grad(set_to_none=True)
-                else:
-                    self._optimizer_step()
+            images, targets = self._prepare(images, targets)
+            loss, finite = self._train_step(images, targets, step, last_micro_step, guard)
             if finite:
                 loss_sum += loss.detach().double() * images.shape[0]
                 seen += images.shape[0]
+            progress.update()
             if last_micro_step and ctx.any(self.stop.signum is not None):
                 progress.close()
                 self._interrupt(epoch, step + 1, steps, guard, loss_sum, seen)
@@ -578,9 +615,11 @@ class _Trainer:
                 progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
                 memory = (f" peak mem {torch.cuda.max_memory_allocated(ctx.device) / 2 ** 30:.2f} GiB"
                           if ctx.device.type == "cuda" else "")
+                waiting = interval_wait / (now - interval_start)
                 self.logger.info(f"epoch {epoch + 1}/{self.total_epochs} step {step + 1}/{steps} loss {step_loss:.4f}"
-                                 f" lr {lr:.3e} {rate:.1f} img/s{memory} eta {report.format_duration(eta)}")
-                interval_start, interval_seen = now, 0
+                                 f" lr {lr:.3e} {rate:.1f} img/s (waiting for data {waiting:.0%}){memory} eta "
+                                 f"{report.format_duration(eta)}")
+                interval_start, interval_seen, interval_wait = now, 0, 0.0
         progress.close()
         guard.check()
         total_loss, total_seen = ctx.sum([loss_sum.item(), seen])
@@ -589,18 +628,102 @@ class _Trainer:
         return {"loss": total_loss / max(total_seen, 1), "time": time.perf_counter() - epoch_start,
                 "skipped_steps": guard.skipped}
 
+    def _prepare(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader's batch as the model takes it: on the device (a no-op for batches already there), mixed
+        (Mixup/CutMix, soft targets), in the model's memory format."""
+        images = images.to(self.ctx.device, non_blocking=True)
+        targets = targets.to(self.ctx.device, non_blocking=True)
+        if self.mixup is not None:
+            images, targets = _mix(self.mixup, images, targets)
+        if self.cfg.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets
+
+    def _train_step(self, images: torch.Tensor, targets: torch.Tensor, step: int, last_micro_step: bool,
+                    guard: NonFiniteGuard) -> tuple[torch.Tensor, bool]:
+        """One micro-batch: forward, backward and (ending an accumulation) the update; returns its loss (a device
+        scalar) and whether it counts (False: non-finite and skipped). Nothing here waits for the device."""
+        if self.captured is not None:
+            try:
+                loss = self.captured(images, targets)
+            except CaptureFailed as failure:
+                self.logger.warning(f"cuda_graph: the capture failed ({failure}); the step runs eagerly")
+                self.captured = None
+            else:
+                if self.captured.steps_run == self.captured.warmup + 1:
+                    self.logger.info(f"cuda_graph: captured the training step after {self.captured.warmup} eager "
+                                     "steps; replaying it")
+                guard.observe(loss, step, self.num_updates, self._lr())
+                self._after_update()
+                return loss, True
+        with self._grad_sync(last_micro_step):
+            with autocast(self.ctx.device, self.cfg.amp):
+                loss = self.train_loss(self.train_model(images), targets)
+            self.scaler.scale(loss / self.cfg.grad_accum_steps).backward()
+        finite = guard.observe(loss, step, self.num_updates, self._lr())
+        if last_micro_step:
+            if guard.skip_update():
+                self.optimizer.zero_grad(set_to_none=True)
+            else:
+                self._optimizer_step()
+        return loss, finite
+
+    def _captured_step(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The step that ``CapturedStep`` runs and captures: forward, loss, backward, clipping, optimizer step (one
+        process, no loss scaling, no accumulation)."""
+        with autocast(self.ctx.device, self.cfg.amp, cache_enabled=False):
+            loss = self.train_loss(self.train_model(images), targets)
+        loss.backward()
+        if self.cfg.clip_grad is not None:
+            clip_gradients(self.params, self.cfg.clip_grad, self.cfg.clip_mode, self.cfg.optimizer.foreach)
+        self.optimizer.step()
+        return loss.detach()
+
     def _optimizer_step(self) -> None:
         cfg = self.cfg
         if cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
-            dispatch_clip_grad(self.model.parameters(), cfg.clip_grad, mode=cfg.clip_mode)
+            clip_gradients(self.params, cfg.clip_grad, cfg.clip_mode, cfg.optimizer.foreach)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self._after_update()
+
+    def _after_update(self) -> None:
+        """Count the update, average it into the EMA, advance a per-update schedule."""
         self.num_updates += 1
         if self.ema is not None:
             self.ema.update(self.model, step=self.num_updates)
         self.scheduler.step_update(num_updates=self.num_updates)
+
+    def _measure_pipeline(self, batches: int) -> None:
+        """Time ``batches`` training batches of the input pipeline alone (after one batch that starts the workers) and
+        log its img/s per process; the random generators and the sampler are left as they were."""
+        rng = ckpt.capture_rng()
+        self.train_loader.sampler.set_epoch(self.start_epoch)
+        count, start = 0, None
+        for images, targets in self.train_loader:
+            images, targets = self._prepare(images, targets)
+            if start is None:
+                self._synchronize()
+                start = time.perf_counter()
+                continue
+            count += 1
+            if count == batches:
+                break
+        self._synchronize()
+        elapsed = time.perf_counter() - start
+        ckpt.restore_rng(rng)
+        if count == 0:
+            self.logger.info("input pipeline alone: not measured (an epoch has one batch)")
+            return
+        rate = count * self.cfg.batch_size * clips_per_item(self.cfg.data) / elapsed
+        self.logger.info(f"input pipeline alone: {rate:.1f} img/s per process over {count} batches "
+                         f"({self.pipeline})")
+
+    def _synchronize(self) -> None:
+        if self.ctx.device.type == "cuda":
+            torch.cuda.synchronize(self.ctx.device)
 
     def _lr(self) -> float:
         groups = self.optimizer.param_groups
@@ -625,6 +748,11 @@ class _Trainer:
             f"{self.total_epochs} epochs x {self.updates_per_epoch} steps; work dir {self.work_dir}")
         for note in self.data_notes:
             self.logger.warning(note)
+        self.logger.info(f"input pipeline: {self.pipeline}; optimizer {cfg.optimizer.opt} ({self.implementation})")
+        if self.graph_obstacle is not None:
+            self.logger.warning(f"cuda_graph: not used ({self.graph_obstacle}); the step runs eagerly")
+        if cfg.data.measure_pipeline and self.start_epoch < self.total_epochs:
+            self._measure_pipeline(cfg.data.measure_pipeline)
         row = rows[-1] if rows else {}
         if self.start_epoch >= self.total_epochs:
             self.logger.info(f"the run in {self.work_dir} is complete: {self.start_epoch} of {self.total_epochs} "
