@@ -1,5 +1,6 @@
 """vssm.flops: GEMMs and convolutions as multiply-adds, the scans by the 9 B L D N rule, the same on the reference and
-the kernel paths; full-size counts against the official papers' tables."""
+the kernel paths; full-size counts against the official papers' tables; S4ND's FFT convolution by its rule (a hand
+count on a small layer), its complex kernel-generation GEMMs kept out of the dense count."""
 import pytest
 import timm
 import torch
@@ -7,6 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from vssm.flops import FlopCount, count_flops
+from vssm.layers.s4nd import S4ND
 from vssm.ops import causal_conv1d, multi_scan, scan_paths, selective_scan
 
 from .ops.scan_cases import KERNEL_DEVICE, backend
@@ -69,3 +71,39 @@ def test_full_size_counts_match_the_official_tables(name, official):
     with backend("torch"):  # the count does not depend on the backend (tests above); the interpreter is slow
         count = count_flops(model, torch.randn(1, 3, 224, 224))
     assert count.gflops == pytest.approx(official, rel=0.01)
+
+
+def test_s4nd_fft_convolution_counted_by_the_rule():
+    """A 1-D S4ND (H = 2, N = 2, bidirectional, l_max 4) on (1, 2, 4): hand count 2732 real flops (kernel generation
+    1936, FFTs 3 x 240, spectral product 60, D skip 16; tests/layers/test_s4nd.py itemises it); the Cauchy sums run as
+    complex GEMMs, which the dense count leaves out."""
+    torch.manual_seed(0)
+    layer = S4ND(2, d_state=4, l_max=4, dim=1, init="legs")
+    x = torch.randn(1, 2, 4)
+    count = count_flops(layer, x)
+    assert count.dense_macs == 0 and count.scan_flops == 0 and count.s4nd_flops == 2732
+    assert count.s4nd["kernel"] == 1936 and count.gflops == pytest.approx(2732e-9)
+    assert _total(layer, x) > 0  # torch's counter alone counts the complex GEMMs
+
+
+def test_s4nd_output_linear_is_a_dense_gemm():
+    """The ViT token mixer: its output linear (2 H * channels -> 2 H with the GLU) is a GEMM; the rest is S4ND's."""
+    torch.manual_seed(0)
+    layer = S4ND(4, d_state=4, l_max=6, dim=1, channels=2, transposed=False, linear=False, final_act="glu")
+    x = torch.randn(2, 6, 4)
+    count = count_flops(layer, x)
+    assert count.dense_macs == 2 * 6 * (4 * 2) * (2 * 4)
+    assert count.s4nd_flops == sum(layer.fft_conv_flops(x.shape).values())
+
+
+def test_model_count_adds_every_s4nd():
+    model = timm.create_model("test_s4nd_convnext")
+    x = torch.randn(1, 3, 32, 32)
+    shapes = []
+    for m in model.modules():
+        if isinstance(m, S4ND):
+            m.register_forward_pre_hook(lambda mod, args: shapes.append((mod, args[0].shape)))
+    count = count_flops(model, x)
+    assert len(shapes) == 1 + 3 + 4  # stem, downsamples, blocks
+    assert count.s4nd_flops == sum(sum(m.fft_conv_flops(shape).values()) for m, shape in shapes)
+    assert count.gflops == pytest.approx((count.dense_macs + count.s4nd_flops) / 1e9)

@@ -26,30 +26,13 @@ from vssm.export import (InputSizeError, OpsetError, UnknownModelError, create_e
 from vssm.export.onnx import lowering_table, ort_session  # noqa: E402
 
 TOLERANCE = 1e-4  # float32, max abs difference of the logits
-# families that do not export yet, and why (the README's Deploy section lists them)
-NOT_EXPORTABLE = {
-    "s4nd": "S4ND builds its kernels with complex arithmetic in the forward (x * 1j, complex exp) that the ONNX "
-            "exporter cannot translate, and reads data_ptr() of its parameters for its kernel cache (no fake tensors)",
-}
-
-
-def _params(names):
-    """pytest params: the families in NOT_EXPORTABLE are expected to fail (strictly: an export that starts to work
-    shows up as a failure, so the list stays true)."""
-    params = []
-    for name in names:
-        reason = next((why for family, why in NOT_EXPORTABLE.items() if family in name), None)
-        marks = [] if reason is None else [pytest.mark.xfail(reason=reason, strict=True)]
-        params.append(pytest.param(name, marks=marks))
-    return params
-
 
 # every test variant (test_vim goes through the command line, test_videomamba at another size and frame count below)
-TEST_VARIANTS = _params(n for n in exportable_models("test_*") if n not in ("test_vim", "test_videomamba"))
+TEST_VARIANTS = [n for n in exportable_models("test_*") if n not in ("test_vim", "test_videomamba")]
 # the smallest real variant of each family (full sizes: slow); the first four are BENCHMARKS.md's
-REAL_VARIANTS = _params(["vim_tiny_patch16_224", "vmamba_tiny", "simba_s_einfft", "plainmamba_l1", "local_vim_tiny",
-                         "local_vmamba_tiny", "simba_s", "simba_s_monarch", "videomamba_tiny_image", "videomamba_tiny",
-                         *[n for n in exportable_models("s4nd*") if not n.startswith("test_")][:1]])
+REAL_VARIANTS = ["vim_tiny_patch16_224", "vmamba_tiny", "simba_s_einfft", "plainmamba_l1", "local_vim_tiny",
+                 "local_vmamba_tiny", "simba_s", "simba_s_monarch", "videomamba_tiny_image", "videomamba_tiny",
+                 *[n for n in exportable_models("s4nd*") if not n.startswith("test_")][:1]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -185,6 +168,28 @@ def test_export_real_variant(name, tmp_path):
 def test_export_video_at_another_size(tmp_path):
     """A video model at another frame size and frame count (a new export; the metadata names the size)."""
     _export_and_compare("test_videomamba", tmp_path, img_size=48, num_frames=2)
+
+
+def test_s4nd_graph_is_real_valued(tmp_path):
+    """S4ND's kernels enter the graph as convolution taps computed at export (no complex numbers, no DFT), at the size
+    the metadata names; the model is left generating its kernels again."""
+    import onnx
+
+    result = export_onnx("test_s4nd_convnext", tmp_path / "s4nd.onnx", img_size=48)
+    graph = onnx.load(result.path).graph
+    ops = {node.op_type for node in graph.node}
+    assert "DFT" not in ops and "Conv" in ops
+    complex_types = (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128)
+    assert not any(t.data_type in complex_types for t in graph.initializer)
+    assert "S4ND kernels are computed for one input size" in result.metadata["input_size_note"]
+    assert result.metadata["input_size"] == "[3, 48, 48]"
+    layers = [m for m in result.model.modules() if m.__class__.__name__ == "S4ND"]
+    assert layers and all(layer._direct_kernels is None for layer in layers)
+    session = ort_session(result.path)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        expected = result.model(x).numpy()
+    assert np.abs(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] - expected).max() <= TOLERANCE
 
 
 # ----------------------------------------------------------------------------------------------------------------

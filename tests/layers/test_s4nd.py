@@ -1,16 +1,20 @@
 """S4ND layer: every layer case of the official golden fixtures (float32 within the case's tolerance, float64 against
 the official float64 runs), the kernel cache, autocast, the optimizer hints, the stateful C~ and its doubling, the key
-conversion, layouts and gradients."""
+conversion, layouts and gradients; the deterministic init and the time-kernel re-initialisation of the image -> video
+inflation; the materialised (direct-convolution) kernels of the export; the flop count by hand."""
 import copy
 import json
+import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import vssm.layers.s4nd as s4nd_layer
-from vssm.layers.s4nd import S4ND, SSMKernelDPLR, convert_official_s4nd, kernel_params, s4nd_from_official
+from vssm.layers.s4nd import (S4ND, SSMKernelDPLR, convert_official_s4nd, direct_kernels, kernel_params,
+                              s4nd_from_official, ssm_init)
 from vssm.ops.ssm_kernel import bilinear, conj_pairs, dplr_state_matrix
 
 try:
@@ -415,3 +419,140 @@ def test_deepcopy_keeps_numbers():
     x = torch.randn(1, 4, 6, 5)
     with torch.no_grad():
         torch.testing.assert_close(copy.deepcopy(layer)(x), layer(x))
+
+
+# --- image -> video inflation: deterministic init, time-kernel re-initialisation ----------------------------------
+
+@pytest.mark.parametrize("init", ["legs", "fourier", "hippo"])
+def test_deterministic_init_is_the_first_hippo_state(init):
+    """Official ``deterministic``: every channel's C is the first state of the original (HiPPO) basis, C = V^* e_0,
+    so that over both conjugate halves 2 Re(V C) = e_0; the step is stored where its log belongs (sic), inv_dt = dt,
+    log-spaced over the features."""
+    kernel = SSMKernelDPLR(4, channels=2, l_max=6, d_state=8, init=init, n_ssm=None, dt_min=0.5, dt_max=2.0,
+                           deterministic=True, dtype=torch.float64)
+    torch.testing.assert_close(kernel.inv_dt[:, 0], torch.exp(torch.linspace(math.log(0.5), math.log(2.0), 4,
+                                                                             dtype=torch.float64)))
+    C = torch.view_as_complex(kernel.C)  # (2, 4, 4)
+    assert torch.equal(C[0], C[1])
+    _, _, _, V = ssm_init(init, 8, 1, 4)  # (S = 4, 8, 4)
+    first_state = 2 * (V @ C[0][..., None])[..., 0].real
+    torch.testing.assert_close(first_state, torch.eye(8, dtype=torch.float64)[0].expand(4, -1), atol=1e-12, rtol=0)
+
+
+def test_reinit_time_kernel_follows_the_official_hook():
+    """``_reinit`` with the README's arguments: a new time kernel (legs and fourier halves over n_ssm = H, step
+    e^2, l_kernel 0), the layer's other kernel options kept, the spatial kernels untouched."""
+    torch.manual_seed(0)
+    layer = S4ND(4, d_state=8, l_max=[3, 5, 6], init="fourier", n_ssm=1, dt_min=0.1, dt_max=1.0, lr=0.001)
+    height, width = layer.kernel[1], layer.kernel[2]
+    layer.reinit_time_kernel(init="hippo", n_ssm=None, deterministic=True, dt_min=2.0, dt_max=2.0, normalize=False)
+    time = layer.kernel[0]
+    assert layer.kernel[1] is height and layer.kernel[2] is width
+    assert time.l_max == 3 and time.l_kernel.item() == 0 and time.C.shape == (2, 4, 4, 2)
+    legs_then_fourier = torch.tensor([[0.5] * 4] * 2 + [[1e-4] * 4] * 2)
+    torch.testing.assert_close(torch.exp(time.A_real), legs_then_fourier)
+    torch.testing.assert_close(time.inv_dt, torch.full((4, 1), 2.0))
+    assert time.A_real._optim == {"lr": 0.001, "weight_decay": 0.0} and time.C._optim == {"lr": 0.001}
+    normalized = S4ND(4, d_state=8, l_max=[3, 5, 6], init="fourier")
+    normalized.reinit_time_kernel(measure="hippo", n_ssm=None, deterministic=True, dt_min=2.0, dt_max=2.0,
+                                  normalize=True)  # (the official v3 name of init)
+    torch.testing.assert_close(normalized.kernel[0].C, time.C.detach() / (0.5 * math.exp(2.0)))
+    assert layer(torch.randn(1, 4, 3, 5, 6)).shape == (1, 4, 3, 5, 6) and time.l_kernel.item() == 3
+    layer.reinit_time_kernel()  # official defaults: the layer's init, dt = 2 / T
+    torch.testing.assert_close(torch.exp(layer.kernel[0].inv_dt), torch.full((4, 1), 2 / 3))
+    torch.testing.assert_close(torch.exp(layer.kernel[0].A_real), torch.full((1, 4), 1e-4))
+    with pytest.raises(ValueError, match="not 3"):
+        small_layer().reinit_time_kernel()
+
+
+# --- materialised kernels (export) ---------------------------------------------------------------------------------
+
+MATERIALISED = [  # layer kwargs, input shape, rate
+    (dict(d_model=4, l_max=[6, 5], init="fourier"), (2, 4, 6, 5), 1.0),
+    (dict(d_model=4, l_max=[6, 5], init="fourier"), (1, 4, 4, 3), 1.0),  # shorter than l_max: truncated kernels
+    (dict(d_model=4, l_max=[6, 5], init="fourier"), (1, 4, 4, 3), 2.0),
+    (dict(d_model=4, l_max=7, dim=1, channels=2, transposed=False, linear=False, final_act="glu"), (2, 7, 4), 1.0),
+    (dict(d_model=3, l_max=[4, 4], out_channels=5, init="fourier"), (2, 3, 9, 8), 1.0),  # dense stem
+    (dict(d_model=3, l_max=[4, 5], trank=2, bidirectional=False), (1, 3, 4, 5), 1.0),
+    (dict(d_model=4, l_max=[5, 4], mode="s4d", init="diag-lin", bandlimit=0.5), (2, 4, 5, 4), 1.0),
+    (dict(d_model=2, l_max=[3, 4, 5], init="fourier"), (1, 2, 3, 4, 5), 1.0),
+]
+
+
+@pytest.mark.parametrize("kwargs, shape, rate", MATERIALISED)
+def test_materialized_kernels_equal_the_fft_path(kwargs, shape, rate):
+    torch.manual_seed(0)
+    layer = S4ND(d_state=8, dt_min=0.1, dt_max=1.0, **kwargs).double().eval()
+    x = torch.randn(*shape, dtype=torch.float64)
+    lengths = shape[2:] if layer.transposed else shape[1:-1]
+    with torch.no_grad():
+        expected = layer(x, rate=rate)
+        layer.materialize_kernels(lengths, rate)
+        assert not any(k.startswith("direct_taps") for k in layer.state_dict())
+        assert all(getattr(layer, f"direct_taps_{i}").shape[-1] <= 2 * n - 1 for i, n in enumerate(lengths))
+        y = layer(x, rate=rate)
+        torch.testing.assert_close(y, expected, atol=1e-12 * expected.abs().max().item(), rtol=1e-10)
+        layer.release_kernels()
+        assert not hasattr(layer, "direct_taps_0")
+        torch.testing.assert_close(layer(x, rate=rate), expected, atol=0, rtol=0)
+
+
+def test_direct_kernels_context(monkeypatch):
+    """The context materialises every S4ND at the lengths and rate of its call on the example and releases them on exit;
+    other lengths run the FFT path in eager mode, and are an error while tracing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(small_layer(), small_layer()).eval()
+    x = torch.randn(1, 4, 6, 5)
+    counter = CountCalls(monkeypatch)
+    with torch.no_grad():
+        expected = model(x)
+        with direct_kernels(model, x):
+            generated = counter.calls
+            torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+            assert counter.calls == generated  # the forward generates no kernel
+            assert model(x[..., :4]).shape == (1, 4, 6, 4)  # other lengths: the FFT path
+            with pytest.raises(ValueError, match="materialised for lengths"):
+                s4nd_layer._direct_taps(model[0], [6, 4], 1.0, traced=True)
+    assert all(layer._direct_kernels is None and not hasattr(layer, "direct_taps_0") for layer in model)
+
+
+# --- tracing -------------------------------------------------------------------------------------------------------
+
+def test_traced_l_kernel_is_the_value_last_loaded(monkeypatch):
+    """Under torch.compile / export the buffer has no value to read: the kernel uses the one last set up or loaded."""
+    kernel = SSMKernelDPLR(3, channels=2, l_max=None, d_state=8, init="legs")
+    loaded = SSMKernelDPLR(3, channels=2, l_max=None, d_state=8, init="legs")
+    loaded(L=12)
+    kernel.load_state_dict(loaded.state_dict())
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert s4nd_layer._l_kernel(kernel) == 12
+
+
+def test_cache_is_not_used_while_tracing(monkeypatch):
+    layer = small_layer().eval()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with torch.no_grad():
+        layer(torch.randn(1, 4, 6, 5))
+    assert layer._kernel_cache is None
+
+
+# --- work ------------------------------------------------------------------------------------------------------------
+
+def test_fft_conv_flops_by_hand():
+    """1-D DPLR layer, H = 2, N = 2 (4 poles), bidirectional (C' = 2), l_max 4, input (1, 2, 4): kernel of 4 taps
+    from 4 roots of unity (3 nodes), FFT size 8 (5 half-spectrum bins)."""
+    torch.manual_seed(0)
+    layer = S4ND(2, d_state=4, l_max=4, dim=1, init="legs")
+    planned = layer.fft_conv_flops((1, 2, 4))
+    layer(torch.randn(1, 2, 4))  # sets up C~ (l_kernel 4)
+    kernel = 14 * 2 * 4 * 3 + 8 * (2 * 3) * 2 * 4 * 3 + (20 * 2 * 2 * 3 + 8 * 2 * 3) + 2 * 2 * (5 * 4 * 2)
+    assert layer.fft_conv_flops((1, 2, 4)) == planned == dict(
+        kernel=kernel,  # Cauchy matrix, contraction, Woodbury, inverse FFT of the C' H kernels
+        kernel_fft=1 * 2 * 120,  # the combined kernel of each feature, 5 * 8 * log2(8)
+        spectrum=0,  # one axis: no outer product
+        input_fft=2 * 120,
+        product=6 * 1 * 1 * 2 * 5,
+        output_fft=2 * 120,
+        skip=2 * 1 * 1 * 2 * 4,
+    )
+    assert sum(planned.values()) == 2732

@@ -1,6 +1,8 @@
 """S4ND backbones: the official whole-model fixtures (float32 within tolerance, float64 against the official float64
 runs, intermediate features), the key / shape manifests of the full-size official models (conversion on the meta
-device) and parameter counts, the timm registration and API of the tiny variants, the resolution rate."""
+device) and parameter counts, the timm registration and API of the tiny variants, the resolution rate; the image ->
+video inflation by the official rule (every key filled, each inflated layer's response to a constant clip, timm's
+pretrained path); torch.compile with fullgraph."""
 import json
 import os
 from pathlib import Path
@@ -12,8 +14,10 @@ import torch
 from vssm.convert import load_official
 from vssm.layers.s4nd import S4ND
 from vssm.models.s4nd import (
-    MODEL_VARIANTS, S4NDConvNeXt, S4NDViT, _official_builder, checkpoint_filter_fn, convert_official,
+    MODEL_VARIANTS, TIME_KERNEL_REINIT, S4NDConvNeXt, S4NDViT, _official_builder, checkpoint_filter_fn,
+    convert_official, inflate_2d_to_3d,
 )
+from vssm.ops.fft_conv import fft_conv_nd
 
 try:
     from .contract import load_case, load_manifest
@@ -251,3 +255,148 @@ def test_torchscript():
         scripted = torch.jit.script(model)
         with torch.no_grad():
             torch.testing.assert_close(scripted(x), model(x))
+
+
+# --- image -> video inflation -------------------------------------------------------------------------------------
+
+def image_and_video_models(**video_kwargs):
+    """The tiny 2-D model with a patch stem and conv downsampling (as the README's HMDB-51 run inflates) and the tiny
+    3-D model, float64."""
+    torch.manual_seed(0)
+    image = timm.create_model("test_s4nd_convnext", stem_type="patch", downsample_type="conv").double().eval()
+    with torch.no_grad():
+        image(torch.randn(1, 3, 32, 32, dtype=torch.float64))  # trained-checkpoint state: C~ set up, l_kernel = l_max
+    torch.manual_seed(1)
+    video = timm.create_model("test_s4nd_convnext_3d", **video_kwargs).double().eval()
+    return image, video
+
+
+def s4nd_layers(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, S4ND)}
+
+
+def test_inflation_fills_every_key_by_the_official_rule():
+    image, video = image_and_video_models()
+    image_sd, own = image.state_dict(), video.state_dict()
+    inflated = inflate_2d_to_3d(image_sd, video)
+    assert inflated.keys() == own.keys() and all(inflated[k].shape == own[k].shape for k in own)
+    layers = s4nd_layers(video)
+    assert len(layers) == 4 and all(len(layer.kernel) == 3 for layer in layers.values())
+    for key, value in inflated.items():
+        name, _, rest = key.partition(".kernel.")
+        if name in layers:  # time kernel: the 3-D model's own; height, width: the 2-D kernels 0, 1
+            axis, leaf = rest.split(".", 1)
+            expected = own[key] if axis == "0" else image_sd[f"{name}.kernel.{int(axis) - 1}.{leaf}"]
+        elif key.startswith("head."):
+            expected = own[key]  # a new task's head
+        elif value.dim() == 5:  # stem (2, 4, 4) and downsampling (1, 2, 2) convs: the 2-D weight at every time step
+            expected = image_sd[key][:, :, None].expand(-1, -1, value.shape[2], -1, -1)
+        else:
+            expected = image_sd[key]
+        assert torch.equal(value, expected), key
+    assert inflated["stages.0.blocks.0.conv_dw.kernel.1.l_kernel"].item() == 8  # the 2-D C~ length, kept
+    video.load_state_dict(inflated)
+
+
+def test_inflated_layers_respond_to_constant_clips_as_the_rule_implies():
+    """On a clip constant in time, u(t) = f, an inflated S4ND gives y(t) = s(t) (y_2d - D f) + D f: its spatial kernels
+    are the 2-D ones, on the right axes, and its time kernel sums to s(t) over the taps that reach frame t (the time
+    kernel alone on a constant sequence). The inflated stem conv gives T_k (conv_2d(f) - b) + b."""
+    image, video = image_and_video_models()
+    video.load_state_dict(inflate_2d_to_3d(image.state_dict(), video))
+    image_layers, video_layers = s4nd_layers(image), s4nd_layers(video)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, layer in video_layers.items():
+            frames, height, width = layer.l_max
+            f = torch.randn(2, layer.d_model, height, width, dtype=torch.float64)
+            y2 = image_layers[name](f)
+            y3 = layer(f[:, :, None].expand(-1, -1, frames, -1, -1))
+            skip = f * layer.D[0, :, None, None]
+            time_kernel = s4nd_layer_kernels(layer, [frames, height, width])[0]  # (1, H, F_t), combined
+            ones = torch.ones(1, layer.d_model, frames, dtype=torch.float64)
+            s = fft_conv_nd(ones, [time_kernel], fft_sizes=[time_kernel.shape[-1]])[0, 0]  # (H, T)
+            expected = s[None, :, :, None, None] * (y2 - skip)[:, :, None] + skip[:, :, None]
+            torch.testing.assert_close(y3, expected, atol=1e-10, rtol=1e-9, msg=name)
+        f = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+        conv2d, conv3d = image.stem.conv, video.stem.conv
+        clip = f[:, :, None].expand(-1, -1, 4, -1, -1)
+        expected = 2 * (conv2d(f) - conv2d.bias[:, None, None]) + conv2d.bias[:, None, None]
+        torch.testing.assert_close(conv3d(clip), expected[:, :, None].expand(-1, -1, 2, -1, -1))
+
+
+def s4nd_layer_kernels(layer, lengths):
+    from vssm.layers.s4nd import _combined_kernels
+    return _combined_kernels(layer, lengths, 1.0)[0]
+
+
+@pytest.mark.parametrize("reinit", [False, True])
+def test_inflation_through_timm_pretrained_file(tmp_path, reinit):
+    """A 2-D PyTorch-Lightning checkpoint given to the 3-D model through timm's pretrained path (file overlay) is
+    inflated; with ``time_kernel_reinit`` the time kernels are the official hook's (deterministic: the same in every
+    build)."""
+    image, _ = image_and_video_models()
+    path = tmp_path / "image.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v.float() for k, v in image.state_dict().items()}}, path)
+    kwargs = dict(time_kernel_reinit=True) if reinit else {}
+    torch.manual_seed(1)
+    video = timm.create_model("test_s4nd_convnext_3d", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              **kwargs)
+    torch.manual_seed(1)
+    scratch = timm.create_model("test_s4nd_convnext_3d", **kwargs)
+    expected = inflate_2d_to_3d({k: v.float() for k, v in image.state_dict().items()}, scratch)
+    got = video.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+    time_kernel = video.stages[0].blocks[0].conv_dw.kernel[0]
+    if reinit:  # n_ssm = H (legs | fourier), step e^2 stored as 2
+        assert time_kernel.A_real.shape == (16, 4) and torch.all(time_kernel.inv_dt == 2.0)
+    else:
+        assert time_kernel.A_real.shape == (1, 4)
+    with torch.no_grad():
+        assert torch.isfinite(video.eval()(torch.randn(1, 3, 4, 32, 32))).all()
+    assert TIME_KERNEL_REINIT["dt_min"] == TIME_KERNEL_REINIT["dt_max"] == 2.0
+
+
+def test_inflation_needs_matching_stems():
+    """The ImageNet layout (S4ND stem and downsampling) does not inflate into a patch-stem 3-D model (the official
+    hook stops in a debugger); into a 3-D model with the same S4ND stem and downsampling it does."""
+    torch.manual_seed(0)
+    image = timm.create_model("test_s4nd_convnext")
+    video = timm.create_model("test_s4nd_convnext_3d")
+    with pytest.raises(ValueError, match=r"missing \(\d+\) \['stem.conv.weight'.*not taken \(\d+\) .*downsample.s4nd"):
+        checkpoint_filter_fn(image.state_dict(), video)
+    cfg = MODEL_VARIANTS["test_s4nd_convnext"]
+    s4nd_video = S4NDConvNeXt(img_size=32, num_frames=4, patch_size=(2, 4, 4), depths=(1, 1, 1, 1),
+                              dims=(16, 24, 32, 48), stem_type="s4nd", stem_channels=8, stem_l_max=(2, 8, 8),
+                              downsample_type="s4nd", temporal_stage_strides=(None, 1, 1, 1),
+                              s4nd_cfg=cfg["s4nd_cfg"], stem_s4nd_cfg=cfg["stem_s4nd_cfg"],
+                              stage_s4nd_cfgs=cfg["stage_s4nd_cfgs"])
+    inflated = checkpoint_filter_fn(image.state_dict(), s4nd_video)
+    assert torch.equal(inflated["stem.s4nd.kernel.2.C"], image.state_dict()["stem.s4nd.kernel.1.C"])
+    s4nd_video.load_state_dict(inflated)
+
+
+# --- torch.compile -------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["test_s4nd_convnext", "test_s4nd_vit"])
+def test_torch_compile_fullgraph(name):
+    """A fresh model (C~ set up inside the compiled graph) compiles without graph breaks (no data_ptr kernel cache or
+    device reads while tracing): training forward and gradients, then eval, equal to eager."""
+    import copy
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5)
+    reference = copy.deepcopy(model)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 32, 32)
+    out, expected = compiled(x), reference(x)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(out, expected)
+    for (key, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=key)
+    model.eval()
+    reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), reference(x))
+    assert all(m._kernel_cache is None for m in model.modules() if isinstance(m, S4ND))

@@ -1,12 +1,15 @@
 """Separable N-D FFT convolution (vssm.ops.fft_conv) against convolution by its definition: causal and bidirectional
-kernels in 1-D, 2-D and 3-D, tensor rank, the dense (out_channels) contraction, gradients, dtypes and autocast."""
+kernels in 1-D, 2-D and 3-D, tensor rank, the dense (out_channels) contraction, gradients, dtypes and autocast; the
+real-valued direct form (the ONNX export's) against the FFT form; the flop count against a hand count."""
 import itertools
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vssm.ops.fft_conv import bidirectional_kernel, fft_conv_nd, fft_conv_nd_ref, kernel_spectra
+from vssm.ops.fft_conv import (bidirectional_kernel, conv_taps, direct_conv_nd, fft_conv_nd, fft_conv_nd_flops,
+                                fft_conv_nd_ref, fft_flops, kernel_spectra)
 
 
 def rand(*shape, seed=0, dtype=torch.float64):
@@ -129,3 +132,75 @@ def test_bf16_autocast_runs_ffts_in_float32():
         y = fft_conv_nd(u, [k])
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, fft_conv_nd(u, [k]))  # no bf16 rounding anywhere inside
+
+
+# --- the direct (export) form --------------------------------------------------------------------------------------
+
+def test_conv_taps_place_forward_and_backward_offsets():
+    """A bidirectional kernel of K taps over L = 6 inputs: forward tap j at offset j, backward tap m at offset
+    -(m + 1); trimmed to the 2K offsets that carry taps."""
+    raw = rand(2, 3, 4)  # (2C, H, K): forward, backward
+    kernel = bidirectional_kernel(raw, 6)  # for the FFT size L + K = 10, its own length
+    taps, before = conv_taps(kernel, 6, 10)
+    assert taps.shape == (1, 3, 8) and before == 4
+    torch.testing.assert_close(taps[..., before:], raw[:1])  # offsets 0..3
+    torch.testing.assert_close(taps[..., :before], raw[1:].flip(-1))  # offsets -4..-1: backward taps 3..0
+    full, full_before = conv_taps(kernel, 6, 10, trim=False)
+    assert full.shape[-1] == 2 * 6 - 1 and full_before == 5
+
+
+CASES = [  # lengths, kernel lengths, bidirectional, rank, out_channels
+    ((7,), (3,), False, 1, None), ((5,), (5,), True, 1, None), ((5, 4), (2, 4), True, 1, None),
+    ((3, 4, 2), (2, 3, 2), True, 2, None), ((6, 5), (3, 3), True, 1, 2), ((4, 3), (4, 3), False, 2, 3),
+    ((5, 7), (6, 2), True, 1, None),  # a kernel longer than its axis: the circular wrap of the FFT form
+]
+
+
+@pytest.mark.parametrize("lengths, klens, bidirectional, rank, out_channels", CASES)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_direct_conv_equals_fft_conv(lengths, klens, bidirectional, rank, out_channels, batch):
+    channels = 2 * rank * (out_channels or 1)
+    u = rand(batch, 3, *lengths)
+    raw = [rand(channels * (2 if bidirectional else 1), 3, k, seed=i + 1) for i, k in enumerate(klens)]
+    kernels = [bidirectional_kernel(k, n) for k, n in zip(raw, lengths)] if bidirectional else raw
+    sizes = [n + k for n, k in zip(lengths, klens)]
+    expected = fft_conv_nd(u, kernels, sizes, rank=rank, out_channels=out_channels)
+    for trim in (True, False):
+        taps = [conv_taps(k, n, f, trim=trim) for k, n, f in zip(kernels, lengths, sizes)]
+        y = direct_conv_nd(u, taps, rank=rank, out_channels=out_channels)
+        assert y.shape == expected.shape and y.dtype == u.dtype
+        torch.testing.assert_close(y, expected, atol=1e-12, rtol=1e-12)
+    u32 = u.float().requires_grad_()
+    taps32 = [(t.float(), b) for t, b in (conv_taps(k, n, f) for k, n, f in zip(kernels, lengths, sizes))]
+    y32 = direct_conv_nd(u32, taps32, rank=rank, out_channels=out_channels)
+    torch.testing.assert_close(y32.double(), expected, atol=1e-5 * expected.abs().max().item(), rtol=1e-5)
+    weight = rand(*y32.shape, seed=9, dtype=torch.float32)
+    (y32 * weight).sum().backward()
+    u_ref = u.float().requires_grad_()
+    (fft_conv_nd(u_ref, [k.float() for k in kernels], sizes, rank=rank, out_channels=out_channels) * weight).sum(
+    ).backward()
+    torch.testing.assert_close(u32.grad, u_ref.grad, atol=1e-5, rtol=1e-4)
+
+
+# --- work ------------------------------------------------------------------------------------------------------------
+
+def test_fft_flops_rule():
+    assert [fft_flops(n) for n in (1, 2, 8, 6)] == [0, 10, 120, round(30 * math.log2(6))]
+
+
+def test_fft_conv_flops_by_hand():
+    """B = 2, H = 3, kernels (rank 1, C = 2) for L = (3, 4) with FFT sizes (6, 8): half-spectrum grid 6 x 5 = 30
+    entries."""
+    f6, f8 = round(30 * math.log2(6)), 120
+    counts = fft_conv_nd_flops(2, 3, 2, (6, 8))
+    assert counts == dict(
+        kernel_fft=2 * 3 * (f6 + f8),  # every axis' kernel, C * H of them
+        spectrum=6 * 2 * 3 * 30,  # one complex product per entry of the C * H grids
+        input_fft=2 * 3 * (6 * f8 + 5 * f6),  # real axis over the 6 rows, then 5 half-spectrum columns
+        product=6 * 2 * 2 * 3 * 30,  # B * C * H grids, one complex product per entry
+        output_fft=2 * 2 * 3 * (6 * f8 + 5 * f6),  # B * C * H maps back
+    )
+    dense = fft_conv_nd_flops(1, 3, 4, (6, 8), rank=2, out_channels=2)  # rank 2, I = 2, C' = 1
+    assert dense["spectrum"] == 6 * 4 * 3 * 30 + 2 * 2 * 3 * 30  # outer products of 4 grids, mean of 2 into 2
+    assert dense["product"] == 8 * 1 * 2 * 3 * 30  # complex multiply-adds over the 3 features, into C' I = 2 maps
+    assert dense["output_fft"] == 1 * 2 * (6 * f8 + 5 * f6)

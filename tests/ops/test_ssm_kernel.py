@@ -1,6 +1,6 @@
 """SSM kernel generation (vssm.ops.ssm_kernel): the vectorised Cauchy / Vandermonde products and the S4 (DPLR) and
 S4D (diagonal) kernels against their plain references, forward and gradients, in float64 and float32; odd and
-truncated lengths, one feature, ranks 1 and 2; the C~ construction; the Nyquist node."""
+truncated lengths, one feature, ranks 1 and 2; the C~ construction; the Nyquist node; the flop counts by hand."""
 import math
 
 import pytest
@@ -8,8 +8,8 @@ import torch
 
 from vssm.ops.ssm_kernel import (
     bandlimit_mask, bilinear, bilinear_diag, bilinear_dplr, cauchy, cauchy_ref, conj_pairs, diag_kernel,
-    diag_kernel_ref, dplr_kernel, dplr_kernel_ref, dplr_state_matrix, dplr_tilde_c, vandermonde, vandermonde_ref,
-    zoh_diag,
+    diag_kernel_flops, diag_kernel_ref, dplr_kernel, dplr_kernel_flops, dplr_kernel_ref, dplr_state_matrix,
+    dplr_tilde_c, vandermonde, vandermonde_ref, zoh_diag,
 )
 
 
@@ -219,3 +219,13 @@ def test_bandlimit_mask():
     # frequency dt |Im A| / 2 pi < b / 2 with b = 1: |Im A| < pi / dt
     expected = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
     torch.testing.assert_close(bandlimit_mask(dt, A, 1.0), expected)
+
+
+def test_kernel_flops_by_hand():
+    """H = 2 features, C = 2 channels, N = 4 (8 poles), rank 1, 8 roots of unity (5 nodes)."""
+    cauchy_matrix = 14 * 2 * 8 * 5  # H x 2N x K entries: a product, an add, a reciprocal
+    contraction = 8 * (2 * 3) * 2 * 8 * 5  # (1 + R)(C + R) numerator rows, complex multiply-adds
+    woodbury = 20 * 2 * 2 * 5 + 8 * 2 * 5
+    inverse_fft = 2 * 2 * 5 * 8 * 3  # C x H kernels, 5 N log2 N with N = 8
+    assert dplr_kernel_flops(2, 2, 4, 1, 8) == cauchy_matrix + contraction + woodbury + inverse_fft == 5920
+    assert diag_kernel_flops(2, 2, 4, 6) == 8 * 2 * 4 * 6 + 8 * 2 * 2 * 4 * 6 + 20 * 2 * 2 * 4

@@ -16,6 +16,12 @@ standard ATen ops (``ExportedProgram.run_decompositions``), and hands the progra
 * our LayerNorm / RMSNorm -> ``layer_norm_ref`` / ``rms_norm_ref``: ONNX LayerNormalization, and the RMSNorm's six
   element-wise ops.
 
+S4ND has no custom op but generates its kernels with complex arithmetic, from a value-dependent length (its stateful
+``l_kernel``), and convolves by FFT. At a fixed input size the kernels are constants:
+``vssm.layers.s4nd.direct_kernels`` computes them once before the trace, and each S4ND then runs the same convolution as
+real-valued depthwise convolutions along each axis (``vssm.ops.fft_conv.direct_conv_nd``, ONNX Conv; the taps are
+initializers, at most 2 L - 1 per axis and channel): no complex numbers or DFTs in the graph.
+
 The lowering is a property of the export only: the models' eager, compiled and GPU paths are untouched. On a CPU
 trace the conv and norms already run their PyTorch references (only the scan is a custom op); the other two
 decompositions cover a model traced with the Triton backend forced.
@@ -27,6 +33,7 @@ embeddings and window partitions are built for one grid), which the model's ``me
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -39,6 +46,7 @@ from torch import Tensor, nn
 
 from vssm.engine.checkpoint import load_model_weights, read_checkpoint
 from vssm.engine.errors import UserError
+from vssm.layers.s4nd import S4ND, direct_kernels
 from vssm.ops.causal_conv import causal_conv1d_ref
 from vssm.ops.layer_norm import layer_norm_ref, rms_norm_ref
 from vssm.ops.onnx_scan import scan_fwd_parallel
@@ -128,7 +136,13 @@ def exportable_models(pattern: str = "") -> list:
 def _video_frames(model: nn.Module) -> Optional[int]:
     """Frames per clip of a video model (clips (B, C, T, H, W)); None for image models."""
     frames = getattr(getattr(model, "patch_embed", None), "num_frames", None)
+    if frames is None and getattr(model, "input_spatial_dims", 2) == 3:  # S4ND-ConvNeXt-3D
+        frames = getattr(model, "num_frames", None)
     return frames if isinstance(frames, int) else None
+
+
+def _has_s4nd(model: nn.Module) -> bool:
+    return any(isinstance(m, S4ND) for m in model.modules())
 
 
 def _as_size(img_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -237,18 +251,24 @@ def _metadata(model: nn.Module, name: str, input_shape: tuple, dynamic_batch: bo
     video = len(input_shape) == 4
     size = "x".join(str(s) for s in input_shape)
     again = "img_size / num_frames" if video else "img_size"
+    s4nd = _has_s4nd(model)
+    built_for = ("the S4ND kernels are computed for one input size" if s4nd else
+                 "scan paths and position embeddings are built for one grid")
+    lowering = ("S4ND kernels computed at export, FFT convolution -> depthwise Conv per axis; layer norm -> "
+                "LayerNormalization" if s4nd else
+                "vssm::scan_fwd -> two-level parallel scan (vssm.ops.onnx_scan); causal conv -> Conv; "
+                "layer norm -> LayerNormalization")
     meta = {
         "model_name": name,
         "input_layout": "NCTHW" if video else "NCHW",
         "input_size": json.dumps(list(input_shape)),
         "dynamic_axes": "batch" if dynamic_batch else "",
         "fixed_input_size": "true",
-        "input_size_note": (f"the graph takes {size} inputs only (scan paths and position embeddings are built for "
-                            f"one grid); export again with another {again} for another size"),
+        "input_size_note": (f"the graph takes {size} inputs only ({built_for}); export again with another {again} "
+                            f"for another size"),
         "num_classes": str(getattr(model, "num_classes", cfg.get("num_classes", ""))),
         "opset": str(opset),
-        "lowering": "vssm::scan_fwd -> two-level parallel scan (vssm.ops.onnx_scan); causal conv -> Conv; "
-                    "layer norm -> LayerNormalization",
+        "lowering": lowering,
     }
     for key in ("mean", "std", "crop_pct", "interpolation", "crop_mode"):
         if cfg.get(key) is not None:
@@ -310,7 +330,8 @@ def export_onnx(model: Union[str, nn.Module], output: Union[str, os.PathLike], *
     batch = 2 if dynamic_batch else 1
     example = torch.randn(batch, *shape)
     _check_input_size(model, name or type(model).__name__, example[:1])
-    program = trace_lowered(model, example, dynamic_batch)
+    with direct_kernels(model, example[:1]) if _has_s4nd(model) else contextlib.nullcontext():
+        program = trace_lowered(model, example, dynamic_batch)
     onnx_program = torch.onnx.export(program, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
                                      output_names=[OUTPUT_NAME], verbose=False, optimize=optimize)
     proto = onnx_program.model_proto

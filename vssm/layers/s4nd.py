@@ -25,7 +25,8 @@ with autocast disabled and is cast back to the input dtype; the output linear fo
 Kernel cache: the official code regenerates the kernels every forward (so do we in training). In eval, when no
 autograd graph is needed (``torch.no_grad``/``inference_mode`` or frozen kernel parameters), the kernel spectra are
 cached for a fixed (kernel parameter and buffer storage + ``_version``, input dtype, device, lengths, rate, inference
-mode); any change, an in-place parameter update or ``train()`` drops them. ``kernel_cache=False`` disables it.
+mode); any change, an in-place parameter update or ``train()`` drops them. ``kernel_cache=False`` disables it. Never
+while tracing (torch.compile, torch.export: fake tensors have no storage).
 
 Stateful C (official behaviour): the DPLR kernel stores ``C~ = (I - dA^L)^T C`` with ``L = l_max`` and the buffer
 ``l_kernel = L``. As the official, a fresh kernel (``l_kernel == 0``: just built, or an official model never run)
@@ -35,7 +36,15 @@ doubles it (``C~ <- (I + dA^l)^T C~``, l_kernel *= 2).
 
 Tracing: ``S4ND`` is an FX leaf (timm ``register_notrace_module``); under TorchScript its SSM core (``S4ND._ssm``:
 kernels, FFTs, D skip) is ``torch.jit.ignore``-d and runs as Python inside the scripted model, which is why the kernel
-helpers (``kernel_forward``, ``kernel_params``, ``setup_c_tilde``) are functions rather than methods.
+helpers (``kernel_forward``, ``kernel_params``, ``setup_c_tilde``) are functions rather than methods. Under
+torch.compile (fullgraph) the kernel length comes from the value of ``l_kernel`` last read, set up or loaded (a traced
+buffer has no value), and a fresh kernel's C~ set-up is traced into the graph. For torch.export / ONNX at a fixed input
+size, ``direct_kernels(model, example)`` (``S4ND.materialize_kernels``) computes the kernels once and runs the layer
+as real-valued depthwise convolutions along each axis (``vssm.ops.fft_conv.direct_conv_nd``): no complex numbers.
+
+Image -> video inflation: ``S4ND.reinit_time_kernel`` is the official ``_reinit`` hook (a new time kernel for a 3-axis
+layer; ``deterministic`` is the official deterministic init it uses). ``fft_conv_flops`` counts the layer's work for
+``vssm.flops``.
 
 Optimizer hints (official ``_optim`` attributes): with ``lr`` a float, ``inv_dt``, ``A_real``, ``A_imag``, ``B``, ``P``
 carry ``param._optim = {"lr": lr, "weight_decay": wd}`` (wd defaults to 0.0) and ``C`` carries ``{"lr": lr}`` (global
@@ -64,18 +73,21 @@ the layer from the official constructor kwargs.
 """
 import math
 import re
-from typing import Dict, Optional, Sequence, Union
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 from torch import Tensor
 
-from ..ops.fft_conv import bidirectional_kernel, fft_conv_nd, kernel_spectra
-from ..ops.ssm_kernel import bandlimit_mask, diag_kernel, dplr_kernel, dplr_tilde_c
+from ..ops.fft_conv import (bidirectional_kernel, conv_taps, direct_conv_nd, fft_conv_nd, fft_conv_nd_flops,
+                            kernel_spectra)
+from ..ops.ssm_kernel import (bandlimit_mask, diag_kernel, diag_kernel_flops, dplr_kernel, dplr_kernel_flops,
+                              dplr_tilde_c)
 
-__all__ = ["S4ND", "SSMKernelDPLR", "SSMKernelDiag", "convert_official_s4nd", "kernel_forward", "kernel_params",
-           "s4nd_from_official", "setup_c_tilde", "ssm_init"]
+__all__ = ["S4ND", "SSMKernelDPLR", "SSMKernelDiag", "convert_official_s4nd", "direct_kernels", "kernel_forward",
+           "kernel_params", "s4nd_from_official", "setup_c_tilde", "ssm_init"]
 
 _DPLR_MODES = ("dplr", "s4", "nplr")
 _DIAG_MODES = ("s4d", "diag")
@@ -86,8 +98,8 @@ _INIT_COMBINATIONS = {"hippo": ["legs", "fourier"], "diag": ["diag-inv", "diag-l
 # --- initialisation (HiPPO and S4D inits, official kernels/dplr.py + hippo/hippo.py semantics) ----------------------
 
 def _hippo_nplr(measure: str, N: int):
-    """Normal-plus-low-rank form of the HiPPO matrices: (W c(N/2), P c(1, N/2), B c(N/2)) with the state matrix
-    unitarily equivalent to ``diag(W) - P P^*`` over both conjugate halves; complex128."""
+    """Normal-plus-low-rank form of the HiPPO matrices: (W c(N/2), P c(1, N/2), B c(N/2), V c(N, N/2)) with the
+    state matrix unitarily equivalent (by V) to ``diag(W) - P P^*`` over both conjugate halves; complex128."""
     q = torch.arange(N, dtype=torch.float64, device="cpu")
     if measure == "legs":
         r = torch.sqrt(2 * q + 1)
@@ -119,7 +131,7 @@ def _hippo_nplr(measure: str, N: int):
     B = V_inv @ B.to(V.dtype)
     P = (V_inv @ P.to(V.dtype).T).T
     B = B.real + 1j * torch.clamp(B.imag, min=-2.0, max=2.0)  # official B_clip=2
-    return W, P, B
+    return W, P, B, V
 
 
 def _single_init(init: str, N: int, rank: int, S: int):
@@ -135,16 +147,19 @@ def _single_init(init: str, N: int, rank: int, S: int):
         A = (-0.5 - 1j * imag).expand(S, -1)
         B = torch.ones(S, N // 2, dtype=torch.complex128, device="cpu")
         P = torch.zeros(rank, S, N // 2, dtype=torch.complex128, device="cpu")
-        return A, P, B
+        V = torch.eye(N, dtype=torch.complex128, device="cpu")[:, :N // 2]
+        return A, P, B, V.expand(S, -1, -1)
     if rank != 1:
         raise ValueError(f"init {init!r} has a rank-1 correction; got rank={rank}")
-    W, P, B = _hippo_nplr(init, N)
-    return W.expand(S, -1), P[:, None].expand(-1, S, -1), B.expand(S, -1)
+    W, P, B, V = _hippo_nplr(init, N)
+    return W.expand(S, -1), P[:, None].expand(-1, S, -1), B.expand(S, -1), V.expand(S, -1, -1)
 
 
 def ssm_init(init: Union[str, Sequence[str]], N: int, rank: int, S: int):
-    """(A c(S, N/2), P c(R, S, N/2), B c(S, N/2)) for ``init`` in 'legs' (S4ND-ViT), 'fourier' (S4ND-ConvNeXt),
-    'diag-lin' / 'diag-inv' (S4D), or the combinations 'hippo' / 'diag' / 'all' (S split between them); complex128."""
+    """(A c(S, N/2), P c(R, S, N/2), B c(S, N/2), V c(S, N, N/2)) for ``init`` in 'legs' (S4ND-ViT), 'fourier'
+    (S4ND-ConvNeXt), 'diag-lin' / 'diag-inv' (S4D), or the combinations 'hippo' / 'diag' / 'all' (S split between
+    them); complex128. V maps the diagonal basis back to the original (HiPPO) state basis (the identity's first N/2
+    columns for the S4D inits)."""
     inits = _INIT_COMBINATIONS.get(init, [init]) if isinstance(init, str) else list(init)
     if S % len(inits):
         raise ValueError(f"n_ssm={S} must be a multiple of the {len(inits)} inits {inits}")
@@ -152,7 +167,8 @@ def ssm_init(init: Union[str, Sequence[str]], N: int, rank: int, S: int):
     A = torch.cat([p[0] for p in parts], dim=0)
     P = torch.cat([p[1] for p in parts], dim=1)
     B = torch.cat([p[2] for p in parts], dim=0)
-    return A, P, B
+    V = torch.cat([p[3] for p in parts], dim=0)
+    return A, P, B, V
 
 
 # --- 1-D kernels ---------------------------------------------------------------------------------------------------
@@ -177,6 +193,10 @@ class _SSMKernel(nn.Module):
         init: see ``ssm_init``.
         lr, wd: optimizer hints (float or dict over 'dt', 'A', 'B', 'C'), see the module docstring.
         bandlimit: mask modes with ``dt |Im A| / 2 pi >= bandlimit / 2`` (S4ND anti-aliasing) or None.
+        deterministic: the official deterministic init (its "simple exponential decay kernel" for S4ND's image ->
+            video inflation): ``inv_dt = exp(linspace(log dt_min, log dt_max, H))`` and C the first state of the
+            original (HiPPO) basis, ``C = V^* e_0``, in every channel. NOTE: as the official code, the step itself is
+            stored where its log belongs, so the step is ``e^dt`` (dt_min = dt_max = 2 gives e^2 = 7.39).
     """
 
     def __init__(
@@ -193,6 +213,7 @@ class _SSMKernel(nn.Module):
             lr: Union[None, float, dict] = None,
             wd: Union[None, float, dict] = 0.0,
             bandlimit: Optional[float] = None,
+            deterministic: bool = False,
             device=None,
             dtype=None,
     ):
@@ -209,11 +230,17 @@ class _SSMKernel(nn.Module):
         dtype = dtype or torch.get_default_dtype()
         self._dd = {"device": device if device is not None else torch.get_default_device(), "dtype": dtype}
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        A, P, B = ssm_init(init, d_state, rank, self.n_ssm)
+        A, P, B, V = ssm_init(init, d_state, rank, self.n_ssm)
         # computed on the CPU (also under a meta / cuda default device), then moved
-        inv_dt = torch.rand(d_model, 1, dtype=torch.float64, device="cpu") * (math.log(dt_max) - math.log(dt_min))
-        inv_dt = inv_dt + math.log(dt_min)
-        C = torch.randn(channels, d_model, self.N, dtype=cdtype, device="cpu").to(torch.complex128)
+        if deterministic:
+            inv_dt = torch.exp(torch.linspace(math.log(dt_min), math.log(dt_max), d_model, dtype=torch.float64,
+                                              device="cpu"))[:, None]  # (sic: the official stores dt as log dt)
+            first_state = V[:, 0, :].conj()  # (S, N/2): V^* e_0
+            C = first_state.repeat(d_model // self.n_ssm, 1).expand(channels, -1, -1).contiguous()
+        else:
+            inv_dt = torch.rand(d_model, 1, dtype=torch.float64, device="cpu") * (math.log(dt_max) - math.log(dt_min))
+            inv_dt = inv_dt + math.log(dt_min)
+            C = torch.randn(channels, d_model, self.N, dtype=cdtype, device="cpu").to(torch.complex128)
         self._init = (inv_dt, A, P, B, C)  # consumed by the subclass
 
     def _register(self, name: str, tensor: Tensor, lr, wd):
@@ -284,6 +311,7 @@ def setup_c_tilde(kernel: nn.Module, length: int) -> None:
                          double=double)
     kernel.C.copy_(torch.view_as_real(c_new))
     kernel.l_kernel.fill_(2 * current if double else length)
+    _remember_l_kernel(kernel, 2 * current if double else length)
 
 
 class SSMKernelDPLR(_SSMKernel):
@@ -292,6 +320,7 @@ class SSMKernelDPLR(_SSMKernel):
     Parameters: ``inv_dt`` (H, 1) = log dt; ``A_real`` (S, N/2) = log(-Re A); ``A_imag`` (S, N/2) = -Im A;
     ``B`` (1, S, N/2, 2), ``P`` (R, S, N/2, 2), ``C`` (C', H, N/2, 2) complex as (real, imag); buffer ``l_kernel``.
     """
+    __jit_ignored_attributes__ = ["_l_kernel_value"]  # Python-side bookkeeping (``_l_kernel``)
 
     def __init__(self, d_model: int, **kwargs):
         super().__init__(d_model, **kwargs)
@@ -300,6 +329,12 @@ class SSMKernelDPLR(_SSMKernel):
         self._register_common(inv_dt, A, B, C)
         self._register("P", torch.view_as_real(P).contiguous(), self._lr["A"], self._wd["A"])
         self.register_buffer("l_kernel", torch.tensor(0, device=self._dd["device"]))  # C~ is set up on first use
+        _remember_l_kernel(self, 0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if not _tracing(self.l_kernel) and self.l_kernel.device.type != "meta":
+            _remember_l_kernel(self, int(self.l_kernel.item()))
 
     @torch.jit.ignore  # TorchScript: runs as Python (see ``kernel_forward``)
     def forward(self, L: int, rate: float = 1.0) -> Tensor:
@@ -350,23 +385,54 @@ def _kernel_tensors(kernel: nn.Module):
     return [getattr(kernel, name) for name in _KERNEL_TENSORS if hasattr(kernel, name)]
 
 
+def _tracing(t: Tensor) -> bool:
+    """True under torch.compile / torch.export tracing or for a fake / functional tensor: no storage to read
+    (``data_ptr``, ``item``)."""
+    return torch.compiler.is_compiling() or type(t) not in (Tensor, nn.Parameter)
+
+
 def _cache_key(kernels, u: Tensor, lengths, rate: float):
     state = tuple((t.data_ptr(), t._version, t.dtype) for k in kernels for t in _kernel_tensors(k))
     return state, u.dtype, u.device, tuple(lengths), float(rate), torch.is_inference_mode_enabled()
 
 
+def _remember_l_kernel(kernel: nn.Module, value: int) -> None:
+    """Keep ``l_kernel``'s value beside the buffer (``_l_kernel`` checks it against the buffer in eager mode)."""
+    if not _scripted(kernel):
+        kernel._l_kernel_value = (None, value)
+
+
+def _scripted(module: nn.Module) -> bool:
+    """A submodule of a TorchScript module (as an ignored function sees it: no Python-side attributes)."""
+    return getattr(module, "__dict__", None) is None
+
+
 def _l_kernel(kernel: nn.Module) -> int:
-    """``kernel.l_kernel`` as an int, read from the device only when the buffer changed (no sync per forward)."""
+    """``kernel.l_kernel`` as an int, read from the device only when the buffer changed (no sync per forward). Under
+    torch.compile / torch.export the value last read, set up or loaded is used (a traced buffer has no value); a
+    submodule of a TorchScript module is read every time."""
     buffer = kernel.l_kernel
-    store = getattr(kernel, "__dict__", None)  # (a submodule of a TorchScript module has none: read every time)
-    if store is None:
+    cached = getattr(kernel, "_l_kernel_value", None)
+    if cached is None:  # a submodule of a TorchScript module
         return int(buffer.item())
+    if _tracing(buffer):
+        return cached[1]
     key = (buffer.data_ptr(), buffer._version, buffer.device)
-    cached = store.get("_l_kernel_value")
-    if cached is None or cached[0] != key:
+    if cached[0] != key:
         cached = (key, int(buffer.item()))
-        store["_l_kernel_value"] = cached
+        kernel._l_kernel_value = cached
     return cached[1]
+
+
+def _planned_l_kernel(kernel: nn.Module, L: int, rate: float) -> int:
+    """The ``l_kernel`` that ``kernel_forward(kernel, L, rate)`` runs with (after its set-up and doublings), without
+    changing the kernel."""
+    current = _l_kernel(kernel)
+    if current == 0:
+        current = kernel.l_max or round(rate * L)
+    while round(rate * L) > current:
+        current *= 2
+    return current
 
 
 def kernel_forward(kernel: nn.Module, L: int, rate: float = 1.0) -> Tensor:
@@ -387,23 +453,51 @@ def kernel_forward(kernel: nn.Module, L: int, rate: float = 1.0) -> Tensor:
     return dplr_kernel(A, B, C, P, dt, L, fft_length)
 
 
+def _kernel_lengths(layer: nn.Module, lengths: Sequence[int], rate: float) -> List[int]:
+    """Taps of each axis' kernel for inputs of ``lengths`` at ``rate`` (official: ``min(L, round(l_max / rate))``)."""
+    return [l if lm is None else min(l, round(lm / rate)) for l, lm in zip(lengths, layer.l_max)]
+
+
+def _combined_kernels(layer: nn.Module, lengths: Sequence[int], rate: float) -> Tuple[List[Tensor], List[int]]:
+    """Per-axis kernels of an ``S4ND`` for input lengths ``lengths`` at ``rate``, bidirectional halves combined, in the
+    layout of an FFT of size ``L + L_kernel`` (r(C' / 2, H, F_i), or r(C', H, F_i) unidirectional), and the FFT
+    sizes."""
+    kernels = [getattr(layer.kernel, str(i)) for i in range(len(lengths))]  # (also on a TorchScript module)
+    kernel_lengths = _kernel_lengths(layer, lengths, rate)
+    ks = [kernel_forward(kernel, lk, rate) for kernel, lk in zip(kernels, kernel_lengths)]  # (C', H, lk)
+    if layer.bidirectional:
+        ks = [bidirectional_kernel(k, l) for k, l in zip(ks, lengths)]  # (C'/2, H, lk + l)
+    return ks, [l + lk for l, lk in zip(lengths, kernel_lengths)]
+
+
+def _direct_taps(layer: nn.Module, lengths: Sequence[int], rate: float,
+                 traced: bool) -> Optional[List[Tuple[Tensor, int]]]:
+    """The taps of ``S4ND.materialize_kernels`` for these lengths and rate, or None (generate the kernels)."""
+    direct = getattr(layer, "_direct_kernels", None)  # (a TorchScript module keeps no such attribute)
+    if direct is None:
+        return None
+    if direct[0] != tuple(lengths) or direct[1] != float(rate):
+        if traced:  # the FFT path would put complex numbers into the graph
+            raise ValueError(f"S4ND: kernels are materialised for lengths {list(direct[0])} at rate {direct[1]}, "
+                             f"not for {list(lengths)} at rate {rate}")
+        return None
+    return [(getattr(layer, f"direct_taps_{axis}"), before) for axis, before in enumerate(direct[2])]
+
+
 def _kernel_spectra(layer: nn.Module, u: Tensor, lengths, rate: float):
     """Per-axis kernel spectra and FFT sizes of an ``S4ND`` for input lengths ``lengths`` at ``rate`` (cached in eval
-    when no graph is needed)."""
-    kernels = [getattr(layer.kernel, str(i)) for i in range(len(lengths))]  # (also on a TorchScript module)
+    when no graph is needed, never while tracing)."""
+    kernels = [getattr(layer.kernel, str(i)) for i in range(len(lengths))]
     needs_graph = torch.is_grad_enabled() and any(t.requires_grad for k in kernels for t in _kernel_tensors(k))
-    use_cache = layer.kernel_cache and not layer.training and not needs_graph
-    cache = layer.__dict__.get("_kernel_cache")
-    key = _cache_key(kernels, u, lengths, rate) if use_cache else None
-    if use_cache and cache is not None and cache[0] == key:
-        return cache[1], cache[2]
-    layer.__dict__["_kernel_cache"] = None
-    kernel_lengths = [l if lm is None else min(l, round(lm / rate)) for l, lm in zip(lengths, layer.l_max)]
+    use_cache = layer.kernel_cache and not layer.training and not needs_graph and not _tracing(u)
+    if use_cache:
+        cache = layer.__dict__.get("_kernel_cache")
+        if cache is not None and cache[0] == _cache_key(kernels, u, lengths, rate):
+            return cache[1], cache[2]
+    if not _tracing(u):
+        layer.__dict__["_kernel_cache"] = None
     with torch.autocast(device_type=u.device.type, enabled=False):
-        ks = [kernel_forward(kernel, lk, rate) for kernel, lk in zip(kernels, kernel_lengths)]  # (C', H, lk)
-        if layer.bidirectional:
-            ks = [bidirectional_kernel(k, l) for k, l in zip(ks, lengths)]  # (C'/2, H, lk + l)
-        fft_sizes = [l + lk for l, lk in zip(lengths, kernel_lengths)]
+        ks, fft_sizes = _combined_kernels(layer, lengths, rate)
         spectra = kernel_spectra(ks, fft_sizes)
     if use_cache:  # key again: a first forward may have set up C~ in place
         layer.__dict__["_kernel_cache"] = (_cache_key(kernels, u, lengths, rate), fft_sizes, spectra)
@@ -430,10 +524,12 @@ class S4ND(nn.Module):
         trank: tensor rank of the separable kernel (mean of trank outer products).
         linear: no activation / output linear (S4ND as a pure convolution, as in ConvNeXt).
         mode: ``'dplr'`` (S4, default) or ``'s4d'`` / ``'diag'``.
-        init, rank, n_ssm, dt_min, dt_max, lr, wd, bandlimit: SSM kernel options (``SSMKernelDPLR``).
+        init, rank, n_ssm, dt_min, dt_max, lr, wd, bandlimit, deterministic: SSM kernel options
+            (``SSMKernelDPLR``).
         disc: S4D discretisation (``'zoh'`` or ``'bilinear'``).
         kernel_cache: cache the kernel spectra in eval (see the module docstring).
     """
+    __jit_ignored_attributes__ = ["_direct_kernels", "_kernel_kwargs"]  # Python-side (the SSM core is not scripted)
 
     def __init__(
             self,
@@ -460,6 +556,7 @@ class S4ND(nn.Module):
             wd: Union[None, float, dict] = 0.0,
             bandlimit: Optional[float] = None,
             disc: str = "zoh",
+            deterministic: bool = False,
             kernel_cache: bool = True,
             device=None,
             dtype=None,
@@ -483,19 +580,16 @@ class S4ND(nn.Module):
             self.l_max = [l_max] * dim
         else:
             self.l_max = list(l_max)
-        kernel_channels = channels * (out_channels or 1) * trank * (2 if bidirectional else 1)
-        common = dict(channels=kernel_channels, d_state=d_state, dt_min=dt_min, dt_max=dt_max, rank=rank,
-                      n_ssm=n_ssm, init=init, lr=lr, wd=wd, bandlimit=bandlimit, **dd)
-        if mode in _DPLR_MODES:
-            make = lambda L: SSMKernelDPLR(d_model, l_max=L, **common)  # noqa: E731
-        elif mode in _DIAG_MODES:
-            make = lambda L: SSMKernelDiag(d_model, l_max=L, disc=disc, **common)  # noqa: E731
-        else:
+        if mode not in _DPLR_MODES + _DIAG_MODES:
             raise NotImplementedError(f"S4ND mode {mode!r} (supported: {_DPLR_MODES + _DIAG_MODES})")
         self.mode = mode
+        # the 1-D kernels' options (also for ``reinit_time_kernel``)
+        self._kernel_kwargs = dict(mode=mode, disc=disc, d_state=d_state, dt_min=dt_min, dt_max=dt_max, rank=rank,
+                                   n_ssm=n_ssm, init=init, lr=lr, wd=wd, bandlimit=bandlimit,
+                                   deterministic=deterministic)
         # skip term D (channels, H); the dense stem has none (the official builds an unused one, dropped on conversion)
         self.D = nn.Parameter(torch.randn(channels, d_model, **dd)) if out_channels is None else None
-        self.kernel = nn.ModuleList([make(L) for L in self.l_max])
+        self.kernel = nn.ModuleList([self._make_kernel(L, **dd) for L in self.l_max])
         self.activation = _activation(None if linear else activation)
         self.dropout = nn.Dropout(dropout) if dropout > 0.0 and not linear else nn.Identity()
         self.output_linear, self.final_act = nn.Identity(), nn.Identity()  # (linear: none; modules without state)
@@ -506,6 +600,40 @@ class S4ND(nn.Module):
             if transposed:  # official TransposedLinear bias hint
                 self.output_linear.bias._optim = {"weight_decay": 0.0}
         self.__dict__["_kernel_cache"] = None  # (plain attribute: not state, not scripted)
+        self._direct_kernels: Optional[tuple] = None  # (lengths, rate, taps before offset 0 per axis), see below
+
+    def _make_kernel(self, l_max: Optional[int], **overrides) -> nn.Module:
+        """A 1-D SSM kernel of this layer's kind and options (``overrides`` win) for kernels of ``l_max`` taps."""
+        kwargs = {**self._kernel_kwargs, **overrides}
+        mode, disc = kwargs.pop("mode"), kwargs.pop("disc")
+        channels = self.channels * (self.out_channels or 1) * self.trank * (2 if self.bidirectional else 1)
+        if mode in _DPLR_MODES:
+            return SSMKernelDPLR(self.d_model, channels=channels, l_max=l_max, **kwargs)
+        return SSMKernelDiag(self.d_model, channels=channels, l_max=l_max, disc=disc, **kwargs)
+
+    @torch.no_grad()
+    def reinit_time_kernel(self, dt_min: Optional[float] = None, dt_max: Optional[float] = None,
+                           normalize: bool = False, **kernel_overrides) -> None:
+        """Replace the first (time) kernel of a 3-axis layer by a fresh one (official ``S4ND._reinit``, the hook of
+        S4ND's image -> video inflation): the layer's kernel options with ``kernel_overrides`` (e.g. ``init='hippo'``,
+        ``n_ssm=None``, ``deterministic=True``; the official v3 name ``measure`` is taken for ``init``), the step in
+        [dt_min, dt_max] (default 2 / T for T = the time axis' l_max), and with ``normalize`` C divided by dt / 2.
+        The new kernel has ``l_kernel = 0`` (its C~ is set up on the first forward) and its parameters may have other
+        shapes than the old one's (``n_ssm``)."""
+        if len(self.l_max) != 3:
+            raise ValueError(f"S4ND.reinit_time_kernel: the layer has {len(self.l_max)} axes, not 3 (time, H, W)")
+        if "measure" in kernel_overrides:
+            kernel_overrides["init"] = kernel_overrides.pop("measure")
+        length = self.l_max[0]
+        if length is None and (dt_min is None or dt_max is None):
+            raise ValueError("S4ND.reinit_time_kernel: the time axis has no l_max; give dt_min and dt_max")
+        old = self.kernel[0].inv_dt
+        kernel = self._make_kernel(length, dt_min=dt_min or 2.0 / length, dt_max=dt_max or 2.0 / length,
+                                   device=old.device, dtype=old.dtype, **kernel_overrides)
+        if normalize:
+            kernel.C.div_(0.5 * torch.exp(kernel.inv_dt)[:, :, None])  # (C', H, N, 2) / (H, 1, 1)
+        self.kernel[0] = kernel
+        self.__dict__["_kernel_cache"] = None
 
     def optim_hints(self) -> Dict[str, dict]:
         """``{parameter name: _optim dict}`` for the parameters that carry optimizer hints."""
@@ -520,6 +648,30 @@ class S4ND(nn.Module):
         self.__dict__["_kernel_cache"] = None
         return super().train(mode)
 
+    @torch.no_grad()
+    def materialize_kernels(self, lengths: Sequence[int], rate: float = 1.0) -> None:
+        """Compute the kernels for inputs of ``lengths`` at ``rate`` once, as the taps of real-valued direct
+        convolutions (``vssm.ops.fft_conv.conv_taps``: buffers ``direct_taps_{axis}``, not in the state dict), and
+        run inputs of exactly these lengths at this rate through ``direct_conv_nd`` (the same map, no complex numbers,
+        no FFT) until ``release_kernels``: a graph that torch.export and ONNX take at a fixed input size."""
+        self.release_kernels()
+        lengths = [int(l) for l in lengths]
+        with torch.autocast(device_type=self.kernel[0].inv_dt.device.type, enabled=False):
+            ks, fft_sizes = _combined_kernels(self, lengths, rate)
+        befores = []
+        for axis, (k, length, size) in enumerate(zip(ks, lengths, fft_sizes)):
+            taps, before = conv_taps(k, length, size)
+            self.register_buffer(f"direct_taps_{axis}", taps.contiguous(), persistent=False)
+            befores.append(before)
+        self._direct_kernels = (tuple(lengths), float(rate), tuple(befores))
+
+    def release_kernels(self) -> None:
+        """Drop the kernels of ``materialize_kernels`` (back to generating them per forward)."""
+        if self._direct_kernels is not None:
+            for axis in range(len(self._direct_kernels[2])):
+                del self._buffers[f"direct_taps_{axis}"]
+        self._direct_kernels = None
+
     @torch.jit.ignore  # TorchScript: runs as Python (complex math, value-dependent lengths, the stateful C~)
     def _ssm(self, u: Tensor, rate: float) -> Tensor:
         """u (B, H, L1..Ld) -> kernels, FFT convolution and D skip -> (B, channels * H (or I), L1..Ld), u's dtype."""
@@ -527,11 +679,15 @@ class S4ND(nn.Module):
         if len(lengths) > len(self.l_max):
             raise ValueError(f"S4ND: {len(lengths)} length axes but only {len(self.l_max)} kernels")
         in_dtype = u.dtype
-        fft_sizes, spectra = _kernel_spectra(self, u, lengths, rate)
+        taps = _direct_taps(self, lengths, rate, _tracing(u))
+        spectra = None if taps is not None else _kernel_spectra(self, u, lengths, rate)
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.to(torch.float64 if in_dtype == torch.float64 else torch.float32)
-            y = fft_conv_nd(u, fft_sizes=fft_sizes, spectra=spectra, rank=self.trank,
-                            out_channels=self.out_channels)  # (B, C, H, L..) or (B, C, I, L..)
+            if taps is not None:
+                y = direct_conv_nd(u, taps, rank=self.trank, out_channels=self.out_channels)
+            else:
+                y = fft_conv_nd(u, fft_sizes=spectra[0], spectra=spectra[1], rank=self.trank,
+                                out_channels=self.out_channels)  # (B, C, H, L..) or (B, C, I, L..)
             if self.D is not None:
                 y = y + u[:, None] * self.D.reshape(*self.D.shape, *([1] * len(lengths))).to(u.dtype)
             return y.flatten(1, 2).to(in_dtype)  # channel c * H + h
@@ -552,10 +708,65 @@ class S4ND(nn.Module):
                 y = y.movedim(-1, 1)
         return y
 
+    def fft_conv_flops(self, input_shape: Sequence[int], rate: float = 1.0) -> Dict[str, int]:
+        """Real flops of the SSM core of one forward on an input of ``input_shape`` (in the forward's layout) at
+        ``rate``: ``kernel``, the generation of every axis' kernel (``dplr_kernel_flops`` / ``diag_kernel_flops``,
+        with the ``l_kernel`` the forward runs with); the FFT convolution's parts (``fft_conv_nd_flops``); ``skip``,
+        the D term (a multiply and an add per output element). The output linear is a GEMM, counted as such by
+        ``vssm.flops``."""
+        shape = [int(n) for n in input_shape]
+        batch, features = shape[0], shape[1] if self.transposed else shape[-1]
+        lengths = shape[2:] if self.transposed else shape[1:-1]
+        kernel_lengths = _kernel_lengths(self, lengths, rate)
+        counts = {"kernel": 0}
+        for i, length in enumerate(kernel_lengths):
+            kernel = self.kernel[i]
+            if hasattr(kernel, "P"):
+                fft_length = round(_planned_l_kernel(kernel, length, rate) / rate)
+                counts["kernel"] += dplr_kernel_flops(features, kernel.channels, kernel.N, kernel.rank, fft_length)
+            else:
+                counts["kernel"] += diag_kernel_flops(features, kernel.channels, kernel.N, length)
+        combined = self.kernel[0].channels // (2 if self.bidirectional else 1)  # rank * C kernel channels per axis
+        fft_sizes = [l + lk for l, lk in zip(lengths, kernel_lengths)]
+        counts.update(fft_conv_nd_flops(batch, features, combined, fft_sizes, self.trank, self.out_channels))
+        counts["skip"] = 0 if self.D is None else 2 * batch * self.channels * features * math.prod(lengths)
+        return counts
+
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, l_max={self.l_max}, channels={self.channels}, "
                 f"out_channels={self.out_channels}, bidirectional={self.bidirectional}, mode={self.mode!r}, "
                 f"transposed={self.transposed}, linear={self.linear}")
+
+
+@contextmanager
+def direct_kernels(model: nn.Module, *example_args, **example_kwargs) -> Iterator[nn.Module]:
+    """Within the context, every ``S4ND`` of ``model`` runs the input size of the example through real-valued direct
+    convolutions with kernels computed once (``S4ND.materialize_kernels``): what torch.export and the ONNX export need
+    (no complex numbers in the graph, no data-dependent kernel lengths). One eager forward without gradients on the
+    example finds each layer's input lengths and rate; on exit the layers generate their kernels again."""
+    layers = [m for m in model.modules() if isinstance(m, S4ND)]
+    calls = {}
+
+    def record(layer, args, kwargs):
+        u = args[0]
+        rate = args[1] if len(args) > 1 else kwargs.get("rate", 1.0)
+        lengths = u.shape[2:] if layer.transposed else u.shape[1:-1]
+        calls.setdefault(layer, (tuple(int(n) for n in lengths), float(rate)))
+
+    handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(*example_args, **example_kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    try:
+        for layer, (lengths, rate) in calls.items():
+            layer.materialize_kernels(lengths, rate)
+        yield model
+    finally:
+        for layer in layers:
+            layer.release_kernels()
 
 
 # --- official checkpoints ------------------------------------------------------------------------------------------
@@ -563,7 +774,7 @@ class S4ND(nn.Module):
 _V3_RENAMES = (("log_dt", "inv_dt"), ("inv_w_real", "A_real"), ("log_w_real", "A_real"), ("w_imag", "A_imag"),
                ("L", "l_kernel"))
 _IGNORED_KWARGS = {"return_state": None, "contract_version": None, "verbose": None}
-_DEFAULT_ONLY = {"deterministic": False, "initializer": None, "weight_norm": False, "tie_dropout": (None, False),
+_DEFAULT_ONLY = {"initializer": None, "weight_norm": False, "tie_dropout": (None, False),
                  "ln": False, "hyper_act": None, "dt_tie": True, "dt_transform": "exp", "real_transform": "exp",
                  "imag_transform": "none", "is_real": False, "dt_fast": False}
 

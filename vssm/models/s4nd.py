@@ -49,6 +49,17 @@ ConvNeXt-3D ``stem.stem.0.*`` / ``stem.stem.1.*``             ``stem.conv.*`` / 
 
 PyTorch-Lightning training checkpoints (``{'state_dict': {'model.<key>': ...}}``) are unwrapped first.
 
+Image -> video inflation (official ``convnext_timm_tiny_s4nd_2d_to_3d``, ``inflate_2d_to_3d``): a 2-D S4ND-ConvNeXt
+checkpoint given to a 3-D model (``timm.create_model('s4nd_convnext_tiny_3d', pretrained=True,
+pretrained_cfg_overlay=dict(file=...))`` or ``model.pretrained_file`` in a training config) is inflated by
+``checkpoint_filter_fn``: the 2-D kernels (height, width) become the 3-D model's ``kernel.1`` / ``kernel.2``, the time
+kernel ``kernel.0`` is the 3-D model's own, conv weights are repeated along time, the head is the 3-D model's own.
+The 2-D model must have the same stem and downsample kinds as the 3-D one: the README's HMDB-51 run inflates a
+ConvNeXt-S4ND with a patch stem and conv downsampling (``stem_type='patch', downsample_type='conv'``) into
+``s4nd_convnext_tiny_3d``. ``time_kernel_reinit=True`` builds the time kernels as the official ``S4ND._reinit`` hook
+with the README's arguments (``TIME_KERNEL_REINIT``; at the official HEAD the README passes them under a config key
+that train.py never reads, so the official run keeps the fresh time kernels, which is our default).
+
 Modifications: timm layout and API; the S4ND re-implementation of ``vssm.layers.s4nd`` (kernel cache in eval, fp32
 FFTs under autocast); plain logits instead of the official ``(logits, None)``; the unused official parameters
 (ViT ``kernel.1``, stem ``D``) are not built, so the parameter counts are the used ones (ViT-B 88,786,408,
@@ -60,6 +71,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from einops import repeat
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -71,10 +83,13 @@ from ..convert import register_checkpoint_filter, register_official, unwrap_chec
 from ..layers.checks import check_batched_input
 from ..layers.s4nd import S4ND, convert_official_s4nd, s4nd_from_official
 
-__all__ = ["S4NDViT", "S4NDConvNeXt", "checkpoint_filter_fn", "convert_official"]
+__all__ = ["S4NDViT", "S4NDConvNeXt", "TIME_KERNEL_REINIT", "checkpoint_filter_fn", "convert_official",
+           "inflate_2d_to_3d"]
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
+# the official _reinit hook's arguments in the README's HMDB-51 launch command (S4ND.reinit_time_kernel)
+TIME_KERNEL_REINIT = dict(init="hippo", n_ssm=None, deterministic=True, dt_min=2.0, dt_max=2.0, normalize=False)
 
 
 def _s4nd(cfg: Optional[dict], **overrides) -> S4ND:
@@ -111,7 +126,9 @@ class ChannelLinear(nn.Module):
         self.bias._optim = {"weight_decay": 0.0}
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x.movedim(1, -1), self.weight, self.bias).movedim(-1, 1)
+        # NOTE: contiguous for the GLU after it: on a channels-last-strided input, glu_backward's CPU kernel and its
+        # meta function disagree on the gradient's strides, which breaks compiled (AOT) backward graphs
+        return F.linear(x.movedim(1, -1), self.weight, self.bias).movedim(-1, 1).contiguous()
 
 
 def _avg_pool(ndim: int, stride: Sequence[int]) -> nn.Module:
@@ -288,6 +305,8 @@ class S4NDConvNeXt(nn.Module):
         drop_rate: head dropout; drop_path_rate: stochastic depth (linear over all blocks); drop_mlp: MLP dropout.
         s4nd_cfg: official S4ND layer kwargs shared by every S4ND (l_max is set per place).
         stem_s4nd_cfg, stage_s4nd_cfgs: overrides for the stem and per stage (stage i: downsample and blocks).
+        time_kernel_reinit: 3-D: rebuild the time kernel of every S4ND by ``S4ND.reinit_time_kernel`` (the official
+            ``_reinit`` hook): True for the README's HMDB-51 arguments (``TIME_KERNEL_REINIT``), or a dict of them.
     """
 
     def __init__(
@@ -314,6 +333,7 @@ class S4NDConvNeXt(nn.Module):
             s4nd_cfg: Optional[dict] = None,
             stem_s4nd_cfg: Optional[dict] = None,
             stage_s4nd_cfgs: Optional[Sequence[dict]] = None,
+            time_kernel_reinit: Union[None, bool, dict] = None,
             device=None,
             dtype=None,
     ):
@@ -375,6 +395,13 @@ class S4NDConvNeXt(nn.Module):
             prev = dim
         self.head = S4NDHead(prev, num_classes, global_pool, drop_rate, ndim, **dd)
         self.init_weights(conv_init=ndim == 2)
+        if time_kernel_reinit:
+            if ndim != 3:
+                raise ValueError("S4NDConvNeXt: time_kernel_reinit applies to the 3-D model (num_frames) only")
+            reinit = TIME_KERNEL_REINIT if time_kernel_reinit is True else dict(time_kernel_reinit)
+            for module in self.modules():
+                if isinstance(module, S4ND):
+                    module.reinit_time_kernel(**reinit)
 
     @torch.no_grad()
     def init_weights(self, conv_init: bool = True) -> None:
@@ -710,17 +737,88 @@ def convert_official(state_dict: Dict[str, Tensor], model: nn.Module) -> Dict[st
     return _convert_s4nd_layers({rename(k): v for k, v in state_dict.items()}, model)
 
 
+def _video_s4nd_prefixes(model: nn.Module) -> List[str]:
+    """``'<name>.kernel.'`` of every S4ND of ``model`` with three kernels (time, height, width)."""
+    return [f"{name}.kernel." for name, module in model.named_modules()
+            if isinstance(module, S4ND) and len(module.kernel) == 3]
+
+
+def _is_image_state_dict(state_dict: Dict[str, Tensor], model: nn.Module) -> bool:
+    """Whether ``state_dict`` (vssm keys) is of a 2-D model while ``model`` is 3-D: its S4NDs have two kernels, or its
+    convolutions 2-D weights."""
+    if getattr(model, "input_spatial_dims", 2) != 3:
+        return False
+    for prefix in _video_s4nd_prefixes(model):
+        if any(k.startswith(prefix + "1.") for k in state_dict) and not any(k.startswith(prefix + "2.")
+                                                                            for k in state_dict):
+            return True
+    ours = model.state_dict()
+    return any(k in ours and ours[k].dim() == 5 and v.dim() == 4 for k, v in state_dict.items())
+
+
+def inflate_2d_to_3d(state_dict: Dict[str, Tensor], model: nn.Module, ignore_head: bool = True) -> Dict[str, Tensor]:
+    """S4ND's image -> video inflation (official ``convnext_timm_tiny_s4nd_2d_to_3d``): a 2-D S4ND-ConvNeXt state dict
+    (vssm keys) -> a state dict of the 3-D ``model`` with every key filled.
+
+    * Each S4ND of the 3-D model has kernels (time, height, width): ``kernel.1.*`` / ``kernel.2.*`` <- the 2-D
+      ``kernel.0.*`` / ``kernel.1.*`` (height, width: their C~ and ``l_kernel`` included); ``kernel.0.*`` (time) is the
+      3-D model's own (fresh, or rebuilt by ``time_kernel_reinit``).
+    * A weight with one more axis in the 3-D model (the patch stem's and the downsampling convolutions) is repeated
+      along time (``... h w -> ... t h w``, not rescaled: a constant clip gives t times the 2-D response).
+    * ``ignore_head``: the head (``head.*``) is the 3-D model's own (a new task, e.g. 51 HMDB classes); everything
+      else is copied.
+
+    Raises:
+        ValueError: the 2-D state dict lacks keys the 3-D model needs, has keys it does not take (e.g. an S4ND stem for
+            a patch stem), or a shape does not fit.
+    """
+    prefixes = _video_s4nd_prefixes(model)
+    out, missing, mismatched, used = {}, [], [], set()
+    for key, own in model.state_dict().items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is not None:
+            axis, rest = key[len(prefix):].split(".", 1)
+            if axis == "0":  # time: the 3-D model's own
+                out[key] = own
+                continue
+            source = f"{prefix}{int(axis) - 1}.{rest}"
+        elif ignore_head and key.startswith("head."):
+            out[key] = own
+            continue
+        else:
+            source = key
+        if source not in state_dict:
+            missing.append(source)
+            continue
+        value = state_dict[source]
+        used.add(source)
+        if value.dim() == own.dim() - 1 and own.dim() >= 3:
+            value = repeat(value, "... h w -> ... t h w", t=own.shape[-3])
+        if value.shape != own.shape:
+            mismatched.append(f"{source} {tuple(value.shape)} -> {key} {tuple(own.shape)}")
+            continue
+        out[key] = value
+    unused = sorted(k for k in state_dict if k not in used and not (ignore_head and k.startswith("head.")))
+    if missing or unused or mismatched:
+        raise ValueError(
+            "s4nd: the 2-D checkpoint does not inflate into this 3-D model (the stem and downsample kinds must match): "
+            + "; ".join(f"{what} ({len(items)}) {items[:4]}{' ...' if len(items) > 4 else ''}" for what, items in
+                        (("missing", missing), ("not taken", unused), ("shapes", mismatched)) if items))
+    return out
+
+
 @register_checkpoint_filter
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: nn.Module) -> Dict[str, Tensor]:
     """Official checkpoint (plain, or a PyTorch-Lightning ``{'state_dict': {'model.<key>': ...}}``) or a vssm one ->
-    ``model`` keys."""
+    ``model`` keys; a 2-D checkpoint for a 3-D model is inflated (``inflate_2d_to_3d``)."""
     state_dict = unwrap_checkpoint(state_dict)
     while state_dict and all(k.startswith("model.") for k in state_dict):
         state_dict = {k[len("model."):]: v for k, v in state_dict.items()}
-    ours = set(model.state_dict())
-    if set(state_dict) <= ours:
-        return state_dict
-    return convert_official(state_dict, model)
+    if not set(state_dict) <= set(model.state_dict()):
+        state_dict = convert_official(state_dict, model)
+    if _is_image_state_dict(state_dict, model):
+        return inflate_2d_to_3d(state_dict, model)
+    return state_dict
 
 
 def _unsupported(name: str, value, allowed) -> None:
@@ -836,17 +934,23 @@ MODEL_VARIANTS: Dict[str, dict] = {
         downsample_type="s4nd", drop_path_rate=0.1, s4nd_cfg=_CONVNEXT_S4ND, stem_s4nd_cfg=_CONVNEXT_STEM,
         stage_s4nd_cfgs=_CONVNEXT_STAGES),
     # convnext/convnext_timm_tiny_inflate3d_s4nd_hmdb.yaml + README launch overrides (patch stem, conv downsample,
-    # 30 frames), HMDB-51
+    # 30 frames, optimizer.lr=1e-4, which the yaml's layer lr ${optimizer.lr} follows), HMDB-51
     "s4nd_convnext_tiny_3d": dict(
         num_frames=30, patch_size=(2, 4, 4), num_classes=51, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768),
         stem_type="patch", downsample_type="conv", temporal_stage_strides=(None, 1, 1, 1), drop_rate=0.2,
-        drop_path_rate=0.2, s4nd_cfg=dict(_CONVNEXT_S4ND, lr=0.0002), stage_s4nd_cfgs=_CONVNEXT_STAGES),
+        drop_path_rate=0.2, s4nd_cfg=dict(_CONVNEXT_S4ND, lr=1e-4), stage_s4nd_cfgs=_CONVNEXT_STAGES),
     # tiny untrained variants for tests
     "test_s4nd_vit": dict(img_size=32, patch_size=8, embed_dim=32, depth=3, s4nd_cfg=dict(_VIT_S4ND, d_state=8)),
     "test_s4nd_convnext": dict(
         img_size=32, depths=(1, 1, 1, 1), dims=(16, 24, 32, 48), stem_type="s4nd", stem_channels=8, stem_l_max=(8, 8),
         downsample_type="s4nd", s4nd_cfg=dict(_CONVNEXT_S4ND, d_state=8), stem_s4nd_cfg=_CONVNEXT_STEM,
         stage_s4nd_cfgs=_CONVNEXT_STAGES),
+    # the 3-D layout of s4nd_convnext_tiny_3d (inflates test_s4nd_convnext built with stem_type='patch',
+    # downsample_type='conv')
+    "test_s4nd_convnext_3d": dict(
+        img_size=32, num_frames=4, patch_size=(2, 4, 4), depths=(1, 1, 1, 1), dims=(16, 24, 32, 48),
+        stem_type="patch", downsample_type="conv", temporal_stage_strides=(None, 1, 1, 1),
+        s4nd_cfg=dict(_CONVNEXT_S4ND, d_state=8), stage_s4nd_cfgs=_CONVNEXT_STAGES),
 }
 
 
@@ -885,6 +989,8 @@ default_cfgs = generate_default_cfgs({
     "test_s4nd_vit": _cfg(input_size=(3, 32, 32), pool_size=None, first_conv="patch_embed.proj", classifier="head",
                           fixed_input_size=True, license=None),
     "test_s4nd_convnext": _cfg(input_size=(3, 32, 32), pool_size=(1, 1), license=None),
+    "test_s4nd_convnext_3d": _cfg(input_size=(3, 32, 32), pool_size=(2, 1, 1), mean=KINETICS_MEAN, std=KINETICS_STD,
+                                  first_conv="stem.conv", license=None),
 })
 
 
@@ -911,3 +1017,8 @@ def test_s4nd_vit(pretrained: bool = False, **kwargs) -> S4NDViT:
 @register_model
 def test_s4nd_convnext(pretrained: bool = False, **kwargs) -> S4NDConvNeXt:
     return _create_s4nd("test_s4nd_convnext", pretrained, **kwargs)
+
+
+@register_model
+def test_s4nd_convnext_3d(pretrained: bool = False, **kwargs) -> S4NDConvNeXt:
+    return _create_s4nd("test_s4nd_convnext_3d", pretrained, **kwargs)

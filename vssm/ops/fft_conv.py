@@ -13,18 +13,26 @@ K1..Kd kernel lengths, F1..Fd FFT sizes. ``r(...)`` real.
   official zero padding ``F_i = L_i + K_i`` (so causal kernels never wrap around); optional tensor rank (mean of
   ``rank`` separable terms, the official ``trank``) and a dense contraction over H (the official ``out_channels``
   stem). ``fft_conv_nd_ref`` is the same map written as a direct (circular) convolution sum, for tests.
+* ``direct_conv_nd`` is the same map again as real-valued convolutions, one depthwise 1-D convolution along each axis
+  (the kernel is separable), with the taps of ``conv_taps``: what an ONNX graph of a fixed input size runs (no complex
+  numbers, no DFT), exact to rounding. Its weights grow with the input length (up to 2 L - 1 taps per axis), not its
+  square.
+* ``fft_flops`` / ``fft_conv_nd_flops``: the work of ``fft_conv_nd`` in real flops, 5 N log2 N per 1-D transform of
+  length N (``vssm.flops``).
 
 The FFTs run in float32 whatever the input dtype (float64 stays float64) with autocast disabled inside; the result is
 cast back to the input dtype.
 """
 import itertools
-from typing import List, Optional, Sequence
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["bidirectional_kernel", "fft_conv_nd", "fft_conv_nd_ref", "kernel_spectra"]
+__all__ = ["bidirectional_kernel", "conv_taps", "direct_conv_nd", "fft_conv_nd", "fft_conv_nd_flops",
+           "fft_conv_nd_ref", "fft_flops", "kernel_spectra"]
 
 
 def bidirectional_kernel(k: Tensor, length: int) -> Tensor:
@@ -133,3 +141,128 @@ def fft_conv_nd_ref(u: Tensor, kernels: Sequence[Tensor], fft_sizes: Optional[Se
             y = y + torch.einsum("bh...,ich->bci...", shifted, tap)
     y = y[(Ellipsis, *[slice(0, l) for l in lengths])]
     return y.to(u.dtype)
+
+
+# --- the same map as real-valued convolutions (export) -------------------------------------------------------------
+
+def conv_taps(kernel: Tensor, length: int, fft_size: Optional[int] = None, trim: bool = True) -> Tuple[Tensor, int]:
+    """The taps of one axis' kernel for a direct convolution over inputs of ``length`` that equals the circular
+    convolution of ``fft_conv_nd`` (input zero-padded to ``fft_size``, first ``length`` outputs kept).
+
+    Output x takes input s through the kernel entry ``(x - s) mod F``, so offsets ``d = x - s`` in ``(-L, L)`` are all
+    that matter: tap j holds offset ``d = j - before``, i.e. ``y[x] = sum_j taps[j] u[x - j + before]``.
+
+    Args:
+        kernel: r(..., K) in the FFT layout (e.g. ``bidirectional_kernel``'s: forward taps from 0, backward ones at the
+            end).
+        length: L, the input length along this axis.
+        fft_size: F; default ``L + K`` (as ``fft_conv_nd``).
+        trim: drop the outermost offsets whose taps are all zero (the padding of short kernels), which needs the
+            values (not traceable).
+
+    Returns: (taps r(..., T), before): T <= 2 L - 1 taps, ``before`` of them at negative offsets.
+    """
+    fft_size = length + kernel.shape[-1] if fft_size is None else int(fft_size)
+    padded = F.pad(kernel, (0, max(0, fft_size - kernel.shape[-1])))[..., :fft_size]
+    offsets = torch.arange(-(length - 1), length, device=kernel.device)
+    taps = padded[..., offsets % fft_size]  # (..., 2L - 1)
+    before = length - 1
+    if trim:
+        used = (taps != 0).reshape(-1, taps.shape[-1]).any(0).nonzero()
+        first, last = (int(used.min()), int(used.max())) if used.numel() else (before, before)
+        taps, before = taps[..., first:last + 1], before - first
+    return taps, before
+
+
+def _conv_along(x: Tensor, taps: Tensor, before: int, axis: int) -> Tensor:
+    """Depthwise convolution of x r(B, G, L1..Ld) along length axis ``axis`` with taps r(G, T) (``conv_taps``)."""
+    d = x.dim() - 2
+    length, count = taps.shape[-1], x.shape[1]
+    shape = [1] * d
+    shape[axis] = length
+    weight = taps.flip(-1).reshape(count, 1, *shape)  # cross-correlation with the flipped taps
+    pad = [0, 0] * d
+    pad[2 * (d - 1 - axis)], pad[2 * (d - 1 - axis) + 1] = length - 1 - before, before  # (F.pad: last axis first)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[d - 1]
+    # NOTE: an explicit zero bias: the ONNX exporter's Conv without one gets a bias of the wrong shape in 3-D
+    bias = torch.zeros(count, dtype=x.dtype, device=x.device)
+    return conv(F.pad(x, pad), weight, bias, groups=count)
+
+
+def direct_conv_nd(u: Tensor, taps: Sequence[Tuple[Tensor, int]], rank: int = 1,
+                   out_channels: Optional[int] = None) -> Tensor:
+    """``fft_conv_nd`` as real-valued direct convolutions: every (kernel channel, feature) pair convolved along each
+    axis in turn with its 1-D taps (depthwise convolutions: the kernel is separable), then the mean over the ``rank``
+    terms and, with ``out_channels``, the sum over the features.
+
+    Args:
+        u: r(B, H, L1, .., Ld).
+        taps: per axis ``conv_taps(kernel_i, L_i, F_i)`` of the kernels ``fft_conv_nd`` takes: (r(rank * C, H, T_i),
+            before_i); channel layout as there (rank outermost; (I, C') with ``out_channels=I``).
+        rank, out_channels: as ``fft_conv_nd``.
+
+    Returns: r(B, C, H, L1, .., Ld), or r(B, C', I, L1, .., Ld) with ``out_channels``; in u's dtype (computed in
+    float32, or float64 for float64 input).
+    """
+    lengths = u.shape[2:]
+    if len(taps) != len(lengths):
+        raise ValueError(f"direct_conv_nd: {len(taps)} kernels for {len(lengths)} length axes")
+    batch, features = u.shape[:2]
+    channels = taps[0][0].shape[0]  # rank * C
+    dtype = _compute_dtype(u)
+    x = u.to(dtype)[:, None].expand(batch, channels, *u.shape[1:]).reshape(batch, channels * features, *lengths)
+    for axis, (k, before) in enumerate(taps):
+        x = _conv_along(x, k.to(dtype).reshape(channels * features, -1), before, axis)
+    y = x.reshape(batch, rank, channels // rank, features, *lengths).mean(1)  # (B, C, H, L..)
+    if out_channels is not None:
+        y = y.reshape(batch, out_channels, -1, features, *lengths).sum(3).transpose(1, 2)  # (B, C', I, L..)
+    return y.to(u.dtype)
+
+
+# --- work ------------------------------------------------------------------------------------------------------------
+
+def fft_flops(length: int) -> int:
+    """Real flops of one 1-D FFT of ``length`` (forward or inverse, real or complex input): the radix-2 count
+    5 N log2 N, rounded."""
+    return round(5 * length * math.log2(length)) if length > 1 else 0
+
+
+def _nd_transform_flops(rows: int, fft_sizes: Sequence[int]) -> int:
+    """One real N-D transform (``rfftn`` or ``irfftn``) of sizes F1..Fd for each of ``rows`` maps: the real axis over
+    the full grid, every other axis over the half spectrum (F_d // 2 + 1 columns)."""
+    *first, last = fft_sizes
+    spectrum = math.prod(first) * (last // 2 + 1)
+    flops = rows * math.prod(first) * fft_flops(last)
+    for n in first:
+        flops += rows * (spectrum // n) * fft_flops(n)
+    return flops
+
+
+def fft_conv_nd_flops(batch: int, features: int, kernel_channels: int, fft_sizes: Sequence[int], rank: int = 1,
+                      out_channels: Optional[int] = None) -> dict:
+    """Real flops of ``fft_conv_nd(u r(B, H, ..), kernels r(rank * C, H, K_i), fft_sizes)`` with the kernel spectra
+    made from the kernels (``kernel_channels`` = rank * C):
+
+    * ``kernel_fft``: the per-axis kernel transforms, rank * C * H of each axis (5 F log2 F each);
+    * ``spectrum``: the separable outer product, (d - 1) complex products (6 flops) per entry of the rank * C * H
+      half-spectrum grids, and 2 (rank - 1) per entry for the mean over the rank;
+    * ``input_fft`` / ``output_fft``: ``rfftn`` of the B * H inputs and ``irfftn`` of the B * C * H (dense:
+      B * C' * I) outputs (``fft_flops`` per 1-D transform, the real axis over the full grid);
+    * ``product``: the spectral product, one complex product (6 flops) per entry, or (dense) one complex
+      multiply-add (8 flops) per (output, feature) pair.
+
+    Returns: dict of those counts (ints).
+    """
+    d = len(fft_sizes)
+    *first, last = fft_sizes
+    spectrum = math.prod(first) * (last // 2 + 1)  # entries of one half-spectrum grid
+    channels = kernel_channels // rank  # C
+    kernel_fft = sum(kernel_channels * features * fft_flops(n) for n in fft_sizes)
+    outer = kernel_channels * features * spectrum * (6 * (d - 1)) + channels * features * spectrum * 2 * (rank - 1)
+    if out_channels is None:
+        outputs, product = batch * channels * features, 6 * batch * channels * features * spectrum
+    else:
+        outputs = batch * channels  # (C' * I maps)
+        product = 8 * batch * channels * features * spectrum
+    return dict(kernel_fft=kernel_fft, spectrum=outer, input_fft=_nd_transform_flops(batch * features, fft_sizes),
+                product=product, output_fft=_nd_transform_flops(outputs, fft_sizes))

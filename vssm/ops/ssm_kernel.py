@@ -17,6 +17,7 @@ L kernel taps, K frequency nodes. ``r(...)`` real, ``c(...)`` complex.
   from ``bilinear_dplr``: the Woodbury solve in O(H N^2 R)).
 * Each has a plain reference beside it (``*_ref``): an explicit loop over taps or states that a reader can check
   against the equations; ``dplr_kernel_ref`` materialises the dense 2N x 2N discretised state matrix.
+* ``dplr_kernel_flops`` / ``diag_kernel_flops``: their work in real flops (``vssm.flops``).
 
 Numerics: the DPLR nodes are written in homogeneous form, ``sum_n 2 v_n / (2 (1 - w_k) - dtA_n (1 + w_k))`` with
 ``w_k = exp(-2 pi i k / L)``, which is the official ``2 / (1 + w) * sum_n v_n / (z_k - dtA_n)``,
@@ -32,10 +33,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .fft_conv import fft_flops
+
 __all__ = [
     "cauchy", "cauchy_ref", "vandermonde", "vandermonde_ref", "conj_pairs", "bilinear", "zoh_diag", "bilinear_diag",
     "dplr_state_matrix", "bilinear_dplr", "dplr_tilde_c", "dplr_kernel", "dplr_kernel_ref", "diag_kernel",
-    "diag_kernel_ref", "bandlimit_mask", "fft_nodes",
+    "diag_kernel_ref", "bandlimit_mask", "fft_nodes", "dplr_kernel_flops", "diag_kernel_flops",
 ]
 
 
@@ -325,3 +328,34 @@ def diag_kernel_ref(A: Tensor, B: Tensor, C: Tensor, dt: Tensor, length: int, di
         taps.append(2 * (C * state).sum(-1).real)  # (C, H)
         state = dA * state
     return torch.stack(taps, dim=-1)
+
+
+# --- work ----------------------------------------------------------------------------------------------------------
+# Real flops per complex operation: a product 6 (4 multiplies, 2 adds), a multiply-add 8, an add 2, a reciprocal 6
+# (counted as a product), an exponential 6 (as a product); the O(H N) discretisation and parameter transforms are not
+# counted.
+
+def dplr_kernel_flops(features: int, channels: int, state: int, rank: int, fft_length: int) -> int:
+    """Real flops of one ``dplr_kernel`` call: H = ``features``, C = ``channels``, N = ``state`` (one half of the
+    conjugate pairs), R = ``rank``, K = fft_length // 2 + 1 nodes:
+
+    * the Cauchy matrices ``1 / (z - zscale w)`` over both halves: 14 per entry (a product, an add, a reciprocal),
+      H * 2N * K entries;
+    * their contraction with the (1 + R)(C + R) numerator rows: 8 per multiply-add, (1 + R)(C + R) * H * 2N * K;
+    * the low-rank (Woodbury) correction: 20 R per (C, H, node) (two products, a quotient, an add per rank; the
+      R x R solve of R > 1 is not counted) and 8 per (H, node) for its denominator;
+    * the inverse real FFT of the C * H kernels: ``fft_flops(fft_length)`` each.
+    """
+    nodes, poles = fft_length // 2 + 1, 2 * state
+    cauchy_matrix = 14 * features * poles * nodes
+    contraction = 8 * (1 + rank) * (channels + rank) * features * poles * nodes
+    woodbury = 20 * rank * channels * features * nodes + 8 * features * nodes
+    return cauchy_matrix + contraction + woodbury + channels * features * fft_flops(fft_length)
+
+
+def diag_kernel_flops(features: int, channels: int, state: int, length: int) -> int:
+    """Real flops of one ``diag_kernel`` call (H = ``features``, C = ``channels``, N = ``state``, L = ``length``):
+    the Vandermonde matrices ``exp(dtA l)``, 8 per entry (a real-by-complex product, an exponential), H * N * L
+    entries; their contraction with the C numerators, 8 per multiply-add, C * H * N * L; the numerators
+    ``B C (exp(dtA) - 1) / A``, 20 per (C, H, N)."""
+    return 8 * features * state * length + 8 * channels * features * state * length + 20 * channels * features * state
