@@ -66,8 +66,16 @@ def suites() -> dict[str, list[Case]]:
             video.append(Case(mamba, batch=4, frames=frames, kwargs=dict(num_frames=frames)))
             video.append(Case(vit, batch=4, frames=frames, kwargs=dict(img_size=(frames * 224, 224)),
                               label=f"{vit} joint space-time"))
+    video_ft = []  # the fine-tune recipes' clips per GPU step: batch x num_sample (2 augmented clips per video)
+    for mamba, vit, batches in (("videomamba_tiny", "vit_tiny_patch16_224", {8: 128, 16: 128}),
+                                ("videomamba_small", "vit_small_patch16_224", {8: 128, 16: 64})):
+        for frames, batch in batches.items():
+            video_ft.append(Case(mamba, batch=batch, frames=frames, kwargs=dict(num_frames=frames)))
+            video_ft.append(Case(vit, batch=batch, frames=frames, kwargs=dict(img_size=(frames * 224, 224)),
+                                 label=f"{vit} joint space-time"))
     return {
         "vim": [Case(m) for m in vim + deit],
+        "video_ft": video_ft,
         "vim_highres": [Case(m, batch=8, img_size=s, kwargs=dict(img_size=s)) for s in (512, 1024, 1248)
                         for m in ("vim_tiny_patch16_224", "deit_tiny_patch16_224")],
         "video": video,
