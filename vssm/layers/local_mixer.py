@@ -9,7 +9,6 @@ outputs back to raster order; both are gathers in forward and backward (``_Route
 backward of indexing would scatter with accumulation, which is slow). The hierarchical LocalVMamba mixer is
 ``vssm.layers.ss2d.SS2D(path_kind='local')``.
 """
-import functools
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -22,11 +21,12 @@ from vssm.layers.norm import RmsNorm
 from vssm.layers.ss2d import RouteChannelAttention, official_v_unscan
 from vssm.layers.ssm_init import init_a_log_d_, ssm_parameters
 from vssm.ops import causal_conv1d, scan_paths, selective_scan
+from vssm.ops.common import graph_constant
 
 __all__ = ["LocalMambaMixer", "LocalVimBlock", "route_tables", "route_tokens", "unroute_tokens"]
 
 
-@functools.lru_cache(maxsize=64)
+@graph_constant(maxsize=64)  # cached; a constant of torch.compile graphs (``scan_paths.inverse`` reads values)
 def route_tables(directions: Tuple[str, ...], height: int, width: int, device: torch.device) -> Tuple[Tensor, Tensor]:
     """(gather (K, Lp) with padding steps reading index L, un-scan (K, L) step of each token) for the routes."""
     paths = scan_paths.build("local", (height, width), device=device, directions=directions)

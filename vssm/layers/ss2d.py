@@ -35,7 +35,6 @@ official weights need it (it changes nothing at the 224 px classification sizes,
 quirk belongs to the official pairing, local routes merged by attention; a sum merge (inside the kernel) always
 un-scans correctly.
 """
-import functools
 import math
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -47,6 +46,7 @@ from torch import Tensor, nn
 from vssm.layers.norm import LayerNorm
 from vssm.layers.ssm_init import init_a_log_d_, init_dt_projection_, ssm_parameters
 from vssm.ops import projected_multi_scan, scan_paths
+from vssm.ops.common import graph_constant
 
 __all__ = ["SS2D", "RouteChannelAttention", "grid_paths", "official_v_unscan"]
 
@@ -66,7 +66,7 @@ def grid_paths(path_kind: str, height: int, width: int, directions: List[str], d
     return scan_paths.build(path_kind, (height, width), device=device)
 
 
-@functools.lru_cache(maxsize=64)
+@graph_constant(maxsize=64)  # cached; a constant of torch.compile graphs
 def _official_v_sources(directions: Tuple[str, ...], height: int, width: int, device: torch.device) -> Tensor:
     """(K, L): for each route, the token whose correctly un-scanned output the official code puts at position m."""
     grid = torch.arange(height * width, device=device).view(height, width)

@@ -10,7 +10,7 @@ import functools
 import os
 import warnings
 import weakref
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -18,8 +18,8 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 __all__ = ["BACKENDS", "FLOAT_DTYPES", "PATH_PAD", "axis_order", "axis_order_of_strides", "cdiv", "check_float_tensor",
            "check_kernel_backend", "check_kernel_dtypes", "check_paths", "check_paths_layout", "compute_dtype",
-           "dense_strides", "eager", "empty_in_layout", "empty_like_dense", "mark_valid_paths", "next_power_of_2",
-           "resolve_backend", "trace_quiet", "triton_available", "triton_interpret"]
+           "dense_strides", "eager", "empty_in_layout", "empty_like_dense", "graph_constant", "mark_valid_paths",
+           "next_power_of_2", "resolve_backend", "trace_quiet", "triton_available", "triton_interpret"]
 
 BACKENDS = ("ref", "torch", "triton")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -29,8 +29,14 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Backends.
 
 
-@functools.lru_cache(maxsize=None)
+@torch._dynamo.assume_constant_result  # a constant of torch.compile graphs, without a trace of the cache
 def triton_available() -> bool:
+    """Whether ``triton`` imports (tried once)."""
+    return _triton_imports()
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_imports() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -102,6 +108,71 @@ def trace_quiet(fn):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Cached constants (scan paths, route tables) that compiled graphs read.
+
+
+class _CompiledConstants:
+    """Holder of the constants that compiled graphs read, one attribute each (``graph_constant``)."""
+
+
+_COMPILED_CONSTANTS = _CompiledConstants()
+_CONSTANT_BUILDERS: dict[str, Callable] = {}
+_CONSTANT_NAMES: dict[tuple, str] = {}
+
+
+def graph_constant(maxsize: Optional[int] = 128) -> Callable:
+    """Cache a builder of read-only tensors (a function of hashable arguments that returns a tensor or a tuple of
+    tensors) as ``functools.lru_cache(maxsize)`` does, and keep its results as constants of torch.compile graphs.
+
+    Outside tracing a call is the cached call (``f.cache``: the same without the tracing test, for callers that made
+    it already). Results are built outside inference mode, so a first call under ``torch.inference_mode`` caches
+    tensors that later training steps can save for backward. Under torch.compile the result is read as an attribute
+    of a module-level holder: dynamo lifts it as a static graph input (the same tensor object at every call of the
+    compiled graph, so the ops' once-per-tensor path check stays a dictionary look-up; static shapes under
+    ``dynamic=True``; no copy into CUDA graphs), nothing of the builder or the cache is traced (no ``lru_cache``
+    warning, no data-dependent checks), and any number of different results may live in one graph
+    (``torch._dynamo.assume_constant_result`` on a tensor-valued function keeps one per function).
+    """
+
+    def decorate(builder: Callable) -> Callable:
+        key = f"{builder.__module__}.{builder.__qualname__}:{len(_CONSTANT_BUILDERS)}"  # unique per decorated builder
+
+        @functools.lru_cache(maxsize=maxsize)
+        def cache(*args):
+            with torch.inference_mode(False):
+                return builder(*args)
+
+        _CONSTANT_BUILDERS[key] = cache
+
+        @functools.wraps(builder)
+        def cached(*args):
+            if torch.compiler.is_compiling():
+                return getattr(_COMPILED_CONSTANTS, _constant_name(key, *args))
+            return cache(*args)
+
+        cached.cache = cache
+        return cached
+
+    return decorate
+
+
+@torch._dynamo.assume_constant_result
+def _constant_name(key: str, *args) -> str:
+    """Run the builder registered as ``key`` on ``args`` for real (dynamo calls this function at trace time and keeps
+    its result, a string, as a constant), store the result on the holder and return the attribute's name."""
+    name = _CONSTANT_NAMES.setdefault((key, args), f"constant_{len(_CONSTANT_NAMES)}")
+    value = _CONSTANT_BUILDERS[key](*args)
+    for t in value if isinstance(value, tuple) else (value,):
+        # static shapes also under dynamic=True (no duck sizing with the batch): mark_static's marks, set directly
+        # (mark_static called inside a trace marks the traced value instead); no copy into CUDA graphs
+        t._dynamo_static_indices = set(range(t.dim()))
+        t._has_dynamo_dim_marking = True
+        torch._dynamo.mark_static_address(t)
+    setattr(_COMPILED_CONSTANTS, name, value)
+    return name
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Dtypes and argument checks.
 
 
@@ -154,7 +225,10 @@ def next_power_of_2(n: int) -> int:
 def dense_strides(x: Tensor) -> bool:
     """True when x's elements fill its storage span without gaps or overlaps (any order of the axes), the layouts
     ``torch.empty_like`` preserves; checked on the strides alone, without an allocation."""
-    return _dense_strides(x.shape, x.stride())
+    try:
+        return _dense_strides(x.shape, x.stride())
+    except TypeError:  # symbolic sizes (torch.compile with dynamic shapes) do not hash: no cache
+        return _dense_strides.__wrapped__(x.shape, x.stride())
 
 
 @functools.lru_cache(maxsize=1024)
@@ -175,13 +249,16 @@ def empty_like_dense(x: Tensor) -> Tensor:
 def axis_order(t: Tensor, axes: tuple[int, ...]) -> tuple[int, ...]:
     """t's ``axes`` ordered as they lie in memory, outermost (largest stride) first; size-1 axes (whose stride means
     nothing) count as outermost."""
-    return axis_order_of_strides(t.shape, t.stride(), axes)
+    try:
+        return axis_order_of_strides(t.shape, t.stride(), axes)
+    except TypeError:  # symbolic sizes do not hash: no cache
+        return axis_order_of_strides.__wrapped__(t.shape, t.stride(), axes)
 
 
 @functools.lru_cache(maxsize=1024)
 def axis_order_of_strides(shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
     """``axis_order`` of a tensor of these shape and strides (cached)."""
-    return tuple(sorted(axes, key=lambda a: (shape[a] != 1, -strides[a])))
+    return tuple(sorted(axes, key=lambda a: (bool(shape[a] != 1), -strides[a])))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -190,7 +267,7 @@ def _layout_permutation(shape: tuple[int, ...], strides: tuple[int, ...], rank: 
     order of a (batch, K, dim, L) tensor of these shape and strides (K right inside the batch axis), and the
     permutation that views a buffer allocated in that order with the logical axis order (None: the identity)."""
     axis = {0: 0, 2: rank - 2, 3: rank - 1}
-    phys = [axis[a] for a in axis_order_of_strides(shape, strides, (0, 2, 3))]
+    phys = [axis[a] for a in axis_order_of_strides.__wrapped__(shape, strides, (0, 2, 3))]  # cached here as a whole
     if rank == 4:
         phys.insert(phys.index(0) + 1, 1)
     inverse = tuple(phys.index(a) for a in range(rank))
@@ -201,7 +278,10 @@ def empty_in_layout(u: Tensor, shape: tuple[int, ...], dtype: torch.dtype, *, ze
     """A (batch, [K,] dim, L) tensor whose batch, dim and L axes lie in memory in the order of u's (batch, K, dim, L)
     (contiguous, channels-last, or dim-major as the Mamba mixer's (dim, batch, L) buffers); K sits right inside the
     batch axis. Outputs and gradients in the inputs' layout let a path of any order read and write whole rows."""
-    phys, inverse = _layout_permutation(u.shape, u.stride(), len(shape))
+    try:
+        phys, inverse = _layout_permutation(u.shape, u.stride(), len(shape))
+    except TypeError:  # symbolic sizes do not hash: no cache
+        phys, inverse = _layout_permutation.__wrapped__(u.shape, u.stride(), len(shape))
     make = torch.zeros if zero else torch.empty
     out = make([shape[a] for a in phys], device=u.device, dtype=dtype)
     return out if inverse is None else out.permute(inverse)

@@ -14,6 +14,8 @@ Kinds:
     local: one row per name in the ``directions`` option on ``(H, W)`` (LocalVMamba), see ``LOCAL_DIRECTIONS``.
 
 Results are cached and shared between callers: treat every returned tensor as read-only (``clone()`` it to edit).
+Inside torch.compile the cached tensor is a graph constant (``vssm.ops.common.graph_constant``): the same tensor
+at every call of the compiled graph, so the ops do not check it again.
 
 Validation: the scan ops take any integer ``(K, Lp)`` tensor as ``paths``, and ``check`` is their gate (it lives in
 ``vssm.ops.common``, which the Triton launchers import too, as ``check_paths``). A valid path
@@ -27,7 +29,6 @@ and are not checked; the registered scan ops check the real tensors they run on.
 """
 from __future__ import annotations
 
-import functools
 import math
 import operator
 import re
@@ -37,7 +38,7 @@ import torch
 
 from .common import check_paths as check
 from .common import check_paths_layout as check_layout
-from .common import mark_valid_paths, trace_quiet
+from .common import graph_constant, mark_valid_paths, trace_quiet
 
 __all__ = ["KINDS", "LOCAL_DIRECTIONS", "MOVE_CODES", "PAD", "build", "check", "check_layout", "direction_codes",
            "inverse"]
@@ -83,10 +84,12 @@ def build(kind: str, shape: Sequence[int], *, device: torch.device | str | None 
     """
     sizes = _check_kind_and_shape("build", kind, shape)
     directions = _check_options("build", kind, options)
-    if torch.compiler.is_compiling() and not all(type(size) is int for size in sizes):
-        # symbolic sizes (dynamic shapes): the routes become graph ops, computed where the graph runs
-        return _build_paths(kind, sizes, directions, _as_device(device))
-    return _build_constant(kind, sizes, directions, _as_device(device))
+    if torch.compiler.is_compiling():
+        if not all(type(size) is int for size in sizes):
+            # symbolic sizes (dynamic shapes): the routes become graph ops, computed where the graph runs
+            return _build_paths(kind, sizes, directions, _as_device(device))
+        return _build_cached(kind, sizes, directions, _as_device(device))  # a graph constant
+    return _build_cached.cache(kind, sizes, directions, _as_device(device))
 
 
 @trace_quiet
@@ -155,9 +158,11 @@ def direction_codes(
             f"got {kind!r}"
         )
     _check_options("direction_codes", kind, options)
-    if torch.compiler.is_compiling() and not all(type(size) is int for size in sizes):
-        return _codes(kind, sizes, _as_device(device))
-    return _codes_constant(kind, sizes, _as_device(device))
+    if torch.compiler.is_compiling():
+        if not all(type(size) is int for size in sizes):
+            return _codes(kind, sizes, _as_device(device))
+        return _codes_cached(kind, sizes, _as_device(device))
+    return _codes_cached.cache(kind, sizes, _as_device(device))
 
 
 def _as_device(device: torch.device | str | None) -> torch.device:
@@ -210,16 +215,7 @@ def _parse_local_direction(caller: str, name: str) -> tuple[str, int | None, boo
     return match[1][0], window, match[3] is not None
 
 
-@torch._dynamo.assume_constant_result
-def _build_constant(
-    kind: str, shape: tuple[int, ...], directions: tuple[str, ...] | None, device: torch.device
-) -> torch.Tensor:
-    """The cached path set; torch.compile calls it while tracing and keeps the cached tensor as a constant of the
-    graph (no trace of the lru_cache, whose wrapper dynamo would ignore with a warning)."""
-    return _build_cached(kind, shape, directions, device)
-
-
-@functools.lru_cache(maxsize=_CACHE_SIZE)
+@graph_constant(maxsize=_CACHE_SIZE)  # cached; a constant of torch.compile graphs
 def _build_cached(
     kind: str, shape: tuple[int, ...], directions: tuple[str, ...] | None, device: torch.device
 ) -> torch.Tensor:
@@ -248,13 +244,7 @@ def _build_paths(
     return paths.to(device)
 
 
-@torch._dynamo.assume_constant_result
-def _codes_constant(kind: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """The cached codes, a constant of a torch.compile graph (as ``_build_constant``)."""
-    return _codes_cached(kind, shape, device)
-
-
-@functools.lru_cache(maxsize=_CACHE_SIZE)
+@graph_constant(maxsize=_CACHE_SIZE)
 def _codes_cached(kind: str, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return _codes(kind, shape, device)
 
