@@ -1,0 +1,6 @@
+# U-Mamba_Enc (a Mamba layer after every encoder stage), nnU-Net's '3d_fullres' configuration, trained as U-Mamba's
+# nnUNetTrainerUMambaEnc trains (nnU-Net's defaults, _base_/nnunet_trainer.py):
+#   python tools/train_seg.py configs/medical/umamba_enc_3d.py --cfg-options raw=/data/DatasetXXX_Name fold=0
+_base_ = ['./_base_/nnunet_trainer.py']
+configuration = '3d_fullres'
+net = dict(name='umamba_enc')
