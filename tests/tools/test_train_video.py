@@ -7,6 +7,7 @@ import torch
 
 from vssm.engine import load_config, train
 from vssm.engine.data import video_protocol_of
+from vssm.engine import UserError
 from vssm.engine.trainer import _mix
 from vssm.engine.video_eval import check_clip_input
 
@@ -63,6 +64,15 @@ def test_mixup_and_cutmix_mix_whole_clips(tmp_path, clips):
     assert train(load_config(config), str(tmp_path / "run"))["epoch"] == 1
 
 
+def test_mixup_counts_the_clips_of_a_step(tmp_path, clips):
+    """Mixup/CutMix pairs the samples of a step: an odd batch of single clips is refused by name, an odd batch of
+    videos with two clips each trains."""
+    config = write_config(tmp_path, video_config(clips, mixup="dict(mixup_alpha=0.8, cutmix_alpha=1.0)"))
+    with pytest.raises(UserError, match="even number of samples per step, got batch_size 3$"):
+        train(load_config(config, {"batch_size": 3}), str(tmp_path / "odd"))
+    assert train(load_config(config, {"batch_size": 1, "data.num_sample": 2}), str(tmp_path / "pairs"))["epoch"] == 1
+
+
 def test_model_and_protocol_that_disagree_are_named(tmp_path, clips, capsys):
     config = write_config(tmp_path, video_config(clips))
     capsys.readouterr()
@@ -108,7 +118,6 @@ def test_recipe_augmentation_and_official_layer_decay_train(tmp_path, clips):
 
 
 def test_num_sample_is_for_video_datasets_only(tmp_path, clips):
-    from vssm.engine import UserError
     from vssm.engine.data import open_train_set
 
     cfg = load_config(write_config(tmp_path, video_config(clips)), {"data.num_sample": 0})

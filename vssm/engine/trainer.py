@@ -349,8 +349,11 @@ class _Trainer:
             on_device = cfg.data.prefetcher
             train_set.transform, val_set.transform = build_transforms(cfg, self.input_config, use_prefetcher=on_device)
         mixing = cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0 or cfg.mixup.cutmix_minmax is not None
-        if mixing and cfg.batch_size % 2:
-            raise UserError(f"Mixup/CutMix needs an even batch_size, got {cfg.batch_size}")
+        clips = cfg.batch_size * clips_per_item(cfg.data)  # a step's samples: num_sample clips per video
+        if mixing and clips % 2:
+            raise UserError(f"Mixup/CutMix needs an even number of samples per step, got batch_size "
+                            f"{cfg.batch_size}" + (f" x data.num_sample {clips // cfg.batch_size}" if clips != cfg.batch_size
+                                                   else ""))
         self.mixup = Mixup(**dataclasses.asdict(cfg.mixup), label_smoothing=cfg.smoothing,
                            num_classes=self.num_classes) if mixing else None
         pin_memory = cfg.data.pin_memory and ctx.device.type == "cuda"
