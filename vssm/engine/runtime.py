@@ -1,7 +1,9 @@
-"""What every training loop of the engine shares around its steps: process settings, autocast, stop signals, the
-non-finite-loss guard, data-loader failures as one line, and the config keys that changed on resume."""
+"""What every training loop of the engine shares around its steps: the work dir's checks, process settings, autocast,
+stop signals, the non-finite-loss guard, data-loader failures as one line, and the config keys that changed on
+resume."""
 import contextlib
 import os
+import shutil
 import signal
 import threading
 from typing import Optional
@@ -12,6 +14,41 @@ from .distributed import DistContext
 from .errors import UserError, one_line
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_work_dir(ctx: DistContext, work_dir: str, resume_path: Optional[str], overwrite: bool,
+                   latest_name: str) -> None:
+    """Refuse to write into an earlier run's work dir (one that holds ``latest_name``) unless resuming or
+    overwriting, and a resume from a checkpoint that does not exist; rank 0 decides, every rank raises."""
+    problem = None
+    latest = os.path.join(work_dir, latest_name)
+    if ctx.is_main:
+        if resume_path is not None and not os.path.isfile(resume_path):
+            problem = f"nothing to resume: checkpoint not found: {resume_path}"
+            if resume_path == latest and os.path.isfile(os.path.join(work_dir, "train.log")):
+                problem += (" (the earlier run in this work dir stopped before its first epoch ended; run again "
+                            "without --resume to start it over)")
+        elif resume_path is None and not overwrite and os.path.isfile(latest):
+            problem = (f"work dir {work_dir} already holds a run ({latest}); pass --resume to continue it or "
+                       "--overwrite to start over")
+    problem = ctx.broadcast(problem)
+    if problem:
+        raise UserError(problem)
+
+
+def prepare_work_dir(ctx: DistContext, work_dir: str, resume_path: Optional[str], outputs: tuple,
+                     output_folders: tuple = ()) -> None:
+    """Create the work dir; unless resuming, remove an earlier run's ``outputs`` files and ``output_folders`` (rank
+    0; anything else in the folder stays); then wait for every rank."""
+    if ctx.is_main:
+        os.makedirs(work_dir, exist_ok=True)
+        if resume_path is None:  # overwrite, or the leftovers of a run that ended before its first epoch
+            for name in outputs:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(work_dir, name))
+            for name in output_folders:
+                shutil.rmtree(os.path.join(work_dir, name), ignore_errors=True)
+    ctx.barrier()
 
 
 @contextlib.contextmanager

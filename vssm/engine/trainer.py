@@ -55,7 +55,10 @@ from .data import (
 from .distributed import DistContext
 from .errors import USER_ERRORS, TrainingInterrupted, UserError, one_line
 from .optim import has_overrides, param_groups
-from .runtime import NonFiniteGuard, StopSignals, autocast, changed_keys, loader_failures, process_settings
+from .runtime import (
+    NonFiniteGuard, StopSignals, autocast, changed_keys, check_work_dir, loader_failures, prepare_work_dir,
+    process_settings,
+)
 from .step import (
     CapturedStep, CaptureFailed, clip_gradients, graph_obstacle, optimizer_implementation,
     reset_implementation, trainable,
@@ -274,7 +277,7 @@ class _Trainer:
         self.ctx = ctx
         self.work_dir = work_dir
         self.resume_path = os.path.join(work_dir, "last.pth") if resume == "auto" else resume
-        self._check_work_dir(overwrite)
+        check_work_dir(self.ctx, self.work_dir, self.resume_path, overwrite, "last.pth")
         checkpoint = ckpt.read_checkpoint(self.resume_path, trust_option=None) if self.resume_path else None
         if checkpoint is not None and not ckpt.is_training_checkpoint(checkpoint):
             raise UserError(f"{self.resume_path} is not a training checkpoint of this trainer (use "
@@ -287,7 +290,8 @@ class _Trainer:
         self._build_data(train_set)
         self._build_training()
 
-        self._prepare_work_dir(overwrite)  # only now: a bad config leaves the work dir untouched
+        # only now: a bad config leaves the work dir untouched
+        prepare_work_dir(self.ctx, self.work_dir, self.resume_path, WORK_DIR_OUTPUTS)
         self.logger = report.setup_logging(os.path.join(work_dir, "train.log"), ctx.is_main)
         self.start_epoch, self.num_updates, self.best = 0, 0, {"metric": cfg.best_metric, "value": None, "epoch": None}
         self.history: Optional[list[dict]] = None  # one summary row per epoch; last.pth holds it
@@ -304,32 +308,6 @@ class _Trainer:
     # ---------------------------------------------------------------------------------------------------------------
     # set-up
 
-    def _check_work_dir(self, overwrite: bool) -> None:
-        """Refuse to write into an earlier run's work dir unless resuming or overwriting; agree on all ranks."""
-        problem = None
-        last = os.path.join(self.work_dir, "last.pth")
-        if self.ctx.is_main:
-            if self.resume_path is not None and not os.path.isfile(self.resume_path):
-                problem = f"nothing to resume: checkpoint not found: {self.resume_path}"
-                if self.resume_path == last and os.path.isfile(os.path.join(self.work_dir, "train.log")):
-                    problem += (" (the earlier run in this work dir stopped before its first epoch ended; run again "
-                                "without --resume to start it over)")
-            elif self.resume_path is None and not overwrite and os.path.isfile(last):
-                problem = (f"work dir {self.work_dir} already holds a run ({last}); pass --resume to continue it or "
-                           "--overwrite to start over")
-        problem = self.ctx.broadcast(problem)
-        if problem:
-            raise UserError(problem)
-
-    def _prepare_work_dir(self, overwrite: bool) -> None:
-        """Create the work dir; with ``overwrite`` (and no resume), remove an earlier run's outputs (rank 0)."""
-        if self.ctx.is_main:
-            os.makedirs(self.work_dir, exist_ok=True)
-            if self.resume_path is None:  # overwrite, or the leftovers of a run that ended before its first epoch
-                for name in WORK_DIR_OUTPUTS:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(os.path.join(self.work_dir, name))
-        self.ctx.barrier()
 
     def _build_data(self, train_set) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -351,9 +329,9 @@ class _Trainer:
         mixing = cfg.mixup.mixup_alpha > 0 or cfg.mixup.cutmix_alpha > 0 or cfg.mixup.cutmix_minmax is not None
         clips = cfg.batch_size * clips_per_item(cfg.data)  # a step's samples: num_sample clips per video
         if mixing and clips % 2:
+            per_video = f" x data.num_sample {clips // cfg.batch_size}" if clips != cfg.batch_size else ""
             raise UserError(f"Mixup/CutMix needs an even number of samples per step, got batch_size "
-                            f"{cfg.batch_size}" + (f" x data.num_sample {clips // cfg.batch_size}" if clips != cfg.batch_size
-                                                   else ""))
+                            f"{cfg.batch_size}{per_video}")
         self.mixup = Mixup(**dataclasses.asdict(cfg.mixup), label_smoothing=cfg.smoothing,
                            num_classes=self.num_classes) if mixing else None
         pin_memory = cfg.data.pin_memory and ctx.device.type == "cuda"

@@ -32,7 +32,6 @@ every epoch, and mid-epoch on SIGTERM / SIGINT; ``--resume`` continues from it),
 without the work dir: the net's name and arguments, the plans, ``dataset.json`` and the mirror axes
 (``load_trained_net``).
 """
-import contextlib
 import copy
 import csv
 import dataclasses
@@ -40,7 +39,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -64,7 +62,10 @@ from vssm.engine import report
 from vssm.engine.checkpoint import write_atomic
 from vssm.engine.distributed import DistContext
 from vssm.engine.errors import USER_ERRORS, TrainingInterrupted, UserError, one_line
-from vssm.engine.runtime import NonFiniteGuard, StopSignals, autocast, changed_keys, loader_failures, process_settings
+from vssm.engine.runtime import (
+    NonFiniteGuard, StopSignals, autocast, changed_keys, check_work_dir, loader_failures, prepare_work_dir,
+    process_settings,
+)
 from vssm.engine.workdir import WorkDirLock
 
 from .losses import SegmentationLoss, online_confusion
@@ -302,7 +303,7 @@ class _SegTrainer:
     def __init__(self, cfg: SegTrainConfig, ctx: DistContext, work_dir: str, resume: Optional[str], overwrite: bool):
         self.cfg, self.ctx, self.work_dir = cfg, ctx, work_dir
         self.resume_path = os.path.join(work_dir, LATEST) if resume == "auto" else resume
-        self._check_work_dir(overwrite)
+        check_work_dir(self.ctx, self.work_dir, self.resume_path, overwrite, LATEST)
         checkpoint = ckpt.read_checkpoint(self.resume_path, trust_option=None) if self.resume_path else None
         if checkpoint is not None and checkpoint.get("format") != SEG_FORMAT:
             raise UserError(f"{self.resume_path} is not a checkpoint of the segmentation trainer (tools/train_seg.py)")
@@ -320,7 +321,8 @@ class _SegTrainer:
         self.preprocessed = Path(cfg.preprocessed or os.path.join(work_dir, "preprocessed"))
         self.plans_path = Path(cfg.plans) if cfg.plans else self.preprocessed / PLANS_FILE
 
-        self._prepare_work_dir(overwrite)  # only now: a bad config or dataset leaves the work dir untouched
+        # only now: a bad config or dataset leaves the work dir untouched
+        prepare_work_dir(self.ctx, self.work_dir, self.resume_path, WORK_DIR_OUTPUTS, ("validation",))
         self.logger = report.setup_logging(os.path.join(work_dir, "train.log"), ctx.is_main)
         self._prepare_data()
         random_seed(cfg.seed)  # the same initial weights on every rank
@@ -343,33 +345,6 @@ class _SegTrainer:
     # ---------------------------------------------------------------------------------------------------------------
     # set-up
 
-    def _check_work_dir(self, overwrite: bool) -> None:
-        """Refuse to write into an earlier run's work dir unless resuming or overwriting; agree on all ranks."""
-        problem = None
-        latest = os.path.join(self.work_dir, LATEST)
-        if self.ctx.is_main:
-            if self.resume_path is not None and not os.path.isfile(self.resume_path):
-                problem = f"nothing to resume: checkpoint not found: {self.resume_path}"
-                if self.resume_path == latest and os.path.isfile(os.path.join(self.work_dir, "train.log")):
-                    problem += (" (the earlier run in this work dir stopped before its first epoch ended; run again "
-                                "without --resume to start it over)")
-            elif self.resume_path is None and not overwrite and os.path.isfile(latest):
-                problem = (f"work dir {self.work_dir} already holds a run ({latest}); pass --resume to continue it or "
-                           "--overwrite to start over")
-        problem = self.ctx.broadcast(problem)
-        if problem:
-            raise UserError(problem)
-
-    def _prepare_work_dir(self, overwrite: bool) -> None:
-        """Create the work dir; without resume, remove an earlier run's outputs (rank 0); keep preprocessed data."""
-        if self.ctx.is_main:
-            os.makedirs(self.work_dir, exist_ok=True)
-            if self.resume_path is None:  # overwrite, or the leftovers of a run that ended before its first epoch
-                for name in WORK_DIR_OUTPUTS:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(os.path.join(self.work_dir, name))
-                shutil.rmtree(os.path.join(self.work_dir, "validation"), ignore_errors=True)
-        self.ctx.barrier()
 
     def _write_builtin_dataset(self) -> None:
         """Rank 0 writes config key ``builtin``'s dataset (once; later runs find it written) into raw's parent."""
