@@ -35,6 +35,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vssm  # noqa: E402,F401  (registers the zoo)
+from benchmark import _timed  # noqa: E402  (tools/benchmark.py: CUDA-event milliseconds per step)
 from vssm.seg.nets import build_seg_net  # noqa: E402
 from vssm.seg.plans import NetworkPlan  # noqa: E402
 from vssm.seg.sliding_window import sliding_window_predict  # noqa: E402
@@ -116,20 +117,6 @@ def suites() -> dict[str, list[Case]]:
 
 def _outputs(out) -> list:
     return list(out) if isinstance(out, (list, tuple)) else [out]
-
-
-def _timed(step, warmup: int, iters: int) -> float:
-    """Milliseconds per step (CUDA events over ``iters`` steps after ``warmup``)."""
-    for _ in range(warmup):
-        step()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        step()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def measure(case: Case, args) -> dict:
