@@ -36,6 +36,21 @@ def check_work_dir(ctx: DistContext, work_dir: str, resume_path: Optional[str], 
         raise UserError(problem)
 
 
+def refuse_nonfinite_weights(ctx: DistContext, state: Optional[dict], epoch: int, latest_name: str) -> None:
+    """Raise UserError on every rank if the checkpoint ``state`` (rank 0's; None elsewhere) holds NaN/Inf weights, so
+    that they are never written and ``latest_name`` keeps the last finite epoch (collective)."""
+    problem = None
+    if state is not None:
+        bad = [key for key, value in state["model"].items()
+               if value.is_floating_point() and not torch.isfinite(value).all()]
+        if bad:
+            problem = (f"after epoch {epoch} the weights hold NaN/Inf ({len(bad)} tensors, first {bad[0]}); the "
+                       f"run stopped without writing them ({latest_name} holds the last finite epoch)")
+    problem = ctx.broadcast(problem)
+    if problem:
+        raise UserError(problem)
+
+
 def prepare_work_dir(ctx: DistContext, work_dir: str, resume_path: Optional[str], outputs: tuple,
                      output_folders: tuple = ()) -> None:
     """Create the work dir; unless resuming, remove an earlier run's ``outputs`` files and ``output_folders`` (rank

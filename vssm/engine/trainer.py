@@ -57,7 +57,7 @@ from .errors import USER_ERRORS, TrainingInterrupted, UserError, one_line
 from .optim import has_overrides, param_groups
 from .runtime import (
     NonFiniteGuard, StopSignals, autocast, changed_keys, check_work_dir, loader_failures, prepare_work_dir,
-    process_settings,
+    process_settings, refuse_nonfinite_weights,
 )
 from .step import (
     CapturedStep, CaptureFailed, clip_gradients, graph_obstacle, optimizer_implementation,
@@ -528,16 +528,7 @@ class _Trainer:
     def _save(self, epoch: int, is_best: bool) -> None:
         """Write last.pth (and best.pth) after ``epoch``; refuses weights that are not finite (collective)."""
         state = self._state(epoch)
-        problem = None
-        if state is not None:
-            bad = [key for key, value in state["model"].items()
-                   if value.is_floating_point() and not torch.isfinite(value).all()]
-            if bad:
-                problem = (f"after epoch {epoch} the weights hold NaN/Inf ({len(bad)} tensors, first {bad[0]}); the "
-                           "run stopped without writing them (last.pth holds the last finite epoch)")
-        problem = self.ctx.broadcast(problem)
-        if problem:
-            raise UserError(problem)
+        refuse_nonfinite_weights(self.ctx, state, epoch, "last.pth")
         if state is None:
             return
         ckpt.save_atomic(state, os.path.join(self.work_dir, "last.pth"))

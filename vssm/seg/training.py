@@ -64,7 +64,7 @@ from vssm.engine.distributed import DistContext
 from vssm.engine.errors import USER_ERRORS, TrainingInterrupted, UserError, one_line
 from vssm.engine.runtime import (
     NonFiniteGuard, StopSignals, autocast, changed_keys, check_work_dir, loader_failures, prepare_work_dir,
-    process_settings,
+    process_settings, refuse_nonfinite_weights,
 )
 from vssm.engine.workdir import WorkDirLock
 
@@ -619,16 +619,7 @@ class _SegTrainer:
         """Write checkpoint_latest.pth (and _best, and _final after the last epoch); refuses weights that are not
         finite (collective)."""
         state = self._state(epoch)
-        problem = None
-        if state is not None:
-            bad = [key for key, value in state["model"].items()
-                   if value.is_floating_point() and not torch.isfinite(value).all()]
-            if bad:
-                problem = (f"after epoch {epoch} the weights hold NaN/Inf ({len(bad)} tensors, first {bad[0]}); the "
-                           f"run stopped without writing them ({LATEST} holds the last finite epoch)")
-        problem = self.ctx.broadcast(problem)
-        if problem:
-            raise UserError(problem)
+        refuse_nonfinite_weights(self.ctx, state, epoch, LATEST)
         if state is None:
             return
         ckpt.save_atomic(state, os.path.join(self.work_dir, LATEST))
