@@ -44,6 +44,7 @@ class Case:
     frames: int = 0
     kwargs: dict = field(default_factory=dict)
     label: str = ""
+    stacked: bool = False  # an image model given the frames stacked along the height (the joint-attention peer)
 
 
 def suites() -> dict[str, list[Case]]:
@@ -60,19 +61,22 @@ def suites() -> dict[str, list[Case]]:
     simba = ["simba_s", "simba_b", "simba_l", "simba_s_einfft", "simba_b_einfft", "simba_l_einfft", "simba_s_monarch",
              "simba_b_monarch", "simba_l_monarch"]
     plain = ["plainmamba_l1", "plainmamba_l2", "plainmamba_l3"]
+
+    def joint_attention(vit: str, batch: int, frames: int) -> Case:
+        return Case(vit, batch=batch, frames=frames, kwargs=dict(img_size=(frames * 224, 224)), stacked=True,
+                    label=f"{vit} joint space-time")
+
     video = []
     for frames in (8, 16, 32, 64):
         for mamba, vit in (("videomamba_tiny", "vit_tiny_patch16_224"), ("videomamba_small", "vit_small_patch16_224")):
             video.append(Case(mamba, batch=4, frames=frames, kwargs=dict(num_frames=frames)))
-            video.append(Case(vit, batch=4, frames=frames, kwargs=dict(img_size=(frames * 224, 224)),
-                              label=f"{vit} joint space-time"))
+            video.append(joint_attention(vit, 4, frames))
     video_ft = []  # the fine-tune recipes' clips per GPU step: batch x num_sample (2 augmented clips per video)
     for mamba, vit, batches in (("videomamba_tiny", "vit_tiny_patch16_224", {8: 128, 16: 128}),
                                 ("videomamba_small", "vit_small_patch16_224", {8: 128, 16: 64})):
         for frames, batch in batches.items():
             video_ft.append(Case(mamba, batch=batch, frames=frames, kwargs=dict(num_frames=frames)))
-            video_ft.append(Case(vit, batch=batch, frames=frames, kwargs=dict(img_size=(frames * 224, 224)),
-                                 label=f"{vit} joint space-time"))
+            video_ft.append(joint_attention(vit, batch, frames))
     return {
         "vim": [Case(m) for m in vim + deit],
         "video_ft": video_ft,
@@ -84,12 +88,16 @@ def suites() -> dict[str, list[Case]]:
             Case("vmamba_tiny", batch=32, img_size=s), Case("swin_tiny_patch4_window7_224", batch=32, img_size=s,
                                                             kwargs=dict(img_size=s)))],
         "simba": [Case(m) for m in simba + plain + swin + convnext + deit],
+        "s4nd": [Case(m) for m in ("s4nd_convnext_tiny", "convnext_tiny", "s4nd_vit_base", "deit_base_patch16_224")]
+        + [case for frames in (16, 32) for case in (
+            Case("s4nd_convnext_tiny_3d", batch=8, frames=frames, kwargs=dict(num_frames=frames, num_classes=400)),
+            joint_attention("vit_small_patch16_224", 8, frames))],
     }
 
 
 def _inputs(case: Case, device: str):
     """A batch of random images (or clips) and labels for ``case``."""
-    if case.frames and "videomamba" not in case.model:  # attention peer: frames stacked along the height
+    if case.stacked:
         shape = (case.batch, 3, case.frames * case.img_size, case.img_size)
     elif case.frames:
         shape = (case.batch, 3, case.frames, case.img_size, case.img_size)

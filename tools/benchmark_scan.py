@@ -7,13 +7,19 @@ then times the issue's cases (bf16 u/delta/B/C, fp32 A/D/delta_bias, softplus, B
 forward and forward+backward medians (triton.testing.do_bench), the forward+backward's summed kernel time (torch
 profiler: without the host-side gaps that small cases show), forward effective GB/s (u, delta, B, C read once, y
 written once) against the copy bandwidth measured in the same run, and the speed-up over the chunked PyTorch path and
-the sequential reference timed in the same run. Then the fused 4-direction cross-scan (``multi_scan``) against
-gather + scan + scatter in PyTorch. Prints markdown tables; writes everything as JSON.
+the sequential reference timed in the same run. mamba_ssm's CUDA scan (``selective_scan_cuda``) is timed on the same
+inputs in the same run when it is importable, or built from a mamba-ssm source tree or sdist given by ``--mamba-src``
+(its ``csrc/selective_scan`` compiled for this GPU with torch's C++ extension loader, cached in ``--mamba-build``;
+about two minutes on an H100 host the first time) and checked against our output first. Then the fused
+4-direction cross-scan (``multi_scan``) against gather + scan + scatter in PyTorch. Prints markdown tables; writes
+everything as JSON.
 """
 import argparse
 import json
 import platform
 import sys
+import tarfile
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -28,9 +34,13 @@ from vssm.ops import multi_scan, scan_paths, selective_scan, selective_scan_chun
 from vssm.ops.triton import scan_plan  # noqa: E402
 
 CASES = [(64, 768, 3136, 16), (64, 384, 3136, 1), (64, 768, 197, 16), (8, 768, 3137, 16), (2, 768, 12545, 16)]
-MAMBA_CUDA = {  # mamba_ssm 2.3 selective_scan_cuda on an H100 (issue #2): fwd ms, fwd+bwd ms
-    (64, 768, 3136, 16): (5.30, 25.4), (64, 384, 3136, 1): (0.535, 1.97), (64, 768, 197, 16): (0.378, 1.51),
-    (8, 768, 3137, 16): (0.689, 3.34), (2, 768, 12545, 16): (0.668, 3.21)}
+MAMBA_SOURCES = ["selective_scan.cpp", "selective_scan_fwd_fp32.cu", "selective_scan_fwd_fp16.cu",
+                 "selective_scan_fwd_bf16.cu"] + [f"selective_scan_bwd_{t}_{k}.cu" for t in ("fp32", "fp16", "bf16")
+                                                  for k in ("real", "complex")]
+MAMBA_NVCC_FLAGS = ["-O3", "-std=c++17", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+                    "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+                    "-U__CUDA_NO_BFLOAT162_OPERATORS__", "-U__CUDA_NO_BFLOAT162_CONVERSIONS__",
+                    "--expt-relaxed-constexpr", "--expt-extended-lambda", "--use_fast_math"]
 CROSS_CASES = [(64, 192, 56, 56, 1), (64, 192, 56, 56, 16)]
 
 
@@ -174,6 +184,57 @@ def device_time(row, iters=10):
     row["device_fwdbwd_ms"] = sum(e.self_device_time_total for e in prof.key_averages()) / iters / 1e3
 
 
+def mamba_scan_module(source: str | None, build_dir: str):
+    """mamba_ssm's ``selective_scan_cuda`` extension: imported, else compiled from ``source`` (a mamba-ssm source
+    tree or its .tar.gz sdist) for this GPU's architecture; None when neither is possible (the reason is printed)."""
+    try:
+        import selective_scan_cuda
+        return selective_scan_cuda
+    except ImportError:
+        if source is None:
+            print("mamba_ssm's selective_scan_cuda is not importable and --mamba-src is not given: no mamba column")
+            return None
+    from torch.utils.cpp_extension import load
+
+    root = Path(source)
+    if root.is_file():  # an sdist: unpack its csrc once
+        unpacked = Path(tempfile.mkdtemp(prefix="mamba_src_"))
+        with tarfile.open(root) as archive:
+            archive.extractall(unpacked, filter="data")
+        root = next(unpacked.iterdir())
+    csrc = root / "csrc" / "selective_scan"
+    if not (csrc / "selective_scan.cpp").exists():
+        sys.exit(f"--mamba-src {source}: no csrc/selective_scan/selective_scan.cpp in it (mamba-ssm >= 2.2.6 sdists "
+                 "and the git tree have it)")
+    major, minor = torch.cuda.get_device_capability()
+    arch = [f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
+    Path(build_dir).mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    module = load(name="selective_scan_cuda", sources=[str(csrc / f) for f in MAMBA_SOURCES],
+                  extra_cflags=["-O3", "-std=c++17"], extra_cuda_cflags=MAMBA_NVCC_FLAGS + arch,
+                  extra_include_paths=[str(csrc)], build_directory=build_dir, verbose=False)
+    print(f"built mamba_ssm's selective_scan_cuda from {source} in {time.time() - t0:.0f} s", flush=True)
+    return module
+
+
+def bench_mamba(row, module):
+    """Add mamba_ssm's CUDA scan forward and forward+backward medians on the same inputs to a ``bench_case`` row,
+    after checking its output against ours."""
+    x = scan_inputs(*row["case"])
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True)
+    out, states, *_ = module.fwd(*args)
+    ours = with_backend("triton", lambda: selective_scan(**x, delta_softplus=True))()
+    row["mamba_vs_ours_rel_err"] = rel_err(out.float(), ours.float())
+    dout = torch.ones_like(out)
+
+    def fwd_bwd_step():
+        y, saved, *_ = module.fwd(*args)
+        module.bwd(*args[:8], dout, saved, None, None, True, False)
+
+    row["mamba_fwd_ms"] = do_bench(lambda: module.fwd(*args), warmup=25, rep=200, return_mode="median")
+    row["mamba_fwdbwd_ms"] = do_bench(fwd_bwd_step, warmup=25, rep=200, return_mode="median")
+
+
 def bench_baselines(row):
     """Add the chunked PyTorch and reference forward times to a ``bench_case`` row (run after every Triton timing,
     so that their large allocations do not disturb those)."""
@@ -279,6 +340,11 @@ def main():
     parser.add_argument("--sweep-only", action="store_true", help="sweep, then stop")
     parser.add_argument("--sweep-cases", default="2,1,3", help="indices into CASES to sweep (default: %(default)s)")
     parser.add_argument("--skip-slow", action="store_true", help="skip the PyTorch and reference baselines")
+    parser.add_argument("--mamba-src", default=None,
+                        help="mamba-ssm source tree or sdist (.tar.gz) to build selective_scan_cuda from when it is "
+                             "not importable")
+    parser.add_argument("--mamba-build", default=str(Path.home() / ".cache" / "vssm" / "mamba_scan_build"),
+                        help="build folder of that extension (reused by later runs)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmark_scan.py needs a CUDA GPU")
@@ -296,11 +362,15 @@ def main():
     sweep_rows = sweep([CASES[int(i)] for i in args.sweep_cases.split(',')]) if args.sweep or args.sweep_only else []
     if args.sweep_only:
         return
+    mamba = mamba_scan_module(args.mamba_src, args.mamba_build)
+    meta["mamba_ssm_scan"] = "measured in this run" if mamba is not None else "not available"
     copy_gbps = copy_bandwidth()
     rows = [bench_case(*case) for case in CASES]
     cross_rows = [bench_cross(*case) for case in CROSS_CASES]
     for row in rows:
         device_time(row)
+        if mamba is not None:
+            bench_mamba(row, mamba)
         if not args.skip_slow:
             bench_baselines(row)
     print(f"\ncopy bandwidth: {copy_gbps:.0f} GB/s; total {time.time() - t0:.0f} s\n")
@@ -308,12 +378,16 @@ def main():
           "fwd / fwd+bwd | fwd GB/s (% copy) | torch fwd ms (speed-up) | ref fwd ms (speed-up) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        mf, mfb = MAMBA_CUDA[r["case"]]
+        if "mamba_fwd_ms" in r:
+            mf, mfb = r["mamba_fwd_ms"], r["mamba_fwdbwd_ms"]
+            mamba_cells = (f"{mf:.3f} / {mfb:.3f} | {mf / r['triton_fwd_ms']:.2f}x / "
+                           f"{mfb / r['triton_fwdbwd_ms']:.2f}x (rel. err. {r['mamba_vs_ours_rel_err']:.1e})")
+        else:
+            mamba_cells = "- | -"
         tf = f"{r['torch_fwd_ms']:.1f} ({r['torch_fwd_ms'] / r['triton_fwd_ms']:.0f}x)" if "torch_fwd_ms" in r else "-"
         rf = f"{r['ref_fwd_ms']:.0f} ({r['ref_fwd_ms'] / r['triton_fwd_ms']:.0f}x)" if "ref_fwd_ms" in r else "-"
         print(f"| {r['case']} | {r['triton_fwd_ms']:.3f} | {r['triton_fwdbwd_ms']:.3f} | "
-              f"{r['device_fwdbwd_ms']:.3f} | {mf} / {mfb} | {mf / r['triton_fwd_ms']:.2f}x / "
-              f"{mfb / r['triton_fwdbwd_ms']:.2f}x | {r['fwd_GBps']:.0f} ({100 * r['fwd_GBps'] / copy_gbps:.0f}%) | "
+              f"{r['device_fwdbwd_ms']:.3f} | {mamba_cells} | {r['fwd_GBps']:.0f} ({100 * r['fwd_GBps'] / copy_gbps:.0f}%) | "
               f"{tf} | {rf} |")
     print("\n| cross-scan (batch, dim, H, W, N) | fused fwd ms | unfused fwd ms | fused fwd+bwd ms | unfused fwd+bwd ms "
           "| speed-up fwd / fwd+bwd |\n|---|---|---|---|---|---|")
