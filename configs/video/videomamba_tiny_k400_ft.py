@@ -13,12 +13,14 @@
 # the blocks, so only cls_token, pos_embed and patch_embed are scaled (0.75 ** 25) and every block trains at the full
 # lr: how the released models were trained. optimizer.layer_decay_rule='timm' decays block by block instead (the
 # maintainers report it does not help VideoMamba-M).
-# MODEL_ZOO top-1, 4 clips x 3 crops: 78.1 (f16); f8: 76.9 (model.num_frames=8 data.protocol.num_frames=8).
+# MODEL_ZOO top-1, 4 clips x 3 crops: 78.1 (f16); f8: 76.9 (model.num_frames=8 data.protocol.num_frames=8
+# final_test.protocol.num_frames=8).
 #   python tools/train.py configs/video/videomamba_tiny_k400_ft.py --cfg-options data.root=/data/k400 \
 #       data.video.train.annotation=/data/k400/train.csv data.video.val.annotation=/data/k400/val.csv \
 #       model.pretrained_file=videomamba_t16_in1k_res224.pth
 #   torchrun --nproc_per_node 8 tools/train.py ...   (the recipe's 8 GPUs)
-# then the best checkpoint under the full test protocol (4 clips x 3 crops):
+# At the end, best.pth is re-tested under the official test protocol, 4 clips x 3 crops (final_test; the result in
+# work_dirs/videomamba_tiny_k400_ft/test_best.json); the same by hand:
 #   python tools/eval_video.py configs/video/videomamba_k400_eval.py \
 #       --checkpoint work_dirs/videomamba_tiny_k400_ft/best.pth --cfg-options model.name=videomamba_tiny \
 #       data.root=/data/k400 data.annotation=/data/k400/val.csv
@@ -34,6 +36,8 @@ data = dict(
 )
 augment = dict(auto_augment='rand-m5-n2-mstd0.25-inc1', interpolation='bicubic', scale=(0.08, 1.0),
                ratio=(3 / 4, 4 / 3), hflip=0.5, re_prob=0.25, re_mode='pixel', re_count=1)
+final_test = dict(protocol=dict(name='videomamba_k400', num_frames=16, num_clips=4, num_crops=3, short_side=224,
+                                crop_size=224))  # validation during training: 1 clip, centre crop
 mixup = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch')
 smoothing = 0.1
 epochs = 65  # + 5 warm-up epochs = 70

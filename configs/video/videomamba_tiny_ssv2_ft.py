@@ -8,7 +8,9 @@
 #       data.video.labels=/data/ssv2/something-something-v2-labels.json \
 #       data.video.train.annotation=/data/ssv2/train.json data.video.val.annotation=/data/ssv2/validation.json \
 #       model.pretrained_file=videomamba_t16_in1k_res224.pth
-# then: python tools/eval_video.py configs/video/videomamba_ssv2_eval.py \
+# At the end, best.pth is re-tested under the official test protocol, 2 views x 3 crops (final_test:
+# work_dirs/videomamba_tiny_ssv2_ft/test_best.json); the same by hand:
+#       python tools/eval_video.py configs/video/videomamba_ssv2_eval.py \
 #       --checkpoint work_dirs/videomamba_tiny_ssv2_ft/best.pth --cfg-options model.name=videomamba_tiny ...
 # VideoMamba's own 'path label' lists (space separated): data.video.format='list' data.video.delimiter=' '.
 _base_ = ['./videomamba_tiny_k400_ft.py']
@@ -19,6 +21,7 @@ data = dict(
                train=dict(annotation=None), val=dict(annotation=None)),  # train.json, validation.json
     protocol=dict(_delete_=True, name='videomamba_ssv2', num_frames=16, short_side=224, crop_size=224),
 )
+final_test = dict(protocol=dict(_delete_=True, name='videomamba_ssv2', num_frames=16, short_side=224, crop_size=224))
 augment = dict(hflip=0.0)
 epochs = 30  # + 5 warm-up epochs = 35
 optimizer = dict(lr_base=4e-4)

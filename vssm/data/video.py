@@ -32,8 +32,9 @@ Decoding runs in worker processes (``DecodePool``): decord can hang forever in n
 worker started. A file that decord cannot read is reported by path, never replaced by another video.
 
 Training clips (``VideoClipDataset`` with ``training=True``) follow VideoMamba's fine-tuning: the sampler's random
-training clip, decoded once, then ``num_sample`` independent augmentations (``ClipAugment``: RandAugment with one draw
-per clip, a random-resized crop and a flip shared by the frames, random erasing of one box per clip).
+training clip (S4ND's HMDB-51 preset: a random 2-s clip, pytorchvideo's ``RandomClipSampler``), decoded once, then
+``num_sample`` independent augmentations (``ClipAugment``: RandAugment with one draw per clip, a random-resized crop
+and a flip shared by the frames, random erasing of one box per clip).
 """
 import functools
 import math
@@ -72,7 +73,7 @@ class SparseSampler:
         return [[min(round(seg * i) + int(shift * (k + 1)), n - 1) for i in range(self.num_frames)]
                 for k in range(self.num_clips)]
 
-    def train_clip(self, n: int, rng: np.random.Generator) -> list[int]:
+    def train_clip(self, n: int, rng: np.random.Generator, fps: Optional[float] = None) -> list[int]:
         """One random index in ``[round(seg * i), round(seg * (i + 1))]`` per segment (the official training)."""
         seg = max(0, n - 1) / self.num_frames
         return [min(int(rng.integers(round(seg * i), round(seg * (i + 1)) + 1)), n - 1)
@@ -102,7 +103,7 @@ class SegmentSampler:
                         + [int(tick * x) for x in range(self.num_frames)])
         return [[min(i, n - 1) for i in merged[k::2]] for k in range(2)]
 
-    def train_clip(self, n: int, rng: np.random.Generator) -> list[int]:
+    def train_clip(self, n: int, rng: np.random.Generator, fps: Optional[float] = None) -> list[int]:
         """One random frame per segment of ``n // T`` frames (sorted random frames when shorter, as the official)."""
         duration = n // self.num_frames
         if duration > 0:
@@ -152,30 +153,44 @@ class DenseSampler:
 class UniformSecondsSampler:
     """pytorchvideo's ``UniformClipSampler(clip_seconds)`` + ``UniformTemporalSubsample(num_frames)``: consecutive
     clips [2k, 2k + 2) s while the next clip still ends within the video (at least one clip), the frames of each
-    (``ceil(start * fps) <= i < ceil(end * fps)``) subsampled by ``linspace(0, t - 1, num_frames)``."""
+    (``ceil(start * fps) <= i < ceil(end * fps)``) subsampled by ``linspace(0, t - 1, num_frames)``. Training:
+    pytorchvideo's ``RandomClipSampler``, one clip starting uniformly in ``[0, max(duration - clip_seconds, 0)]`` s.
+    ``centre_only``: only the middle clip (clip ``count // 2``; validation during training)."""
     num_frames: int = 30
     clip_seconds: float = 2.0
     eps: float = 1e-6
+    centre_only: bool = False
 
-    def clips(self, n: int, fps: Optional[float] = None) -> list[list[int]]:
+    def _check_fps(self, fps: Optional[float]) -> None:
         if not fps or fps <= 0:
             raise ValueError("the uniform-seconds sampler needs the video's frame rate")
-        duration = n / fps
-        count = max(1, int(math.floor(duration / self.clip_seconds + self.eps)))
-        clips = []
-        for k in range(count):
-            first = math.ceil(k * self.clip_seconds * fps - self.eps)
-            last = min(n, math.ceil((k + 1) * self.clip_seconds * fps - self.eps)) - 1
-            frames = np.arange(first, max(last, first) + 1)
-            picks = np.linspace(0, len(frames) - 1, self.num_frames).astype(np.int64)
-            clips.append([min(int(i), n - 1) for i in frames[picks]])
-        return clips
+
+    def _clip(self, start: float, end: float, n: int, fps: float) -> list[int]:
+        """``num_frames`` indices of the frames of ``[start, end)`` s."""
+        first = math.ceil(start * fps - self.eps)
+        last = min(n, math.ceil(end * fps - self.eps)) - 1
+        frames = np.arange(first, max(last, first) + 1)
+        picks = np.linspace(0, len(frames) - 1, self.num_frames).astype(np.int64)
+        return [min(int(i), n - 1) for i in frames[picks]]
+
+    def clips(self, n: int, fps: Optional[float] = None) -> list[list[int]]:
+        self._check_fps(fps)
+        count = max(1, int(math.floor(n / fps / self.clip_seconds + self.eps)))
+        starts = [count // 2] if self.centre_only else range(count)
+        return [self._clip(k * self.clip_seconds, (k + 1) * self.clip_seconds, n, fps) for k in starts]
+
+    def train_clip(self, n: int, rng: np.random.Generator, fps: Optional[float] = None) -> list[int]:
+        """One clip of ``clip_seconds`` starting uniformly in ``[0, max(n / fps - clip_seconds, 0)]`` s."""
+        self._check_fps(fps)
+        start = rng.uniform(0.0, max(n / fps - self.clip_seconds, 0.0))
+        return self._clip(start, start + self.clip_seconds, n, fps)
 
     def min_frames(self) -> int:
         return 1
 
     def describe(self) -> str:
-        return (f"uniform {self.clip_seconds:g}-s clips, all of the video, {self.num_frames} frames each "
+        which = "the centre clip" if self.centre_only else "all of the video"
+        return (f"uniform {self.clip_seconds:g}-s clips, {which}, {self.num_frames} frames each "
                 "(linspace(0, t-1, T))")
 
 
@@ -414,6 +429,15 @@ def decodable_length(reader, reported: int) -> int:
     return good + 1
 
 
+def frame_rate(reader) -> float:
+    """The reader's average frame rate; 0.0 for a container without timing (only the seconds-based sampler needs
+    it, and says so)."""
+    try:
+        return float(reader.get_avg_fps())
+    except Exception:
+        return 0.0
+
+
 def decode_views(path: str, protocol: VideoProtocol, num_threads: int = 1, short_video: str = "pad",
                  open_fn: Callable = open_video) -> DecodedVideo:
     """Decode the frames ``protocol`` samples from ``path`` and cut its views.
@@ -433,10 +457,7 @@ def decode_views(path: str, protocol: VideoProtocol, num_threads: int = 1, short
     reported = n = len(reader)
     if n < 1:
         raise VideoDecodeError(path, "no frames")
-    try:
-        fps = float(reader.get_avg_fps())
-    except Exception:  # a container without timing: only the seconds-based sampler needs it
-        fps = 0.0
+    fps = frame_rate(reader)
 
     def sample(n: int):
         if short_video == "fail" and n < protocol.sampler.min_frames():
@@ -762,13 +783,14 @@ def erase_clip(clip, probability: float, mode: str = "pixel", max_count: int = 1
 class VideoClipDataset:
     """Clips for a training loop, as ``(float tensor (3, T, S, S), label)``.
 
-    Training: the protocol sampler's ``train_clip`` (VideoMamba's random frame per segment; SparseSampler or
-    SegmentSampler) decoded once, then ``num_sample`` independent ``ClipAugment`` augmentations of those frames
-    (VideoMamba's repeated sampling: with ``num_sample > 1`` an item is a tensor (num_sample, 3, T, S, S); the loader
-    flattens them into the batch). Evaluation: one temporal clip, one centre crop (the official per-epoch validation:
-    segment middles; SSv2: segment centres). Randomness comes from Python's, NumPy's and torch's global generators, so
-    a loader that seeds them per sample (vssm.engine.data.SeededSamples) makes each sample a function of its seed. A
-    bad file raises a VideoError naming it.
+    Training: the protocol sampler's ``train_clip`` (VideoMamba's random frame per segment: SparseSampler or
+    SegmentSampler; S4ND's random 2-s clip: UniformSecondsSampler) decoded once, then ``num_sample`` independent
+    ``ClipAugment`` augmentations of those frames (VideoMamba's repeated sampling: with ``num_sample > 1`` an item is a
+    tensor (num_sample, 3, T, S, S); the loader flattens them into the batch). Evaluation: one temporal clip, one
+    centre crop (the official per-epoch validation: segment middles; SSv2: segment centres; S4ND: the middle 2-s
+    clip). Randomness comes from Python's, NumPy's and torch's global generators, so a loader that seeds them per
+    sample (vssm.engine.data.SeededSamples) makes each sample a function of its seed. A bad file raises a VideoError
+    naming it.
 
     Args:
         records: ``VideoRecord``s (``path``, ``label``), e.g. ``VideoList.records``.
@@ -782,8 +804,8 @@ class VideoClipDataset:
     def __init__(self, records: Sequence, protocol: VideoProtocol, training: bool,
                  augment: ClipAugment = ClipAugment(), num_sample: int = 1, num_threads: int = 1):
         if training and not hasattr(protocol.sampler, "train_clip"):
-            raise ValueError(f"protocol {protocol.name} has no training sampler (use videomamba_k400 or "
-                             "videomamba_ssv2)")
+            raise ValueError(f"protocol {protocol.name} has no training sampler (use videomamba_k400, "
+                             "videomamba_ssv2 or s4nd_hmdb51)")
         if num_sample < 1:
             raise ValueError(f"num_sample must be >= 1, got {num_sample}")
         self.records = list(records)
@@ -792,7 +814,8 @@ class VideoClipDataset:
         self.augment = augment
         self.num_sample = num_sample if training else 1
         self.num_threads = num_threads
-        clips_one = {"num_clips": 1} if not isinstance(protocol.sampler, SegmentSampler) else {}
+        clips_one = ({} if isinstance(protocol.sampler, SegmentSampler) else
+                     {"centre_only": True} if isinstance(protocol.sampler, UniformSecondsSampler) else {"num_clips": 1})
         self._eval_protocol = replace(protocol, sampler=replace(protocol.sampler, **clips_one), num_crops=1)
 
     def __len__(self) -> int:
@@ -824,7 +847,10 @@ class VideoClipDataset:
             return normalise_views(video.views[view:view + 1], self.protocol)[0], record.label
         rng = np.random.default_rng(np.random.randint(0, 2 ** 31))
         reader = open_video(record.path, self.num_threads)
-        indices = self.protocol.sampler.train_clip(len(reader), rng)
+        try:
+            indices = self.protocol.sampler.train_clip(len(reader), rng, frame_rate(reader))
+        except ValueError as error:  # the seconds-based sampler on a container without timing
+            raise VideoDecodeError(record.path, str(error)) from None
         frames = read_frames(reader, indices, record.path)
         del reader
         if self.num_sample == 1:

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from vssm.data.video import VideoProtocol, video_protocol
+
 from .errors import UserError
 
 AMP_DTYPES = (None, "bf16", "fp16")
@@ -143,6 +145,20 @@ class EmaConfig:
 
 
 @dataclass
+class FinalTestConfig:
+    """'video' runs: at the end of training, best.pth re-tested under a full multi-view protocol by the code of
+    tools/eval_video.py (vssm.engine.video_eval), on the validation split, every rank a shard; the result goes to
+    ``test_best.json`` in the work dir (per-view logits: ``test_best_views.pt``)."""
+    protocol: dict = field(default_factory=dict)  # the preset and its overrides (vssm.data.video.video_protocol),
+    #   e.g. dict(name='videomamba_k400', num_frames=16, num_clips=4, num_crops=3); empty: no re-test. Its frames,
+    #   crop size and normalisation must be those of data.protocol (the clips the model trained on)
+    batch_size: Optional[int] = None  # views per forward pass; None: the training batch_size
+    workers: Optional[int] = None  # decoder processes per rank; None: data.workers (0: decode in the training process)
+    timeout: float = 120.0  # seconds one video may take to decode before its decoder is killed and the video skipped
+    on_error: str = "skip"  # a missing / unreadable / stuck video: 'skip' (named in the log and counted) or 'fatal'
+
+
+@dataclass
 class TrainConfig:
     """A training run; sections are the dataclasses above, the rest are plain top-level keys."""
     model: dict = field(default_factory=dict)  # name=<timm model name>, pretrained=False, pretrained_file=None, and
@@ -155,6 +171,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
+    final_test: FinalTestConfig = field(default_factory=FinalTestConfig)
     epochs: int = 300  # training epochs, followed by scheduler.cooldown_epochs
     batch_size: int = 128  # per process (GPU); the global batch is batch_size * world_size * grad_accum_steps
     grad_accum_steps: int = 1  # micro-batches accumulated before each optimizer step
@@ -213,7 +230,7 @@ def build_dataclass(cls, values: dict, prefix: str = "", sections: Optional[dict
 
 _SECTIONS = {
     TrainConfig: {"data": DataConfig, "augment": AugmentConfig, "mixup": MixupConfig, "optimizer": OptimizerConfig,
-                  "scheduler": SchedulerConfig, "ema": EmaConfig},
+                  "scheduler": SchedulerConfig, "ema": EmaConfig, "final_test": FinalTestConfig},
 }
 
 
@@ -248,6 +265,52 @@ def _check(cfg: TrainConfig) -> None:
                         f"{cfg.data.measure_pipeline!r}")
     if cfg.fsdp and cfg.ema.enable:
         raise UserError("config keys 'fsdp' and 'ema.enable' cannot both be set (the EMA copy would not be sharded)")
+    _check_final_test(cfg)
+
+
+def protocol_of_section(settings: dict, key: str, default: Optional[str] = None) -> VideoProtocol:
+    """The video protocol a config section names (a preset ``name`` and its overrides, ``video_protocol``); a bad
+    name or setting is a UserError naming ``key``."""
+    settings = dict(settings)
+    try:
+        return video_protocol(settings.pop("name", default), **settings)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"config key '{key}': {error}") from None
+
+
+def final_test_protocol(cfg: TrainConfig) -> Optional[VideoProtocol]:
+    """The protocol of ``final_test``; None when the config sets none."""
+    if not cfg.final_test.protocol:
+        return None
+    return protocol_of_section(cfg.final_test.protocol, "final_test.protocol")
+
+
+def _check_final_test(cfg: TrainConfig) -> None:
+    """The final re-test: a 'video' run's, with a valid protocol that scores the clips the model trains on."""
+    test = cfg.final_test
+    if not isinstance(test.protocol, dict):
+        raise UserError(f"config key 'final_test.protocol' must be a dict (a protocol preset and its overrides), got "
+                        f"{test.protocol!r}")
+    if test.on_error not in ("skip", "fatal"):
+        raise UserError(f"config key 'final_test.on_error' must be 'skip' or 'fatal', got {test.on_error!r}")
+    if test.batch_size is not None and (not isinstance(test.batch_size, int) or test.batch_size < 1):
+        raise UserError(f"config key 'final_test.batch_size' must be a positive integer or None, got "
+                        f"{test.batch_size!r}")
+    if test.workers is not None and (not isinstance(test.workers, int) or test.workers < 0):
+        raise UserError(f"config key 'final_test.workers' must be an integer >= 0 or None, got {test.workers!r}")
+    if not isinstance(test.timeout, (int, float)) or test.timeout <= 0:
+        raise UserError(f"config key 'final_test.timeout' must be a positive number of seconds, got {test.timeout!r}")
+    protocol = final_test_protocol(cfg)
+    if protocol is None:
+        return
+    if cfg.data.dataset != "video":
+        raise UserError(f"config key 'final_test.protocol' re-tests video runs (data.dataset='video'), but "
+                        f"data.dataset is {cfg.data.dataset!r}")
+    trained = protocol_of_section(cfg.data.protocol, "data.protocol", "videomamba_k400")
+    for key in ("num_frames", "crop_size", "mean", "std"):
+        if getattr(protocol, key) != getattr(trained, key):
+            raise UserError(f"config key 'final_test.protocol' gives {key} {getattr(protocol, key)}, the clips the "
+                            f"model trains on (data.protocol) {getattr(trained, key)}: set the same {key} in both")
 
 
 def config_from_dict(values: dict) -> TrainConfig:

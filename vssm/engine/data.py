@@ -28,11 +28,11 @@ from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from vssm.data import DataError, DigitsDataset, StrictImageFolder, SyntheticDataset
-from vssm.data.video import ClipAugment, VideoClipDataset, VideoProtocol, video_protocol
+from vssm.data.video import ClipAugment, VideoClipDataset, VideoProtocol
 
-from .config import AugmentConfig, DataConfig, TrainConfig
+from .config import AugmentConfig, DataConfig, TrainConfig, protocol_of_section
 from .errors import UserError
-from .video_eval import open_video_list, video_data_config
+from .video_eval import VideoDataConfig, open_video_list, video_data_config
 
 SYNTHETIC_NUM_CLASSES = 10  # classes of the synthetic dataset when data.num_classes is not set
 _SYNTHETIC_VAL_SEED_OFFSET = 1  # the synthetic validation split is generated from seed + 1
@@ -213,18 +213,20 @@ def _open(data: DataConfig, split: str, training: bool, class_map: Optional[dict
 
 def video_protocol_of(data: DataConfig) -> VideoProtocol:
     """The clip protocol of a 'video' data config."""
-    settings = dict(data.protocol)
-    try:
-        return video_protocol(settings.pop("name", "videomamba_k400"), **settings)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"config key 'data.protocol': {error}") from None
+    return protocol_of_section(data.protocol, "data.protocol", "videomamba_k400")
+
+
+def video_split_config(data: DataConfig, split: str) -> VideoDataConfig:
+    """The annotated videos of ``split`` of a 'video' data config: ``data.video``'s shared keys, then its sub-dict for
+    ``split``; ``root`` is ``data.root`` unless set there."""
+    shared = {key: value for key, value in data.video.items() if not isinstance(value, dict)}
+    settings = {"root": data.root, "split": split, **shared, **data.video.get(split, {})}
+    return video_data_config(settings, prefix=f"data.video.{split}.")
 
 
 def _open_video(data: DataConfig, split: str, training: bool) -> Dataset:
     """One clip per annotated video of ``split`` (its sub-dict in ``data.video`` adds to the shared keys)."""
-    shared = {key: value for key, value in data.video.items() if not isinstance(value, dict)}
-    settings = {"root": data.root, "split": split, **shared, **data.video.get(split, {})}
-    videos = open_video_list(video_data_config(settings, prefix=f"data.video.{split}."))
+    videos = open_video_list(video_split_config(data, split))
     return VideoClipDataset(videos.records, video_protocol_of(data), training,
                             num_sample=data.num_sample if training else 1)
 

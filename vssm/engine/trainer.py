@@ -5,7 +5,9 @@
 ``model.no_weight_decay()``, layer decay from ``model.group_matcher()``), the schedule (create_scheduler_v2), the EMA
 (ModelEmaV3) and the loss (timm's cross-entropies); wrap the model for DDP or FSDP2 and optionally torch.compile it;
 then alternate a training epoch (AMP, gradient accumulation, clipping) and an evaluation, writing ``summary.csv``,
-the ``last.pth`` / ``best.pth`` checkpoints, the log and the curve plot into the work dir.
+the ``last.pth`` / ``best.pth`` checkpoints, the log and the curve plot into the work dir. A video run validates on one
+centre clip per video; with ``final_test.protocol`` set, best.pth is then re-tested under that full multi-view
+protocol by tools/eval_video.py's code (``test_best.json``).
 
 The step keeps the GPU busy: image batches arrive as uint8 and are normalised and randomly erased on the device
 (``DeviceBatches``), Mixup/CutMix mixes the device batch, synthetic splits live on the device (``DeviceSplit``); the
@@ -17,6 +19,7 @@ import contextlib
 import dataclasses
 import difflib
 import functools
+import json
 import logging
 import math
 import os
@@ -46,11 +49,11 @@ from vssm.data import SyntheticDataset
 
 from . import checkpoint as ckpt
 from . import report
-from .config import TrainConfig, config_to_dict
+from .config import TrainConfig, config_to_dict, final_test_protocol
 from .data import (
     SYNTHETIC_NUM_CLASSES, DeviceBatches, DeviceSplit, EvalSampler, TrainSampler, build_loader, build_transforms,
     clip_augment_of, clips_per_item, count_classes, erasing_of, open_synthetic, open_train_set, open_val_set,
-    resolve_input_config, video_protocol_of,
+    resolve_input_config, video_protocol_of, video_split_config,
 )
 from .distributed import DistContext
 from .errors import USER_ERRORS, TrainingInterrupted, UserError, one_line
@@ -63,10 +66,12 @@ from .step import (
     CapturedStep, CaptureFailed, clip_gradients, graph_obstacle, optimizer_implementation,
     reset_implementation, trainable,
 )
-from .video_eval import check_clip_input
+from .video_eval import VideoEvalConfig, build_protocol, check_clip_input, evaluate_video
 from .workdir import WorkDirLock
 
-WORK_DIR_OUTPUTS = ("config.py", "train.log", "summary.csv", "curves.png", "last.pth", "best.pth")
+FINAL_TEST_FILE, FINAL_TEST_VIEWS = "test_best.json", "test_best_views.pt"
+WORK_DIR_OUTPUTS = ("config.py", "train.log", "summary.csv", "curves.png", "last.pth", "best.pth", FINAL_TEST_FILE,
+                    FINAL_TEST_VIEWS)
 _FSDP_BLOCK_LISTS = ("blocks", "layers")  # FSDP2 shards each element of ModuleLists/Sequentials with these names
 
 
@@ -239,7 +244,8 @@ def train(
             count from 1).
 
     Returns:
-        The last epoch's summary row, plus ``best`` (the best value of ``cfg.best_metric`` and its epoch).
+        The last epoch's summary row, plus ``best`` (the best value of ``cfg.best_metric`` and its epoch) and
+        ``final_test`` (what ``test_best.json`` holds; None without ``final_test.protocol`` or a best.pth).
     """
     ctx = DistContext(cfg.device)
     lock = None
@@ -317,6 +323,8 @@ class _Trainer:
         on_device = False  # normalisation and erasing on the device (uint8 loader)
         if cfg.data.dataset == "video":
             check_clip_input(self.model, video_protocol_of(cfg.data), cfg.model["name"])
+            if cfg.final_test.protocol:  # refused now rather than after the training
+                check_clip_input(self.model, final_test_protocol(cfg), cfg.model["name"])
             val_set = open_val_set(cfg.data, train_set)
             train_set.augment = clip_augment_of(cfg.augment)
         elif cfg.data.dataset == "synthetic":
@@ -762,4 +770,70 @@ class _Trainer:
                 f"{report.format_duration(per_epoch * (self.total_epochs - epoch - 1))})")
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, row)
-        return {**row, "best": dict(self.best)}
+        final_test = self._final_test() if cfg.final_test.protocol else None
+        return {**row, "best": dict(self.best), "final_test": final_test}
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # the final test
+
+    def _final_test_config(self) -> VideoEvalConfig:
+        """tools/eval_video.py's config of the final test: the run's model (its weights come from best.pth), the
+        validation split's videos, ``final_test``'s protocol and decoding settings, the run's device and precision."""
+        cfg, test = self.cfg, self.cfg.final_test
+        model = {key: value for key, value in cfg.model.items() if key not in ("pretrained", "pretrained_file")}
+        data = dataclasses.replace(video_split_config(cfg.data, cfg.data.val_split), num_classes=self.num_classes)
+        return VideoEvalConfig(
+            model=model, data=data, protocol=dict(test.protocol), batch_size=test.batch_size or cfg.batch_size,
+            workers=cfg.data.workers if test.workers is None else test.workers, timeout=test.timeout,
+            on_error=test.on_error, device=cfg.device, amp=cfg.amp, cpu_threads=cfg.cpu_threads,
+            views_file=os.path.join(self.work_dir, FINAL_TEST_VIEWS))
+
+    def _final_test(self) -> Optional[dict]:
+        """Re-test best.pth under ``final_test.protocol`` with ``vssm.engine.video_eval.evaluate_video`` (every rank a
+        shard of the videos; the EMA weights when best.pth was chosen by an EMA metric) and write the result to
+        ``test_best.json`` (atomically, rank 0). A ``test_best.json`` of the same best epoch, weights, protocol and
+        videos (a resumed, finished run) is kept, not redone."""
+        ctx = self.ctx
+        if self.best.get("epoch") is None:
+            self.logger.warning("final test: skipped, no best.pth (no epoch had a finite validation metric)")
+            return None
+        eval_cfg = self._final_test_config()
+        use_ema = self.cfg.best_metric.startswith("ema_")
+        best_path = os.path.join(self.work_dir, "best.pth")
+        identity = {"checkpoint": best_path, "best_epoch": self.best["epoch"], "best_metric": self.best["metric"],
+                    "weights": "ema" if use_ema else "model", "protocol": build_protocol(eval_cfg).describe(),
+                    "data": dataclasses.asdict(eval_cfg.data)}
+        result_path = os.path.join(self.work_dir, FINAL_TEST_FILE)
+        earlier = ctx.broadcast(_read_json(result_path) if ctx.is_main else None)
+        if earlier is not None and all(earlier.get(key) == value for key, value in identity.items()):
+            self.logger.info(f"final test: {result_path} already holds best.pth (epoch {self.best['epoch']}) under "
+                             "this protocol; not redone")
+            return earlier
+        self.logger.info(f"final test: best.pth (epoch {self.best['epoch']}, {identity['weights']} weights) under "
+                         f"{identity['protocol']}")
+        start = time.perf_counter()
+        try:
+            metrics = evaluate_video(eval_cfg, best_path, use_ema=use_ema, report=self.logger.warning, ctx=ctx)
+        except USER_ERRORS as error:
+            raise UserError(f"final test of {best_path}: {one_line(error)} (the training is complete; --resume redoes "
+                            "only the test)") from None
+        result = {**identity, **metrics, "seconds": round(time.perf_counter() - start, 1)}
+        if ctx.is_main:
+            ckpt.write_atomic(result_path, lambda file: json.dump(result, file, indent=2), mode="w")
+        self.logger.info(
+            f"final test of best.pth (epoch {self.best['epoch']}): top1 {metrics['top1']:.2f} top5 "
+            f"{metrics['top5']:.2f} mean class {metrics['mean_class_accuracy']:.2f} over {metrics['videos_decoded']} "
+            f"videos ({metrics['views']} views; {metrics['videos_failed']} failed, {metrics['videos_missing']} "
+            f"missing of {metrics['videos_listed']} listed) in {report.format_duration(result['seconds'])}; wrote "
+            f"{result_path}")
+        return result
+
+
+def _read_json(path: str) -> Optional[dict]:
+    """The JSON object in ``path``; None when the file is missing or unreadable."""
+    try:
+        with open(path) as file:
+            value = json.load(file)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

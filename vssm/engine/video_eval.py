@@ -312,7 +312,7 @@ def _merge(gathered: list, protocol: VideoProtocol, videos: VideoList, found: li
 
 def evaluate_video(cfg: VideoEvalConfig, checkpoint: str, trust: bool = False, use_ema: bool = False,
                    decode_fn: Callable = decode_views, progress: Optional[bool] = None,
-                   report: Optional[Callable[[str], None]] = None) -> dict:
+                   report: Optional[Callable[[str], None]] = None, ctx: Optional[DistContext] = None) -> dict:
     """Evaluate ``checkpoint`` on the config's videos under its protocol (this process's part under torchrun).
 
     Args:
@@ -323,13 +323,16 @@ def evaluate_video(cfg: VideoEvalConfig, checkpoint: str, trust: bool = False, u
         decode_fn: ``decode_fn(path, protocol=, num_threads=, short_video=)`` -> DecodedVideo (tests replace it).
         progress: Show a progress bar on rank 0; None: when stderr is a terminal.
         report: Called with one line per video that is skipped (rank 0); None: printed to stderr.
+        ctx: The process's distributed context when the caller holds one (the trainer's final test; left open);
+            None: one of its own (torchrun's environment), torn down at the end.
 
     Returns:
         top1, top5, mean_class_accuracy (%), the video counts (listed, found, missing, decoded, failed), views,
         protocol (its description), views_file, and failures (path and reason of each, at most 20).
     """
     report = report or (lambda line: print(line, file=sys.stderr, flush=True))
-    ctx = DistContext(cfg.device)
+    own_ctx = ctx is None
+    ctx = DistContext(cfg.device) if own_ctx else ctx
     saved_threads = torch.get_num_threads()
     try:
         if cfg.cpu_threads:
@@ -426,4 +429,5 @@ def evaluate_video(cfg: VideoEvalConfig, checkpoint: str, trust: bool = False, u
         return outcome
     finally:
         torch.set_num_threads(saved_threads)
-        ctx.close()
+        if own_ctx:
+            ctx.close()
