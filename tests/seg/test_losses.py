@@ -142,6 +142,52 @@ def test_region_dice_equals_monai_and_bce_is_the_mean_over_voxels_that_count(ign
     assert bce_only.item() == pytest.approx(expected_bce.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("ignore", [False, True])
+def test_squared_dice_with_background_equals_monai_in_value_and_gradient(ignore):
+    """VM-UNet's Synapse Dice (every class, batch-global counts, squared denominators, smoothing 1e-5) is MONAI's
+    DiceLoss(include_background=True, squared_pred=True, batch=True), offset by 1."""
+    logits, label = random_case(seed=5, classes=4, ignore=ignore)
+    ours_input, monai_input = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    dice = DiceCELoss(batch_dice=True, ignore_label=4 if ignore else None, weight_ce=0, include_background=True,
+                      squared=True)
+    ours = dice(ours_input, label)
+    reference = DiceLoss(include_background=True, to_onehot_y=True, softmax=True, squared_pred=True, batch=True,
+                         ignore_index=4 if ignore else None)(monai_input, label)
+    assert ours.item() == pytest.approx(reference.item() - 1, abs=1e-6)
+    ours.backward()
+    reference.backward()
+    torch.testing.assert_close(ours_input.grad, monai_input.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_binary_sigmoid_dice_bce_with_smoothing_one_is_vm_unets_isic_loss():
+    """One sigmoid output for the one foreground label, Dice per sample with smoothing 1 plus the BCE over every
+    pixel, weights 1 and 1: the official BceDiceLoss (1 - mean Dice + BCE), offset by 1; the term weights scale the
+    terms."""
+    generator = torch.Generator().manual_seed(6)
+    logits = torch.randn(3, 1, 8, 8, generator=generator)
+    label = (torch.rand(3, 1, 8, 8, generator=generator) > 0.6).long()
+    ours = SegmentationLoss(regions=[(1,)], smooth=1.0)(logits, label)
+    p, g = torch.sigmoid(logits).flatten(1), label.float().flatten(1)
+    dice = (2 * (p * g).sum(1) + 1) / (p.sum(1) + g.sum(1) + 1)
+    official = F.binary_cross_entropy(p, g) + 1 - dice.mean()
+    assert ours.item() == pytest.approx(official.item() - 1, rel=1e-6)
+    dice_term = SegmentationLoss(regions=[(1,)], smooth=1.0, weight_ce=0)(logits, label)
+    bce_term = SegmentationLoss(regions=[(1,)], smooth=1.0, weight_dice=0)(logits, label)
+    weighted = SegmentationLoss(regions=[(1,)], smooth=1.0, weight_ce=0.5, weight_dice=2.0)(logits, label)
+    assert dice_term.item() == pytest.approx(-dice.mean().item(), rel=1e-6)
+    assert weighted.item() == pytest.approx(0.5 * bce_term.item() + 2 * dice_term.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(weight_ce=-1.0), "loss term weights must be >= 0 and not both 0"),
+    (dict(weight_ce=0.0, weight_dice=0.0), "loss term weights must be >= 0 and not both 0"),
+    (dict(smooth=-1e-5), "Dice smoothing must be >= 0"),
+])
+def test_bad_loss_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SegmentationLoss(**kwargs)
+
+
 def test_deep_supervision_loss_is_the_weighted_sum_over_downsampled_targets():
     generator = torch.Generator().manual_seed(4)
     label = torch.randint(0, 3, (2, 1, 8, 8), generator=generator)

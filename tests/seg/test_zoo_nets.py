@@ -136,6 +136,65 @@ def test_vm_unet_grad_checkpointing_keeps_outputs():
         torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-5)
 
 
+def _record(module: torch.nn.Module, store: dict, key, inputs: bool = False):
+    """Keep what ``module`` reads (its positional inputs) or returns, under ``key``."""
+    if inputs:
+        return module.register_forward_pre_hook(lambda m, args: store.__setitem__(key, args))
+    return module.register_forward_hook(lambda m, args, out: store.__setitem__(key, out))
+
+
+def test_vm_unet_skips_are_the_official_stage_entries_added_before_each_expand():
+    """The official forward_features / forward_features_up: decoder stage 0 reads the last encoder stage's output;
+    stage j = 1..3 reads the previous decoder stage's output plus the map entering encoder stage 4 - j (after its
+    patch merging), and that sum is what its patch expand gets; the stem output is never read."""
+    torch.manual_seed(0)
+    net = VMUNet("test_vmamba", in_chans=1, num_classes=2, depths=(1, 1, 1, 1)).eval()
+    encoder, decoder = net.encoder.model, net.decoder
+    seen, handles = {}, []
+    for k in range(4):
+        handles.append(_record(encoder.stages[k].downsample, seen, ("entry", k)))
+    handles.append(_record(encoder.stages[3].blocks, seen, "deepest"))
+    for j, stage in enumerate(decoder.stages):
+        handles += [_record(stage, seen, ("reads", j), inputs=True), _record(stage, seen, ("out", j))]
+        handles.append(_record(stage.upsample, seen, ("expand", j), inputs=True))
+    x = torch.randn(1, 1, 64, 96)
+    with torch.no_grad():
+        net(x)
+        for handle in handles:
+            handle.remove()
+        level_maps = net.encoder(x)
+    (first,) = seen[("reads", 0)]
+    assert first is seen["deepest"]
+    torch.testing.assert_close(seen["deepest"], level_maps[3].permute(0, 2, 3, 1), rtol=0, atol=0)
+    for j in (1, 2, 3):
+        previous, skip = seen[("reads", j)]
+        assert previous is seen[("out", j - 1)] and skip is seen[("entry", 4 - j)]
+        assert skip.shape == (1, 64 // 2 ** (6 - j), 96 // 2 ** (6 - j), encoder.stages[4 - j].blocks[0].mixer.
+                              out_proj.out_features)
+        torch.testing.assert_close(seen[("expand", j)][0], previous + skip, rtol=0, atol=0)
+    stem_output = seen[("entry", 0)]
+    assert all(t is not stem_output for j in (1, 2, 3) for t in seen[("reads", j)])
+
+
+@pytest.mark.parametrize("encoder_name", ["test_s4nd_convnext", "test_plainmamba"])
+def test_vm_unet_skips_of_other_encoders_are_their_level_maps(encoder_name):
+    """Encoders without VMamba stages: decoder stage j adds the level map of its stride (32, 16, 8); an isotropic
+    encoder's unread stride-4 pyramid level is dropped."""
+    torch.manual_seed(0)
+    net = VMUNet(encoder_name, in_chans=1, num_classes=2, depths=(1, 1, 1, 1)).eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        deepest, skips = net.encode(x)
+        level_maps = [m.permute(0, 2, 3, 1) for m in net.encoder(x)]
+    torch.testing.assert_close(deepest, level_maps[3], rtol=0, atol=0)
+    for skip, expected in zip(skips, level_maps[:0:-1], strict=True):
+        torch.testing.assert_close(skip, expected, rtol=0, atol=0)
+    if net.encoder.adapter is not None:
+        assert isinstance(net.encoder.adapter.levels[0], torch.nn.Identity)
+    with pytest.raises(ValueError, match="out_norms=True is not supported"):
+        VMUNet(encoder_name, depths=(1, 1, 1, 1), encoder_kwargs=dict(out_norms=True))
+
+
 def test_vm_unet_decoder_mirrors_encoder_blocks():
     """VMamba encoders: decoder stage j's blocks have the settings of encoder stage 3 - j's (LocalVMamba: the routes
     block by block); other encoders get the official Vanilla VMamba blocks."""

@@ -1,6 +1,9 @@
 """tools/train_seg.py on generated 2-D phantoms (nnU-Net raw format) with a tiny U-Mamba_Bot: outputs and the final
 validation, exact resume (after an epoch, and after SIGTERM mid-epoch), two gloo processes against one, planning and
-preprocessing on first use, regions with an ignore label, bad input refused before training."""
+preprocessing on first use, regions with an ignore label, bad input refused before training; the shipped recipes
+(U-Mamba with nnU-Net's defaults, VM-UNet and Swin-UMamba with their own) and what they need from the trainer: the
+cosine period, one-pass epochs, binary sigmoid training, the recipe augmentations, the decoder initialisation."""
+import dataclasses
 import json
 import shutil
 import signal
@@ -23,8 +26,11 @@ from vssm.engine import UserError
 from vssm.seg.planner import plan_dataset, read_case_as_volume
 from vssm.seg.losses import SegmentationLoss
 from vssm.seg.nets import register_seg_net
-from vssm.seg.seg_config import load_seg_config
-from vssm.seg.training import FINAL, LATEST, SEG_FORMAT, PatchSampler, load_trained_net, train_seg
+from vssm.seg.seg_config import SegOptimizerConfig, load_seg_config
+from vssm.seg.training import (
+    FINAL, LATEST, SEG_FORMAT, BinarySigmoidAsSoftmax, PatchSampler, epoch_lr, load_trained_net, recipe_augmentation,
+    train_seg,
+)
 
 from .helpers import REPO, load_tool, read_rows, subprocess_env, write_config
 
@@ -96,10 +102,41 @@ def assert_same_state(actual: dict, expected: dict) -> None:
 
 
 MEDICAL_CONFIGS = sorted(p for p in (REPO / "configs" / "medical").glob("*.py"))
+UMAMBA_CONFIGS = [p for p in MEDICAL_CONFIGS if p.stem.startswith("umamba_")]
+VM_UNET = dict(name="vm_unet", encoder_name="vmamba_small_v0", depths=(2, 2, 2, 1), drop_path_rate=0.2,
+               pretrained=True, encoder_kwargs=dict(depths=(2, 2, 2, 2), pretrained_strict=False))
+VM_UNET_TRAINING = dict(  # VM-UNet's configs/config_setting*.py, train*.py, engine*.py
+    configuration="2d", net=VM_UNET, init_decoder_from_encoder=True, deep_supervision=False, epochs=300,
+    iterations_per_epoch=None, val_iterations=None, batch_size=32, oversample_foreground=0.0, clip_grad=None,
+    amp=None, seed=42, optimizer=SegOptimizerConfig(name="adamw", lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                                                    weight_decay=1e-2, schedule="cosine", min_lr=1e-5))
+ISIC = dict(VM_UNET_TRAINING, patch_size=(256, 256), batch_dice=False, augmentation="flip_rotate",
+            loss=dict(name="dice_bce", weight_ce=1.0, weight_dice=1.0, smooth=1.0, include_background=False,
+                      squared=False), t_max=50)
+RECIPES = {
+    "vm_unet_isic17": ISIC,
+    "vm_unet_isic18": ISIC,
+    "vm_unet_synapse": dict(VM_UNET_TRAINING, patch_size=(224, 224), batch_dice=True, augmentation="rot90_flip_rotate",
+                            loss=dict(name="dice_ce", weight_ce=1.0, weight_dice=1.0, smooth=1e-5,
+                                      include_background=True, squared=True), t_max=100),
+    "swin_umamba_2d": dict(  # nnUNetTrainerSwinUMamba: nnU-Net's defaults but the net and the optimizer
+        configuration="2d", fold="all", net=dict(name="swin_umamba", encoder_name="vmamba_tiny_v0", pretrained=True,
+                                                 drop_path_rate=0.2),
+        deep_supervision=True, freeze_encoder_epochs=10, epochs=1000, iterations_per_epoch=250, val_iterations=50,
+        clip_grad=12.0, augmentation="nnunet", patch_size=None,
+        optimizer=SegOptimizerConfig(name="adamw", lr=1e-4, betas=(0.9, 0.999), eps=1e-5, weight_decay=0.05,
+                                     schedule="cosine", min_lr=1e-6),
+        loss=dict(name="dice_ce", weight_ce=1.0, weight_dice=1.0, smooth=1e-5, include_background=False,
+                  squared=False), t_max=None),
+}
 
 
-@pytest.mark.parametrize("path", MEDICAL_CONFIGS, ids=[p.stem for p in MEDICAL_CONFIGS])
-def test_shipped_medical_configs_load_with_nnunet_defaults_and_name_registered_nets(path):
+def test_every_shipped_medical_config_is_checked():
+    assert sorted(p.stem for p in MEDICAL_CONFIGS) == sorted([p.stem for p in UMAMBA_CONFIGS] + list(RECIPES))
+
+
+@pytest.mark.parametrize("path", UMAMBA_CONFIGS, ids=[p.stem for p in UMAMBA_CONFIGS])
+def test_shipped_umamba_configs_load_with_nnunet_defaults_and_name_registered_nets(path):
     from vssm.seg.nets import seg_net_names
 
     cfg = load_seg_config(str(path), {"raw": "/data/Dataset001_X"})
@@ -107,8 +144,189 @@ def test_shipped_medical_configs_load_with_nnunet_defaults_and_name_registered_n
     assert (cfg.epochs, cfg.iterations_per_epoch, cfg.val_iterations) == (1000, 250, 50)
     assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (
         "sgd", 1e-2, 0.99, 3e-5) and cfg.optimizer.nesterov and cfg.clip_grad == 12.0
+    assert cfg.loss.name == "dice_ce" and cfg.augmentation == "nnunet"
     with pytest.raises(UserError, match="config key 'raw' must name the nnU-Net raw dataset folder"):
         load_seg_config(str(path))
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_shipped_recipe_configs_hold_their_recipes_values(name):
+    from vssm.seg.nets import seg_net_names
+
+    expected = dict(RECIPES[name])
+    cfg = load_seg_config(str(REPO / "configs" / "medical" / f"{name}.py"), {"raw": "/data/Dataset001_X"})
+    assert cfg.net["name"] in seg_net_names()
+    t_max, optimizer = expected.pop("t_max"), expected.pop("optimizer")
+    for key in ("name", "lr", "betas", "eps", "weight_decay", "schedule", "min_lr"):
+        assert getattr(cfg.optimizer, key) == getattr(optimizer, key), key
+    assert cfg.optimizer.t_max == t_max
+    loss = expected.pop("loss")
+    assert {key: getattr(cfg.loss, key) for key in loss} == loss
+    for key, value in expected.items():
+        assert getattr(cfg, key) == value, key
+    with pytest.raises(UserError, match="config key 'raw' must name the nnU-Net raw dataset folder"):
+        load_seg_config(str(REPO / "configs" / "medical" / f"{name}.py"))
+
+
+# the recipes on the phantoms: a tiny encoder without weights, 32x32 patches, 2 epochs
+TINY_RECIPE = {
+    "vm_unet_isic17": dict(net=dict(encoder_name="test_vmamba", depths=(1, 1, 1, 1), pretrained=False,
+                                    encoder_kwargs=dict(depths=(1, 1, 1, 1)))),
+    "vm_unet_synapse": dict(net=dict(encoder_name="test_vmamba", depths=(1, 1, 1, 1), pretrained=False,
+                                     encoder_kwargs=dict(depths=(1, 1, 1, 1)))),
+    "swin_umamba_2d": dict(net=dict(pretrained=False, encoder_kwargs=dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))),
+                           iterations_per_epoch=2, val_iterations=1, fold=0, validation=dict(enable=True)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_RECIPE))
+def test_recipe_configs_train_on_the_phantoms(seg_data, tmp_path, name):
+    """Each recipe with a tiny encoder trains 2 epochs and validates: VM-UNet's epochs are one pass over the 4
+    training images (2 steps of 2), its cosine period is t_max, its decoder starts as the mirrored encoder; the ISIC
+    recipe trains ONE sigmoid output whose checkpoint predicts through vssm.seg.predict as the validation did; the
+    Swin-UMamba recipe trains its 4 deep-supervision outputs with the encoder frozen."""
+    options = dict(raw=str(seg_data.raw), preprocessed=str(seg_data.preprocessed), plans=str(seg_data.plans),
+                   patch_size=(32, 32), batch_size=2, epochs=2, workers=0, log_interval=1, cpu_threads=1,
+                   **TINY_RECIPE[name])
+    cfg = load_seg_config(str(REPO / "configs" / "medical" / f"{name}.py"), options)
+    work_dir = tmp_path / "run"
+    result = train_seg(cfg, str(work_dir))
+    assert np.isfinite(result["train_loss"])
+    final = load(work_dir / FINAL)
+    rows = read_rows(work_dir / "summary.csv")
+    log = (work_dir / "train.log").read_text()
+    assert final["num_updates"] == 4 and "epoch 2/2 step 2/2" in log
+    period = cfg.optimizer.t_max or cfg.epochs
+    expected_lr = [epoch_lr(cfg.optimizer, epoch, cfg.epochs) for epoch in (0, 1)]
+    assert [float(row["lr"]) for row in rows] == pytest.approx(expected_lr)
+    assert expected_lr[1] == pytest.approx(cfg.optimizer.min_lr + (cfg.optimizer.lr - cfg.optimizer.min_lr) * (
+        1 + np.cos(np.pi / period)) / 2)
+    if name.startswith("vm_unet"):
+        assert "initialised" in log and "decoder tensors of vm_unet from its encoder's mirrored stages" in log
+    if name == "vm_unet_isic17":
+        assert final["net"]["num_classes"] == 1 and final["net"]["binary_sigmoid"] is True
+        assert "1 output channels (the foreground label, sigmoid)" in log
+        summary = json.loads((work_dir / "validation" / "summary.json").read_text())
+        (case,) = summary["metric_per_case"]
+        assert set(summary["mean"]) == {"(1,)"}
+        net, checkpoint = load_trained_net(str(work_dir / FINAL))
+        assert isinstance(net, BinarySigmoidAsSoftmax)
+        from vssm.seg.plans import configuration
+        from vssm.seg.predict import predict_folder
+        prediction_path = Path(case["prediction_file"])
+        trained = dataclasses.replace(configuration(checkpoint["plans"], "2d"),
+                                      patch_size=tuple(checkpoint["net"]["patch_size"]))  # as tools/predict_seg.py
+        predict_folder(net, seg_data.raw / "imagesTr", tmp_path / "predicted", checkpoint["plans"], trained,
+                       checkpoint["dataset_json"], mirror=cfg.validation.mirror,
+                       cases=[prediction_path.name[:-len(".png")]], progress=False)
+        np.testing.assert_array_equal(read_label(tmp_path / "predicted" / prediction_path.name)[0],
+                                      read_label(prediction_path)[0])
+    if name == "swin_umamba_2d":
+        assert len(final["optimizer"]["state"]) < len([v for v in final["model"].values()])  # encoder frozen
+        assert final["net"]["num_classes"] == 2 and not final["net"]["binary_sigmoid"]
+
+
+def test_init_decoder_from_encoder_runs_when_the_net_is_built(seg_data, tmp_path, monkeypatch):
+    """Config key 'init_decoder_from_encoder': right after the trainer builds the net, every decoder block tensor
+    equals the tensor of the same block of the mirrored encoder stage (decoder stage j <- encoder stage 3 - j); off,
+    they differ; a net without the method is refused."""
+    from vssm.seg import training
+
+    built = {}
+    build = training._SegTrainer._build_training
+
+    def build_then_stop(self):
+        build(self)
+        built["net"] = self.model
+        raise _Stop
+
+    monkeypatch.setattr(training._SegTrainer, "_build_training", build_then_stop)
+    net = "dict(name='vm_unet', encoder_name='test_vmamba', depths=(2, 1, 1, 1))"  # test_vmamba: depths (1, 1, 2, 1)
+    text = seg_config(seg_data, net=net, patch_size=(32, 32), init_decoder_from_encoder=True)
+    for initialise in (True, False):
+        with pytest.raises(_Stop):
+            train_seg(load_seg_config(write_config(tmp_path, text), {"init_decoder_from_encoder": initialise}),
+                      str(tmp_path / f"run_{initialise}"))
+        encoder = built["net"].encoder.model.state_dict()
+        mirrored = {}
+        for key, value in built["net"].decoder.state_dict().items():
+            parts = key.split(".")
+            if parts[0] == "stages" and parts[2] == "blocks":
+                source = ".".join(["stages", str(3 - int(parts[1]))] + parts[2:])
+                if source in encoder:
+                    mirrored[key] = torch.equal(value, encoder[source])
+        # every decoder block with a source block: stage 0 block 0 <- 3.0, 1.0 <- 2.0, 2.0 <- 1.0, 3.0 <- 0.0
+        assert {k.split(".mixer")[0].split(".norm")[0].split(".mlp")[0] for k in mirrored} >= {
+            "stages.0.blocks.0", "stages.1.blocks.0", "stages.2.blocks.0", "stages.3.blocks.0"}
+        random_init = [k for k in mirrored if k.endswith("in_proj.weight")]  # not a constant init
+        assert len(random_init) == 4  # decoder stage 0 has a second block without a source
+        if initialise:
+            assert all(mirrored.values())
+        else:
+            assert not any(mirrored[k] for k in random_init)
+        assert not any(k.startswith("stages.0.blocks.1.") for k in mirrored)  # encoder stage 3 has one block
+    with pytest.raises(UserError, match="config key 'init_decoder_from_encoder' needs a net with "
+                                        "init_decoder_from_encoder"):
+        train_seg(load_seg_config(write_config(tmp_path, seg_config(seg_data, init_decoder_from_encoder=True))),
+                  str(tmp_path / "umamba"))
+
+
+def test_cosine_schedule_with_a_period_is_torchs_cosine_annealing_stepped_per_epoch():
+    """t_max 50 over 300 epochs (VM-UNet's ISIC recipe): torch's CosineAnnealingLR, which rises again after each
+    period; t_max None: the period is the run."""
+    optimizer = SegOptimizerConfig(name="adamw", lr=1e-3, schedule="cosine", min_lr=1e-5, t_max=50)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    torch_optimizer = torch.optim.AdamW([parameter], lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(torch_optimizer, T_max=50, eta_min=1e-5)
+    for epoch in range(300):
+        assert epoch_lr(optimizer, epoch, 300) == pytest.approx(torch_optimizer.param_groups[0]["lr"], rel=1e-9,
+                                                               abs=1e-15), epoch
+        torch_optimizer.step()
+        scheduler.step()
+    assert epoch_lr(optimizer, 50, 300) == pytest.approx(1e-5) and epoch_lr(optimizer, 100, 300) == pytest.approx(1e-3)
+    optimizer.t_max = None
+    assert epoch_lr(optimizer, 150, 300) == pytest.approx((1e-3 + 1e-5) / 2)
+
+
+def _augmented(transforms, image, label, seed):
+    """One call of a recipe augmentation as SegPatchDataset makes it (one random stream for every transform)."""
+    state = np.random.RandomState(seed)
+    for transform in transforms.transforms:
+        transform.set_random_state(state=state)
+    out = transforms({"image": image.clone(), "label": label.clone()})
+    return torch.as_tensor(out["image"]), torch.as_tensor(out["label"])
+
+
+def _dihedral(x: torch.Tensor):
+    """The 8 rotations by multiples of 90 deg and their flips of (C, H, W)."""
+    turns = [torch.rot90(x, k, (1, 2)) for k in range(4)]
+    return turns + [t.flip(2) for t in turns]
+
+
+@pytest.mark.parametrize("name, exact_fraction", [("flip_rotate", 0.5), ("rot90_flip_rotate", 0.75)])
+def test_recipe_augmentations_cut_the_patch_and_rotate_and_flip_at_their_rates(name, exact_fraction):
+    """flip_rotate: half of the samples are not rotated, so they are the centre patch flipped (or not);
+    rot90_flip_rotate: three quarters are the centre patch turned by 90-deg steps and flipped (or left alone), one
+    quarter rotated by up to 20 deg. Outputs have the patch size and integer labels."""
+    transforms, sampled = recipe_augmentation(name, (8, 8))
+    assert min(sampled) > 8  # room for the rotation
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, *sampled, generator=generator)
+    label = (image > 0.5).float()
+    start = [(s - 8) // 2 for s in sampled]
+    centre = image[:, start[0]:start[0] + 8, start[1]:start[1] + 8]
+    variants = _dihedral(centre) if name == "rot90_flip_rotate" else [
+        centre, centre.flip(1), centre.flip(2), centre.flip(1).flip(2)]
+    exact = 0
+    samples = 80
+    for seed in range(samples):
+        out_image, out_label = _augmented(transforms, image, label, seed)
+        assert out_image.shape == out_label.shape == (1, 8, 8)
+        assert set(out_label.unique().tolist()) <= {-1.0, 0.0, 1.0}
+        exact += any(torch.allclose(out_image, v, atol=1e-6) for v in variants)
+    assert abs(exact / samples - exact_fraction) < 0.15
+    with pytest.raises(ValueError, match="the patch must be square"):
+        recipe_augmentation("rot90_flip_rotate", (8, 16))
 
 
 def test_patch_sampler_splits_global_batches_into_rank_blocks_and_forces_the_last_third():
@@ -160,7 +378,7 @@ def test_recipe_run_writes_every_output_and_its_validation_matches_predict_folde
         "epoch"]
     assert final["config"]["optimizer"] == dict(name="sgd", lr=1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True,
                                                 betas=(0.9, 0.999), eps=1e-8, schedule="poly", poly_exponent=0.9,
-                                                min_lr=0.0)
+                                                min_lr=0.0, t_max=None)
     assert final["config"]["clip_grad"] == 12.0 and final["config"]["validation"]["mirror"] is True
 
     summary = json.loads((work_dir / "validation" / "summary.json").read_text())
@@ -474,6 +692,25 @@ def test_regions_with_an_ignore_label_train_with_sigmoid_outputs_and_validate_pe
     assert set(np.unique(prediction)) <= {0, 1, 2}  # painted by regions_class_order, never the ignore label
 
 
+def test_dice_bce_needs_a_binary_or_region_dataset(seg_data, tmp_path):
+    """Loss 'dice_bce' on labels with two foreground classes (not regions) is refused before anything is written."""
+    raw = tmp_path / "raw" / seg_data.raw.name
+    shutil.copytree(seg_data.raw, raw)
+    for path in sorted((raw / "labelsTr").iterdir()):
+        label = np.array(Image.open(path))
+        label[0] = 2
+        Image.fromarray(label).save(path)
+    meta = json.loads((raw / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "disc": 1, "edge": 2}
+    (raw / "dataset.json").write_text(json.dumps(meta))
+    data = SimpleNamespace(raw=raw, preprocessed=tmp_path / "pre", plans=None)
+    config = write_config(tmp_path, seg_config(data, loss="dict(name='dice_bce')"))
+    with pytest.raises(UserError, match=r"config key 'loss.name' 'dice_bce' trains one sigmoid output: it needs a "
+                                        r"binary dataset .* has 2 foreground labels \[1, 2\] \(use 'dice_ce'\)"):
+        train_seg(load_seg_config(config), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("options, message", [
     (["epoch=3"], "unknown config key 'epoch' (known at the top level: raw, plans,"),
     (["configuration=3d_lowres"], "config key 'configuration' must be one of ('2d', '3d_fullres'), got '3d_lowres'"),
@@ -483,7 +720,19 @@ def test_regions_with_an_ignore_label_train_with_sigmoid_outputs_and_validate_pe
     (["configuration=3d_fullres"], "no configuration '3d_fullres' in the plans; available: 2d"),
     (["amp=fp16"], "config key 'amp' must be one of (None, 'bf16'), got 'fp16'"),
     (["batch_size=0"], "config key 'batch_size' must be a positive integer or None, got 0"),
-], ids=["unknown-key", "configuration", "no-raw", "net", "fold", "not-planned", "amp", "batch"])
+    (["loss.name=dice"], "config key 'loss.name' must be one of ('dice_ce', 'dice_bce'), got 'dice'"),
+    (["loss.weight_ce=0", "loss.weight_dice=0"], "config keys 'loss.weight_ce' and 'loss.weight_dice' must be >= 0 "
+                                                 "and not both 0"),
+    (["optimizer.t_max=50"], "config key 'optimizer.t_max' is the period of the 'cosine' schedule; the schedule is "
+                             "'poly'"),
+    (["optimizer.min_lr=1"], "config key 'optimizer.min_lr' must be in [0, optimizer.lr = 0.01], got 1"),
+    (["augmentation=mixup"], "config key 'augmentation' must be one of ('nnunet', 'flip_rotate', "
+                             "'rot90_flip_rotate'), got 'mixup'"),
+    (["augmentation=rot90_flip_rotate", "patch_size=[32,64]"], "config key 'augmentation' 'rot90_flip_rotate' turns "
+                                                               "patches by 90 deg: patch_size must be square"),
+    (["iterations_per_epoch=0"], "config key 'iterations_per_epoch' must be a positive integer or None, got 0"),
+], ids=["unknown-key", "configuration", "no-raw", "net", "fold", "not-planned", "amp", "batch", "loss", "loss-weights",
+        "t-max", "min-lr", "augmentation", "rot90-square", "iterations"])
 def test_config_errors_are_one_line_naming_the_key(seg_data, tmp_path, capsys, options, message):
     config = write_config(tmp_path, seg_config(seg_data))
     status = load_tool("train_seg").main([config, "--work-dir", str(tmp_path / "run"), "--cfg-options", *options])

@@ -13,6 +13,10 @@ nnU-Net's formulation (``training/loss/dice.py``, ``compound_losses.py``, ``deep
 * Deep supervision: output i (highest resolution first) against the label downsampled to its size (nearest-exact),
   weighted ``1 / 2**i``, the lowest resolution weighted 0 when there is more than one output, normalised to sum 1.
 
+Recipes other than nnU-Net's (``SegmentationLoss`` options): the term weights, the Dice smoothing, the background
+channel in a softmax Dice and squared denominators ``sum(p^2) + sum(g^2)`` (VM-UNet's Synapse Dice; MONAI's
+``squared_pred``).
+
 Why not MONAI's ``DiceLoss``: it computes this Dice (``include_background=False, to_onehot_y=True, softmax=True,
 batch=batch_dice, ignore_index=...``; the tests check ours against it, offset by 1), but it cannot sum the batch Dice's
 counts over DDP ranks as nnU-Net does, so a multi-GPU run would train on per-GPU Dice instead of the global batch's.
@@ -117,10 +121,11 @@ class SoftDiceLoss(nn.Module):
         include_background: Score channel 0 too (nnU-Net: False for softmax, True for regions).
         smooth: Added to numerator and denominator.
         sum_over_ranks: With ``batch_dice`` under DDP, sum the counts over all ranks (nnU-Net's ``ddp=True``).
+        squared: Denominator ``sum(p^2) + sum(g^2)`` instead of ``sum(p) + sum(g)`` (MONAI's ``squared_pred``).
     """
 
     def __init__(self, nonlinearity: str = "softmax", batch_dice: bool = False, include_background: bool = False,
-                 smooth: float = 1e-5, sum_over_ranks: bool = True):
+                 smooth: float = 1e-5, sum_over_ranks: bool = True, squared: bool = False):
         super().__init__()
         if nonlinearity not in ("softmax", "sigmoid"):
             raise ValueError(f"nonlinearity must be 'softmax' or 'sigmoid', got {nonlinearity!r}")
@@ -129,6 +134,7 @@ class SoftDiceLoss(nn.Module):
         self.include_background = include_background
         self.smooth = smooth
         self.sum_over_ranks = sum_over_ranks
+        self.squared = squared
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, loss_mask: Optional[torch.Tensor] = None
                 ) -> torch.Tensor:
@@ -158,7 +164,7 @@ class SoftDiceLoss(nn.Module):
         if loss_mask is not None:
             probabilities = probabilities * loss_mask
         intersection = (probabilities * onehot).sum(axes)
-        sum_prediction = probabilities.sum(axes)
+        sum_prediction = (probabilities * probabilities if self.squared else probabilities).sum(axes)
         if self.batch_dice:
             intersection, sum_prediction, sum_target = intersection.sum(0), sum_prediction.sum(0), sum_target.sum(0)
             if self.sum_over_ranks:
@@ -177,15 +183,19 @@ class DiceCELoss(nn.Module):
         weight_ce: Weight of the cross-entropy.
         weight_dice: Weight of the Dice loss.
         smooth: Dice smoothing.
+        include_background: Score the background channel in the Dice too (nnU-Net: no).
+        squared: See ``SoftDiceLoss``.
     """
 
     def __init__(self, batch_dice: bool = False, ignore_label: Optional[int] = None, weight_ce: float = 1.0,
-                 weight_dice: float = 1.0, smooth: float = 1e-5):
+                 weight_dice: float = 1.0, smooth: float = 1e-5, include_background: bool = False,
+                 squared: bool = False):
         super().__init__()
         self.ignore_label = ignore_label
         self.weight_ce = weight_ce
         self.weight_dice = weight_dice
-        self.dice = SoftDiceLoss("softmax", batch_dice, include_background=False, smooth=smooth)
+        self.dice = SoftDiceLoss("softmax", batch_dice, include_background=include_background, smooth=smooth,
+                                 squared=squared)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``logits`` (B, K, *spatial), ``target`` (B, 1, *spatial) integer labels."""
@@ -218,15 +228,16 @@ class DiceBCELoss(nn.Module):
         weight_ce: Weight of the BCE.
         weight_dice: Weight of the Dice loss.
         smooth: Dice smoothing.
+        squared: See ``SoftDiceLoss``.
     """
 
     def __init__(self, batch_dice: bool = False, has_ignore_channel: bool = False, weight_ce: float = 1.0,
-                 weight_dice: float = 1.0, smooth: float = 1e-5):
+                 weight_dice: float = 1.0, smooth: float = 1e-5, squared: bool = False):
         super().__init__()
         self.has_ignore_channel = has_ignore_channel
         self.weight_ce = weight_ce
         self.weight_dice = weight_dice
-        self.dice = SoftDiceLoss("sigmoid", batch_dice, include_background=True, smooth=smooth)
+        self.dice = SoftDiceLoss("sigmoid", batch_dice, include_background=True, smooth=smooth, squared=squared)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``logits`` (B, R, *spatial), ``target`` (B, R [+ 1 ignore channel], *spatial) region masks."""
@@ -235,7 +246,9 @@ class DiceBCELoss(nn.Module):
             mask, target = ~target[:, -1:].bool(), target[:, :-1]
         target = target.to(logits.dtype)
         dice = self.dice(logits, target, loss_mask=mask) if self.weight_dice else 0.0
-        if mask is None:
+        if not self.weight_ce:
+            bce = 0.0
+        elif mask is None:
             bce = F.binary_cross_entropy_with_logits(logits, target)
         else:
             elementwise = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -258,12 +271,28 @@ class SegmentationLoss(nn.Module):
         ignore_label: The ignore label, or None.
         batch_dice: See ``SoftDiceLoss`` (nnU-Net's plans: True for '2d', False for '3d_fullres').
         weights: Per-output weights; None: ``deep_supervision_weights``.
+        weight_ce: Weight of the cross-entropy (BCE for regions).
+        weight_dice: Weight of the Dice loss.
+        smooth: Dice smoothing (nnU-Net 1e-5).
+        include_background: Labels only: the softmax Dice scores the background channel too (nnU-Net: no; region
+            Dice always scores every region).
+        squared: Squared Dice denominators (see ``SoftDiceLoss``).
+
+    Raises:
+        ValueError: a negative term weight or smoothing, or both term weights 0.
     """
 
     def __init__(self, deep_supervision_scales: Optional[Sequence[Factor]] = None,
                  regions: Optional[Sequence[Tuple[int, ...]]] = None, ignore_label: Optional[int] = None,
-                 batch_dice: bool = False, weights: Optional[Sequence[float]] = None):
+                 batch_dice: bool = False, weights: Optional[Sequence[float]] = None, weight_ce: float = 1.0,
+                 weight_dice: float = 1.0, smooth: float = 1e-5, include_background: bool = False,
+                 squared: bool = False):
         super().__init__()
+        if weight_ce < 0 or weight_dice < 0 or not weight_ce + weight_dice > 0:
+            raise ValueError(f"loss term weights must be >= 0 and not both 0, got weight_ce={weight_ce}, "
+                             f"weight_dice={weight_dice}")
+        if not smooth >= 0:
+            raise ValueError(f"Dice smoothing must be >= 0, got {smooth}")
         self.scales = None if deep_supervision_scales is None else list(deep_supervision_scales)
         self.regions = None if regions is None else [tuple(r) for r in regions]
         self.ignore_label = ignore_label
@@ -271,10 +300,11 @@ class SegmentationLoss(nn.Module):
         self.weights = list(weights) if weights is not None else deep_supervision_weights(num_outputs)
         if len(self.weights) != num_outputs:
             raise ValueError(f"{len(self.weights)} weights for {num_outputs} deep-supervision outputs")
+        terms = dict(weight_ce=weight_ce, weight_dice=weight_dice, smooth=smooth, squared=squared)
         if self.regions is not None:
-            self.loss = DiceBCELoss(batch_dice, has_ignore_channel=ignore_label is not None)
+            self.loss = DiceBCELoss(batch_dice, has_ignore_channel=ignore_label is not None, **terms)
         else:
-            self.loss = DiceCELoss(batch_dice, ignore_label)
+            self.loss = DiceCELoss(batch_dice, ignore_label, include_background=include_background, **terms)
 
     def targets(self, label: torch.Tensor) -> List[torch.Tensor]:
         """The target of every output: the label (B, 1, *spatial) -> regions if any -> each scale."""

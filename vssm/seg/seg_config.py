@@ -19,14 +19,17 @@ CONFIGURATIONS = ("2d", "3d_fullres")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("poly", "cosine")
 NONFINITE_POLICIES = ("stop", "skip")
+LOSSES = ("dice_ce", "dice_bce")
+AUGMENTATIONS = ("nnunet", "flip_rotate", "rot90_flip_rotate")
 
 
 @dataclass
 class SegOptimizerConfig:
     """The optimizer and its learning rate per epoch, set at the start of every epoch: 'poly' ``lr * (1 - epoch /
     epochs) ** poly_exponent`` (nnU-Net's ``PolyLRScheduler``; exponent 0 keeps the rate constant) or 'cosine'
-    ``min_lr + (lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2`` (torch's ``CosineAnnealingLR`` stepped per epoch,
-    as Swin-UMamba trains)."""
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * epoch / t_max)) / 2`` (torch's ``CosineAnnealingLR(T_max=t_max,
+    eta_min=min_lr)`` stepped per epoch, as Swin-UMamba and VM-UNet train; past ``t_max`` epochs the rate rises
+    again, as torch's does: VM-UNet's ISIC recipe runs 300 epochs with ``t_max`` 50)."""
     name: str = "sgd"  # 'sgd' (torch.optim.SGD) or 'adamw' (torch.optim.AdamW)
     lr: float = 1e-2
     weight_decay: float = 3e-5
@@ -36,7 +39,23 @@ class SegOptimizerConfig:
     eps: float = 1e-8  # (adamw)
     schedule: str = "poly"  # 'poly' or 'cosine'
     poly_exponent: float = 0.9  # ('poly')
-    min_lr: float = 0.0  # ('cosine') the rate the decay ends at
+    min_lr: float = 0.0  # ('cosine') the rate the decay ends at (torch's eta_min)
+    t_max: Optional[int] = None  # ('cosine') epochs from lr down to min_lr (torch's T_max); None: 'epochs'
+
+
+@dataclass
+class SegLossConfig:
+    """The training loss (``vssm.seg.losses.SegmentationLoss``), over every deep-supervision output with nnU-Net's
+    weights. 'dice_ce': softmax outputs, one per label, soft Dice + cross-entropy (nnU-Net); 'dice_bce': sigmoid
+    outputs, soft Dice + binary cross-entropy, for a binary dataset (background and one foreground label: ONE output,
+    predictions thresholded at 0.5, as VM-UNet trains ISIC). Region datasets (dataset.json labels that are lists)
+    always train sigmoid outputs with Dice + BCE, one per region (nnU-Net)."""
+    name: str = "dice_ce"  # 'dice_ce' or 'dice_bce'
+    weight_ce: float = 1.0  # weight of the cross-entropy (BCE) term
+    weight_dice: float = 1.0  # weight of the Dice term
+    smooth: float = 1e-5  # Dice smoothing, added to numerator and denominator (nnU-Net 1e-5; VM-UNet's ISIC Dice 1)
+    include_background: bool = False  # softmax Dice scores the background channel too (VM-UNet's Synapse Dice)
+    squared: bool = False  # Dice denominators sum(p^2) + sum(g^2) (VM-UNet's Synapse Dice; MONAI's squared_pred)
 
 
 @dataclass
@@ -76,13 +95,22 @@ class SegTrainConfig:
     #                                                                      keyword arguments of the net's builder
     deep_supervision: bool = True
     epochs: int = 1000
-    iterations_per_epoch: int = 250
-    val_iterations: int = 50  # validation patches' batches per epoch (the pseudo Dice)
+    iterations_per_epoch: Optional[int] = 250  # None: one pass over the training images, ceil(images / batch_size)
+    #   (2-D configurations count the slices of 3-D volumes), as a plain data loader's epoch (VM-UNet's recipes)
+    val_iterations: Optional[int] = 50  # validation patches' batches per epoch (the pseudo Dice); None: one pass
     batch_size: Optional[int] = None  # the GLOBAL batch (as nnU-Net), split evenly over the processes; None: the plan's
     patch_size: Optional[tuple] = None  # None: the plan's
     oversample_foreground: float = 0.33  # fraction of each global batch (its last samples) forced to hold foreground
     batch_dice: Optional[bool] = None  # Dice over the whole batch; None: the plan's configuration, else True for '2d'
-    augment: bool = True  # spatial and intensity augmentation of the training patches
+    augment: bool = True  # augmentation of the training patches (False: none)
+    augmentation: str = "nnunet"  # which one (2-D recipes besides nnU-Net's):
+    #   'nnunet': nnU-Net's spatial and intensity augmentation (vssm.data.seg_patches.nnunet_augmentation);
+    #   'flip_rotate': VM-UNet's ISIC augmentation: horizontal and vertical flips (p 0.5 each) and a rotation by an
+    #       angle uniform in [0, 360) deg (p 0.5);
+    #   'rot90_flip_rotate': VM-UNet's Synapse augmentation (TransUNet's RandomGenerator): with p 0.5 a rotation by
+    #       k x 90 deg (k uniform in 0-3) and a flip along a random axis, else with p 0.5 a rotation by up to +-20 deg;
+    #       square patches only
+    loss: SegLossConfig = field(default_factory=SegLossConfig)
     optimizer: SegOptimizerConfig = field(default_factory=SegOptimizerConfig)
     validation: SegValidationConfig = field(default_factory=SegValidationConfig)
     amp: Optional[str] = None  # None (float32) or 'bf16' autocast
@@ -96,11 +124,15 @@ class SegTrainConfig:
     log_interval: int = 50  # steps between log lines
     freeze_encoder_epochs: int = 0  # nets with freeze_encoder(freeze) (swin_umamba): the encoder, but its patch
     #   embedding, is frozen for this many first epochs (Swin-UMamba's recipe: 10); DDP then allows unused parameters
+    init_decoder_from_encoder: bool = False  # nets with init_decoder_from_encoder() (vm_unet): after building the net
+    #   (its encoder loaded with pretrained weights), copy the encoder's stage blocks into the mirrored decoder
+    #   stages, as VM-UNet's load_from does (a resumed run takes its weights from the checkpoint)
     nonfinite: str = "stop"  # a NaN/Inf training loss: 'stop' the run (one line naming the step), or 'skip' the step
     work_dir: Optional[str] = None  # None: work_dirs/<config file name>; the command line's --work-dir wins
 
 
-_SECTIONS = {SegTrainConfig: {"optimizer": SegOptimizerConfig, "validation": SegValidationConfig}}
+_SECTIONS = {SegTrainConfig: {"loss": SegLossConfig, "optimizer": SegOptimizerConfig,
+                               "validation": SegValidationConfig}}
 
 
 def _positive_int(key: str, value: Any, allow_none: bool = False) -> None:
@@ -127,8 +159,10 @@ def check_seg_config(cfg: SegTrainConfig) -> None:
     name = cfg.net.get("name") if isinstance(cfg.net, dict) else None
     if not isinstance(name, str) or not name:
         raise UserError(f"config key 'net.name' must name a segmentation net, got {cfg.net!r}")
-    for key in ("epochs", "iterations_per_epoch", "val_iterations", "log_interval"):
+    for key in ("epochs", "log_interval"):
         _positive_int(key, getattr(cfg, key))
+    _positive_int("iterations_per_epoch", cfg.iterations_per_epoch, allow_none=True)
+    _positive_int("val_iterations", cfg.val_iterations, allow_none=True)
     _positive_int("batch_size", cfg.batch_size, allow_none=True)
     _positive_int("cpu_threads", cfg.cpu_threads, allow_none=True)
     _positive_int("validation.batch_size", cfg.validation.batch_size)
@@ -145,6 +179,29 @@ def check_seg_config(cfg: SegTrainConfig) -> None:
         raise UserError(f"config key 'optimizer.name' must be one of {OPTIMIZERS}, got {cfg.optimizer.name!r}")
     if cfg.optimizer.schedule not in SCHEDULES:
         raise UserError(f"config key 'optimizer.schedule' must be one of {SCHEDULES}, got {cfg.optimizer.schedule!r}")
+    _positive_int("optimizer.t_max", cfg.optimizer.t_max, allow_none=True)
+    if cfg.optimizer.t_max is not None and cfg.optimizer.schedule != "cosine":
+        raise UserError(f"config key 'optimizer.t_max' is the period of the 'cosine' schedule; the schedule is "
+                        f"{cfg.optimizer.schedule!r} (set optimizer.schedule='cosine' or t_max=None)")
+    if not 0 <= cfg.optimizer.min_lr <= cfg.optimizer.lr:
+        raise UserError(f"config key 'optimizer.min_lr' must be in [0, optimizer.lr = {cfg.optimizer.lr!r}], got "
+                        f"{cfg.optimizer.min_lr!r}")
+    loss = cfg.loss
+    if loss.name not in LOSSES:
+        raise UserError(f"config key 'loss.name' must be one of {LOSSES}, got {loss.name!r}")
+    if not (loss.weight_ce >= 0 and loss.weight_dice >= 0 and loss.weight_ce + loss.weight_dice > 0):
+        raise UserError(f"config keys 'loss.weight_ce' and 'loss.weight_dice' must be >= 0 and not both 0, got "
+                        f"{loss.weight_ce!r} and {loss.weight_dice!r}")
+    if not loss.smooth >= 0:
+        raise UserError(f"config key 'loss.smooth' must be >= 0, got {loss.smooth!r}")
+    if cfg.augmentation not in AUGMENTATIONS:
+        raise UserError(f"config key 'augmentation' must be one of {AUGMENTATIONS}, got {cfg.augmentation!r}")
+    if cfg.augmentation != "nnunet" and cfg.configuration != "2d":
+        raise UserError(f"config key 'augmentation' {cfg.augmentation!r} is 2-D; configuration is "
+                        f"{cfg.configuration!r} (use 'nnunet')")
+    if cfg.augmentation == "rot90_flip_rotate" and cfg.patch_size is not None and len(set(cfg.patch_size)) != 1:
+        raise UserError(f"config key 'augmentation' 'rot90_flip_rotate' turns patches by 90 deg: patch_size must be "
+                        f"square, got {tuple(cfg.patch_size)}")
     if not isinstance(cfg.freeze_encoder_epochs, int) or cfg.freeze_encoder_epochs < 0:
         raise UserError(f"config key 'freeze_encoder_epochs' must be an integer >= 0, got "
                         f"{cfg.freeze_encoder_epochs!r}")

@@ -7,10 +7,13 @@ A run (one process, or one rank under torchrun):
    plans file does not exist yet (``vssm.seg.planner``), preprocesses the training cases on first use
    (``vssm.seg.preprocess``; cases already done are skipped) and reads or writes the 5-fold ``splits_final.json``
    (``vssm.data.seg_patches``; or config key ``splits``);
-2. builds the net of the plan (``vssm.seg.nets.build_seg_net``; config key ``network`` may resize it), the loss (Dice +
-   CE or Dice + BCE over the deep-supervision outputs, ``vssm.seg.losses``) and the optimizer (SGD with Nesterov
-   momentum, or AdamW) with poly (or cosine) learning-rate decay per epoch;
-3. per epoch: ``iterations_per_epoch`` steps on training patches, then ``val_iterations`` batches of validation
+2. builds the net of the plan (``vssm.seg.nets.build_seg_net``; config key ``network`` may resize it; config key
+   ``init_decoder_from_encoder`` mirrors a VM-UNet's pretrained encoder into its decoder), the loss (Dice + CE, or
+   Dice + BCE for regions and, with config key ``loss.name = 'dice_bce'``, for a binary dataset's one sigmoid output;
+   over the deep-supervision outputs, ``vssm.seg.losses``) and the optimizer (SGD with Nesterov momentum, or AdamW)
+   with poly (or cosine) learning-rate decay per epoch;
+3. per epoch: ``iterations_per_epoch`` steps on training patches (augmented as nnU-Net does, or by a recipe's
+   augmentation, config key ``augmentation``), then ``val_iterations`` batches of validation
    patches giving the validation loss and nnU-Net's pseudo Dice per class (TP/FP/FN of the hard predictions summed
    over the epoch and the ranks); its mean over classes is averaged into an EMA (0.9 old + 0.1 new), which chooses
    ``checkpoint_best.pth``;
@@ -42,7 +45,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -55,7 +58,8 @@ from tqdm import tqdm
 from vssm.data.errors import DataError
 from vssm.data.medical_transforms import revert_preprocessing
 from vssm.data.nnunet_raw import (
-    DatasetValidationError, ImageGeometry, load_raw_dataset, read_label, validate_raw_dataset, write_segmentation,
+    DatasetValidationError, ImageGeometry, LabelSpec, load_raw_dataset, read_label, validate_raw_dataset,
+    write_segmentation,
 )
 from vssm.engine import checkpoint as ckpt
 from vssm.engine import report
@@ -167,10 +171,83 @@ class _Patches(Dataset):
 
 def epoch_lr(optimizer: SegOptimizerConfig, epoch: int, epochs: int) -> float:
     """The learning rate of ``epoch`` (from 0): nnU-Net's ``PolyLRScheduler`` ``lr * (1 - epoch / epochs) **
-    poly_exponent``, or torch's ``CosineAnnealingLR`` stepped per epoch from ``lr`` to ``min_lr``."""
+    poly_exponent``, or torch's ``CosineAnnealingLR`` stepped per epoch from ``lr`` to ``min_lr`` over ``t_max`` epochs
+    (default ``epochs``; past ``t_max`` the rate rises again, as torch's)."""
     if optimizer.schedule == "cosine":
-        return optimizer.min_lr + (optimizer.lr - optimizer.min_lr) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+        period = optimizer.t_max or epochs
+        return optimizer.min_lr + (optimizer.lr - optimizer.min_lr) * (1 + math.cos(math.pi * epoch / period)) / 2
     return optimizer.lr * (1 - epoch / epochs) ** optimizer.poly_exponent
+
+
+def recipe_augmentation(name: str, patch_size: Sequence[int]):
+    """A 2-D recipe's training augmentation in place of nnU-Net's (config key ``augmentation``): ``(transforms,
+    sampled_size)``, a MONAI ``Compose`` on ``{"image", "label"}`` tensors ``(C, *sampled_size)`` that cuts out the
+    centre ``patch_size`` (as ``SegPatchDataset``'s own augmentation does; outside the case the image is 0 and the
+    label background), and the region to sample for it.
+
+    * 'flip_rotate' (VM-UNet's ISIC ``train_transformer``): a rotation by an angle uniform in [0, 360) deg with p 0.5,
+      then horizontal and vertical flips with p 0.5 each. (The official transform draws its angle once, when it is
+      built, so every rotated image of a run turns by that one angle; here each sample draws its own.)
+    * 'rot90_flip_rotate' (VM-UNet's Synapse ``RandomGenerator``, TransUNet's): with p 0.5 a rotation by k x 90 deg,
+      k uniform in 0-3, then a flip along a random axis; else with p 0.5 a rotation by an angle uniform in [-20, 20]
+      deg (the official draws integer degrees and interpolates the image by nearest neighbour; here bilinear).
+      Square patches only.
+    """
+    import numpy as np
+    from monai import transforms as mt
+
+    from vssm.data.seg_patches import RandSpatialAugmentd, sampling_patch_size
+
+    keys = ("image", "label")
+    patch_size = tuple(int(p) for p in patch_size)
+    if len(patch_size) != 2:
+        raise ValueError(f"augmentation {name!r} is 2-D; the patch is {len(patch_size)}-D")
+    if name == "flip_rotate":
+        transforms = [RandSpatialAugmentd(keys, patch_size, max_rotation=np.pi, p_rotation=0.5, p_scaling=0.0)]
+        transforms += [mt.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in (1, 0)]
+        return mt.Compose(transforms), sampling_patch_size(patch_size, np.pi)
+    if name == "rot90_flip_rotate":
+        if patch_size[0] != patch_size[1]:
+            raise ValueError(f"augmentation {name!r} turns patches by 90 deg: the patch must be square, got "
+                             f"{patch_size}")
+        crop = mt.CenterSpatialCropd(keys, patch_size)
+        rot90_flip = mt.Compose([crop, mt.RandRotate90d(keys, prob=1.0, max_k=4), mt.RandAxisFlipd(keys, prob=1.0)])
+        rotate = RandSpatialAugmentd(keys, patch_size, max_rotation=np.radians(20.0), p_rotation=1.0, p_scaling=0.0)
+        transforms = mt.OneOf([rot90_flip, rotate, crop], weights=[0.5, 0.25, 0.25])
+        return mt.Compose([transforms]), sampling_patch_size(patch_size, np.radians(20.0))
+    raise ValueError(f"unknown augmentation {name!r}; recipes: 'flip_rotate', 'rot90_flip_rotate'")
+
+
+class BinarySigmoidAsSoftmax(nn.Module):
+    """A net with ONE sigmoid output (a binary dataset trained with loss 'dice_bce') seen as a two-class softmax net:
+    logits z -> (0, z) for every output, since softmax((0, z)) = (1 - sigmoid(z), sigmoid(z)). So prediction in
+    label mode (argmax, softmax probabilities: ``vssm.seg.predict`` with the dataset's ``dataset.json``) equals the
+    sigmoid thresholded at 0.5. ``decoder`` (nnU-Net's deep-supervision switch) and ``deep_supervision_scales`` are
+    the wrapped net's."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.net.decoder
+
+    def deep_supervision_scales(self, patch_size: Optional[Sequence[int]] = None):
+        return self.net.deep_supervision_scales(patch_size)
+
+    @staticmethod
+    def _two_classes(logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] != 1:
+            raise ValueError(f"BinarySigmoidAsSoftmax: the net must have one output channel, got {logits.shape[1]}")
+        return torch.cat([torch.zeros_like(logits), logits], 1)
+
+    def forward(self, x: torch.Tensor):
+        """(B, C, *spatial) -> (B, 2, *spatial) logits, or a list of them with deep supervision."""
+        out = self.net(x)
+        if isinstance(out, (list, tuple)):
+            return [self._two_classes(o) for o in out]
+        return self._two_classes(out)
 
 
 def pseudo_dice(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -317,7 +394,7 @@ class _SegTrainer:
         self.dataset = load_raw_dataset(self.raw, listing_problems)  # dataset.json and the file names; no file read
         if listing_problems:
             validate_raw_dataset(self.raw)  # raises, listing every problem (names and contents) by file
-        self.labels = self.dataset.labels
+        self.labels = self._output_labels(self.dataset.labels)
         self.preprocessed = Path(cfg.preprocessed or os.path.join(work_dir, "preprocessed"))
         self.plans_path = Path(cfg.plans) if cfg.plans else self.preprocessed / PLANS_FILE
 
@@ -345,6 +422,17 @@ class _SegTrainer:
     # ---------------------------------------------------------------------------------------------------------------
     # set-up
 
+    def _output_labels(self, labels: LabelSpec) -> LabelSpec:
+        """What the net predicts: the dataset's labels, or, with loss 'dice_bce' on a binary dataset, its foreground
+        label as one sigmoid region (one output; painted where the sigmoid exceeds 0.5)."""
+        if self.cfg.loss.name != "dice_bce" or labels.has_regions:
+            return labels
+        foreground = labels.foreground_labels
+        if len(foreground) != 1:
+            raise UserError(f"config key 'loss.name' 'dice_bce' trains one sigmoid output: it needs a binary dataset "
+                            f"(background and one foreground label) or region labels; {self.raw / 'dataset.json'} "
+                            f"has {len(foreground)} foreground labels {foreground} (use 'dice_ce')")
+        return dataclasses.replace(labels, regions=((foreground[0],),), regions_class_order=(foreground[0],))
 
     def _write_builtin_dataset(self) -> None:
         """Rank 0 writes config key ``builtin``'s dataset (once; later runs find it written) into raw's parent."""
@@ -411,10 +499,18 @@ class _SegTrainer:
                                          augment=cfg.augment, use_mask_for_norm=masks)
         self.val_set = SegPatchDataset(self.data_folder, self.val_cases, self.patch_size, oversample, augment=False,
                                        use_mask_for_norm=masks)
+        if cfg.augment and cfg.augmentation != "nnunet":
+            try:
+                self.train_set.transforms, self.train_set.sampled_size = recipe_augmentation(cfg.augmentation,
+                                                                                             self.patch_size)
+            except ValueError as error:
+                raise UserError(f"config key 'augmentation': {error}") from None
+        self.train_steps = cfg.iterations_per_epoch or self._one_pass(self.train_set)
+        self.val_steps = cfg.val_iterations or self._one_pass(self.val_set)
         self.train_sampler = PatchSampler(len(self.train_cases), self.batch_size, ctx.world_size, ctx.rank,
-                                          cfg.iterations_per_epoch, cfg.seed, _TRAIN_STREAM, oversample)
+                                          self.train_steps, cfg.seed, _TRAIN_STREAM, oversample)
         self.val_sampler = PatchSampler(len(self.val_cases), self.batch_size, ctx.world_size, ctx.rank,
-                                        cfg.val_iterations, cfg.seed, _VAL_STREAM, oversample)
+                                        self.val_steps, cfg.seed, _VAL_STREAM, oversample)
         self.train_loader, self.val_loader = (
             DataLoader(_Patches(dataset), batch_size=self.batch_size, sampler=sampler, num_workers=cfg.workers,
                        pin_memory=ctx.device.type == "cuda", persistent_workers=cfg.workers > 0,
@@ -424,6 +520,13 @@ class _SegTrainer:
             for name, content in (("plans.json", dict(self.plans)), ("dataset.json", self.dataset.dataset_json.raw)):
                 text = json.dumps(content, indent=4)
                 write_atomic(os.path.join(self.work_dir, name), lambda file: file.write(text + "\n"), "w")
+
+    def _one_pass(self, dataset) -> int:
+        """Steps of one pass over a patch dataset's images: ceil(images / global batch), where an image is a case, or
+        for a 2-D configuration a slice (a natural 2-D image is one)."""
+        images = sum(dataset.load_case(i)[0].shape[1] if self.configuration.dim == 2 else 1
+                     for i in range(len(dataset)))
+        return max(1, math.ceil(images / self.global_batch))
 
     def _plan_and_preprocess(self, cases: List[str]) -> None:
         """Rank 0: when anything is still to be planned or preprocessed, check the whole raw dataset first (every
@@ -509,7 +612,8 @@ class _SegTrainer:
         self.net_info = {"name": cfg.net["name"], "kwargs": net_kwargs,
                          "in_channels": self.dataset.dataset_json.num_channels,
                          "num_classes": self.labels.num_segmentation_heads, "patch_size": list(self.patch_size),
-                         "configuration": cfg.configuration}
+                         "configuration": cfg.configuration,
+                         "binary_sigmoid": self.labels is not self.dataset.labels}
         try:
             self.model = build_seg_net(cfg.net["name"], self.configuration.network, self.net_info["in_channels"],
                                        self.net_info["num_classes"], self.patch_size, cfg.deep_supervision,
@@ -517,13 +621,18 @@ class _SegTrainer:
         except (TypeError, ValueError) as error:
             raise UserError(f"net {cfg.net['name']!r} for configuration {cfg.configuration!r} of "
                             f"{self.plans_path}: {error}") from None
+        if cfg.init_decoder_from_encoder:
+            self._init_decoder_from_encoder()
         self.model.to(ctx.device)
         scales = self.model.deep_supervision_scales(self.patch_size) if cfg.deep_supervision else None
         self.batch_dice = cfg.batch_dice
         if self.batch_dice is None:  # the plan's, else nnU-Net's planner default: batch Dice for 2-D only
             planned = self.configuration.batch_dice
             self.batch_dice = planned if planned is not None else self.configuration.dim == 2
-        self.loss = SegmentationLoss(scales, self.labels.regions, self.labels.ignore_label, self.batch_dice)
+        terms = cfg.loss
+        self.loss = SegmentationLoss(scales, self.labels.regions, self.labels.ignore_label, self.batch_dice,
+                                     weight_ce=terms.weight_ce, weight_dice=terms.weight_dice, smooth=terms.smooth,
+                                     include_background=terms.include_background, squared=terms.squared)
         opt = cfg.optimizer
         if opt.name == "sgd":
             self.optimizer = torch.optim.SGD(self.model.parameters(), opt.lr, momentum=opt.momentum,
@@ -541,6 +650,20 @@ class _SegTrainer:
                 find_unused_parameters=cfg.freeze_encoder_epochs > 0)
         self.class_names = _class_names(self.labels)
         self.columns = summary_columns(self.class_names)
+
+    def _init_decoder_from_encoder(self) -> None:
+        """Config key ``init_decoder_from_encoder``: the net's own ``init_decoder_from_encoder()`` (VM-UNet's
+        ``load_from`` mirror of the encoder's stage blocks into the decoder)."""
+        name = self.cfg.net["name"]
+        init = getattr(self.model, "init_decoder_from_encoder", None)
+        if not callable(init):
+            raise UserError(f"config key 'init_decoder_from_encoder' needs a net with init_decoder_from_encoder() "
+                            f"(vm_unet); {name!r} has none")
+        try:
+            copied = init()
+        except TypeError as error:  # an encoder without stage blocks to mirror
+            raise UserError(f"config key 'init_decoder_from_encoder': {error}") from None
+        self.logger.info(f"initialised {len(copied)} decoder tensors of {name} from its encoder's mirrored stages")
 
     # ---------------------------------------------------------------------------------------------------------------
     # checkpoints
@@ -639,7 +762,7 @@ class _SegTrainer:
             ckpt.save_atomic(state, latest)
         signum = self.stop.signum or signal.SIGTERM  # another rank's signal
         message = (f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1} step {steps_done}/"
-                   f"{self.cfg.iterations_per_epoch}; wrote {latest}, continue with --resume")
+                   f"{self.train_steps}; wrote {latest}, continue with --resume")
         self.logger.info(message)
         raise TrainingInterrupted(signum, message)
 
@@ -657,7 +780,7 @@ class _SegTrainer:
         model.train()
         start_step = done["steps"] if done else 0
         self.train_sampler.set_epoch(epoch, start_step)
-        steps = cfg.iterations_per_epoch
+        steps = self.train_steps
         resumed = done is not None and ctx.is_main  # rank 0 carries the global sums of the steps done
         loss_sum = torch.full((), done["loss_sum"] if resumed else 0.0, dtype=torch.float64, device=ctx.device)
         seen = done["seen"] if resumed else 0
@@ -718,7 +841,7 @@ class _SegTrainer:
         self.val_sampler.set_epoch(epoch)
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         counts = None
-        progress = tqdm(self.val_loader, total=cfg.val_iterations, desc="validation", leave=False, unit="step",
+        progress = tqdm(self.val_loader, total=self.val_steps, desc="validation", leave=False, unit="step",
                         disable=None if ctx.is_main else True, dynamic_ncols=True)
         for images, labels in progress:
             images = images.to(ctx.device, non_blocking=True)
@@ -735,7 +858,7 @@ class _SegTrainer:
         tp, fp, fn = totals[1:].reshape(3, -1)
         dice = pseudo_dice(tp, fp, fn)
         mean = float(np.nanmean(dice)) if np.any(~np.isnan(dice)) else float("nan")
-        return {"loss": float(totals[0]) / (cfg.val_iterations * ctx.world_size), "dice": dice, "mean": mean}
+        return {"loss": float(totals[0]) / (self.val_steps * ctx.world_size), "dice": dice, "mean": mean}
 
     @torch.no_grad()
     def _final_validation(self) -> dict:
@@ -784,17 +907,22 @@ class _SegTrainer:
         ctx.barrier()
         return ctx.broadcast(None if summary is None else summary["foreground_mean"])
 
+    def _outputs(self) -> str:
+        if self.net_info["binary_sigmoid"]:
+            return "the foreground label, sigmoid"
+        return "regions, sigmoid" if self.labels.has_regions else "labels, softmax"
+
     def run(self, on_epoch_end: Optional[Callable[[int, dict], None]]) -> dict:
         cfg, ctx = self.cfg, self.ctx
         summary_path = os.path.join(self.work_dir, "summary.csv")
         params = sum(p.numel() for p in self.model.parameters()) / 1e6
         self.logger.info(
             f"net {cfg.net['name']} ({params:.2f}M params), {cfg.configuration} patch {self.patch_size}, "
-            f"{self.net_info['num_classes']} output channels ({'regions' if self.labels.has_regions else 'labels'}); "
+            f"{self.net_info['num_classes']} output channels ({self._outputs()}); "
             f"fold {cfg.fold}: {len(self.train_cases)} training / {len(self.val_cases)} validation cases; "
             f"{ctx.world_size} process(es) on {ctx.device.type}; global batch {self.global_batch}, batch Dice "
             f"{self.batch_dice}, lr {cfg.optimizer.lr:.3e} ({cfg.optimizer.name}); {cfg.epochs} epochs x "
-            f"{cfg.iterations_per_epoch} steps; work dir {self.work_dir}")
+            f"{self.train_steps} steps; work dir {self.work_dir}")
         row = self.history[-1] if self.history else {}
         if self.start_epoch >= cfg.epochs:
             self.logger.info(f"the run in {self.work_dir} is complete: {self.start_epoch} of {cfg.epochs} epochs done, "
@@ -845,7 +973,9 @@ class _SegTrainer:
 def load_trained_net(path: str, device: Optional[str] = None, checkpoint: Optional[dict] = None
                      ) -> Tuple[nn.Module, dict]:
     """The net of a segmentation checkpoint (``checkpoint_final.pth``, ``_best``, ``_latest``), rebuilt from what the
-    checkpoint holds and its weights loaded, in eval mode with deep supervision off.
+    checkpoint holds and its weights loaded, in eval mode with deep supervision off. A binary dataset's one-output
+    sigmoid net (loss 'dice_bce') comes wrapped in ``BinarySigmoidAsSoftmax``, so that it predicts the dataset's
+    labels as the trainer's validation does.
 
     Returns:
         (net, checkpoint): the checkpoint's ``plans``, ``dataset_json``, ``net`` (name, kwargs, in_channels,
@@ -862,4 +992,6 @@ def load_trained_net(path: str, device: Optional[str] = None, checkpoint: Option
     if mismatch:
         raise UserError(f"checkpoint {path} does not fit net {info['name']}: {mismatch}")
     net.load_state_dict(checkpoint["model"])
+    if info.get("binary_sigmoid"):
+        net = BinarySigmoidAsSoftmax(net)
     return net.to(device or "cpu").eval(), checkpoint

@@ -16,9 +16,15 @@ Paper: "VM-UNet: Vision Mamba UNet for Medical Image Segmentation", Jiacheng Rua
 Network, for encoder maps f_0..f_3 (channels C_0..C_3, strides 4..32; ``vssm.seg.zoo_encoder.ZooEncoder``), all
 decoder tensors channels-last (B, H, W, C):
 
-* decoder stage j = 0..3 mirrors encoder stage k = 3 - j: for j > 0 a patch expand (Linear C_{k+1} -> 4 C_k without
-  bias, 2x2 pixel shuffle, LayerNorm), plus the skip f_k; then ``depths[j]`` VSS blocks of width C_k
-  (``vssm.models.vmamba.VSSBlock``). Stage 0 starts from f_3.
+* decoder stage j = 0..3 mirrors encoder stage k = 3 - j and works at its stride and width C_k. Stage 0 reads the
+  deepest encoder output f_3. Stage j > 0 reads the previous stage's output (stride 2^(6 - j), width C_{k+1}) plus
+  the skip s_j of the same stride and width, then a patch expand (Linear C_{k+1} -> 4 C_k without bias, 2x2 pixel
+  shuffle, LayerNorm); every stage ends with ``depths[j]`` VSS blocks of width C_k (``vssm.models.vmamba.VSSBlock``).
+* skips, as the official ``VSSM.forward_features`` / ``forward_features_up`` wire them: s_j is the map entering
+  encoder stage 4 - j, i.e. after its patch merging and before its blocks (strides 32, 16, 8 for j = 1, 2, 3; the
+  official ``skip_list[-j]``); the stem output (stride 4) is never read. Encoders other than ``VMamba`` give no
+  stage entries: there s_j is the level map f_{4-j} of the same stride (an isotropic encoder's stride-4 pyramid
+  level is then dropped, as nothing reads it).
 * final patch expand x4 (Linear C_0 -> 16 (C_0 / 4), 4x4 pixel shuffle, LayerNorm) -> 1x1 conv to the class logits.
 * decoder blocks: the same configuration as the encoder's blocks of that stage when the encoder is a ``VMamba``
   (VMamba v0/v2, LocalVMamba: SS2D settings, scan routes, MLP), else Vanilla VMamba blocks (d_state 16, ssm_ratio 2,
@@ -26,18 +32,18 @@ decoder tensors channels-last (B, H, W, C):
   deepest first.
 * ``init_decoder_from_encoder()`` is the official ``load_from`` mirror: block b of decoder stage j takes the weights
   of block b of encoder stage 3 - j (the official ``layers.{0,1,2,3}`` -> ``layers_up.{3,2,1,0}``), from the encoder
-  or from a checkpoint; upsampling layers, the final expand and head keep their init.
+  or from a checkpoint; upsampling layers, the final expand and head keep their init. The segmentation trainer calls
+  it when its config says ``init_decoder_from_encoder = True``.
 
-The official recipe (ISIC 2017/2018 at 256, Synapse at 224): ``VMUNet('vmamba_small_v0', depths=(2, 2, 2, 1),
-drop_path_rate=0.3, pretrained=True, encoder_kwargs=dict(depths=(2, 2, 2, 2), pretrained_strict=False))`` then
-``init_decoder_from_encoder(checkpoint)`` with the ImageNet checkpoint (the encoder keeps the first 2 blocks of each
-stage of VMamba-S, the decoder copies from the full checkpoint).
+The official recipe (ISIC 2017/2018 at 256, Synapse at 224; ``configs/medical/vm_unet_*.py``):
+``VMUNet('vmamba_small_v0', depths=(2, 2, 2, 1), drop_path_rate=0.2, pretrained=True, encoder_kwargs=dict(depths=(2,
+2, 2, 2), pretrained_strict=False))`` then ``init_decoder_from_encoder()`` (the encoder keeps the first 2 blocks of
+each stage of VMamba-S, which are all the decoder mirrors; with deeper decoder stages pass the ImageNet checkpoint so
+the decoder copies from the full one).
 
-What differs from the official code: the skips are the encoder stage outputs at strides 4, 8 and 16, added after
-each expand (every ``features_only`` encoder gives them); the official adds the maps entering encoder stages 3, 2, 1
-(after their patch merging) before each expand and never uses the stride-4 map. One-channel inputs adapt the stem
-weights (``in_chans=1``, timm's rule: the same as the official repeat of the channel to RGB). ``forward`` returns
-logits for every class count (the official applies a sigmoid when there is one class).
+What differs from the official code: one-channel inputs adapt the stem weights (``in_chans=1``, timm's rule: the same
+as the official repeat of the channel to RGB). ``forward`` returns logits for every class count (the official applies
+a sigmoid when there is one class).
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -107,7 +113,8 @@ class PatchExpand(nn.Module):
 
 
 class VSSDecoderStage(nn.Module):
-    """Optional patch expand (+ skip), then VSS blocks."""
+    """(input + optional skip) -> optional patch expand -> VSS blocks (the official ``VSSLayer_up`` on ``x +
+    skip``)."""
 
     def __init__(self, upsample: nn.Module, blocks: Sequence[VSSBlock]):
         super().__init__()
@@ -116,9 +123,9 @@ class VSSDecoderStage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: Tensor, skip: Optional[Tensor] = None) -> Tensor:
-        x = self.upsample(x)
         if skip is not None:
             x = x + skip
+        x = self.upsample(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
@@ -167,12 +174,22 @@ class VSSDecoder(nn.Module):
         self.head = nn.Conv2d(max(channels[0] // 4, 1), num_classes, kernel_size=1, **dd)
         self.apply(VMamba._init_weights)
 
-    def forward(self, maps: Sequence[Tensor]) -> Union[Tensor, List[Tensor]]:
-        """Encoder maps (B, H / 4 * 2^k, W / 4 * 2^k, C_k), k = 0..3, channels-last -> logits (B, K, H, W)."""
-        n = len(maps)
-        x = maps[-1]
-        for j, stage in enumerate(self.stages):
-            x = stage(x, maps[n - 1 - j] if j > 0 else None)
+    def forward(self, deepest: Tensor, skips: Sequence[Tensor]) -> Union[Tensor, List[Tensor]]:
+        """
+        Args:
+            deepest: The deepest encoder map (B, H / 32, W / 32, C_3), channels-last.
+            skips: Per decoder stage j = 1..3 the skip added to its input: (B, H / 2^(6 - j), W / 2^(6 - j),
+                C_{4-j}), channels-last.
+
+        Returns:
+            Logits (B, K, H, W) ([logits] with deep supervision).
+        """
+        if len(skips) != len(self.stages) - 1:
+            raise ValueError(f"VSSDecoder: {len(self.stages)} stages need {len(self.stages) - 1} skips, got "
+                             f"{len(skips)}")
+        x = self.stages[0](deepest)
+        for stage, skip in zip(self.stages[1:], skips):
+            x = stage(x, skip)
         x = self.final_expand(x).permute(0, 3, 1, 2)  # (B, C_0 / 4, H, W)
         logits = self.head(x)
         return [logits] if self.deep_supervision else logits
@@ -203,7 +220,7 @@ class VMUNet(nn.Module):
             depths: VSS blocks per decoder stage, deepest first (official: (2, 2, 2, 1)).
             decoder_block: ``VANILLA_VSS_BLOCK``-style settings for every decoder block; None: mirror the encoder's
                 blocks when it is a ``VMamba``, else ``VANILLA_VSS_BLOCK``.
-            drop_path_rate: Stochastic depth of the encoder and the decoder (official recipe: 0.3).
+            drop_path_rate: Stochastic depth of the encoder and the decoder (official recipe: 0.2).
             pretrained: Load the encoder's pretrained weights through timm.
             deep_supervision: nnU-Net's switch (``decoder.deep_supervision``): return [logits].
             encoder_kwargs: More ``ZooEncoder`` / ``timm.create_model`` arguments (``depths``,
@@ -215,6 +232,11 @@ class VMUNet(nn.Module):
         self.num_classes = num_classes
         self.encoder = ZooEncoder(encoder_name, in_chans=in_chans, pretrained=pretrained,
                                   drop_path_rate=drop_path_rate, **(encoder_kwargs or {}), **dd)
+        if self.encoder.out_norms is not None:
+            raise ValueError("VMUNet reads the encoder's maps without norms, as the official net; encoder_kwargs "
+                             "out_norms=True is not supported")
+        if self.encoder.adapter is not None:  # the stride-4 pyramid level: nothing reads it (no dead parameters)
+            self.encoder.adapter.levels[0] = nn.Identity()
         channels = self.encoder.channels
         n = len(channels)
 
@@ -282,11 +304,32 @@ class VMUNet(nn.Module):
         for stage in self.decoder.stages:
             stage.grad_checkpointing = enable
 
+    def encode(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
+        """(B, in_chans, H, W) -> (the deepest map (B, H / 32, W / 32, C_3), the skips of decoder stages 1..3 (strides
+        32, 16, 8)), channels-last; see the module docstring for which maps the skips are."""
+        if not self.mirrors_encoder:
+            maps = [m.permute(0, 2, 3, 1) for m in self.encoder(x)]
+            return maps[-1], maps[:0:-1]
+        model = self.encoder.model
+        x = model.stem(x)
+        entries = []  # the map entering each stage, after its downsample
+        for stage in model.stages:
+            x = stage.downsample(x)
+            entries.append(x)
+            if stage.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage.blocks, x)
+            else:
+                x = stage.blocks(x)
+        maps = [x] + entries[:0:-1]  # the last stage's output, then the entries of stages 3, 2, 1
+        if model.channel_first:
+            maps = [m.permute(0, 2, 3, 1) for m in maps]
+        return maps[0], maps[1:]
+
     def forward(self, x: Tensor) -> Union[Tensor, List[Tensor]]:
         """(B, in_chans, H, W), H and W multiples of 32 -> logits (B, num_classes, H, W) ([logits] with deep
         supervision)."""
         if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[2] % 32 or x.shape[3] % 32:
             raise ValueError(f"VMUNet expects (B, {self.in_chans}, H, W) input with H and W multiples of 32, got "
                              f"{tuple(x.shape)}")
-        maps = [m.permute(0, 2, 3, 1) for m in self.encoder(x)]  # channels-last
-        return self.decoder(maps)
+        deepest, skips = self.encode(x)
+        return self.decoder(deepest, skips)
