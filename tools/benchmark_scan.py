@@ -83,7 +83,7 @@ def check_correctness():
         z = torch.randn(batch, dim, length, device="cuda").to(dtype).requires_grad_(True)
         x["z"] = z
         w = torch.randn(batch, dim, length, device="cuda", dtype=torch.float64)
-        y = with_backend("triton", lambda: selective_scan(**x, delta_softplus=True))()
+        y = with_backend("triton", lambda: selective_scan(**x, delta_softplus=True, a_nonpositive=True))()
         grads = torch.autograd.grad((y.double() * w).sum(), list(x.values()))
         x64 = {k: v.detach().double().requires_grad_(True) for k, v in x.items()}
         y64 = selective_scan_chunked(**x64, delta_softplus=True)
@@ -112,10 +112,10 @@ def check_correctness():
                 x[key] = x[key].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
         x = {k: v.requires_grad_(True) for k, v in x.items()}
         w = torch.randn(batch, dim, length, device="cuda", dtype=torch.float64)
-        y = with_backend("triton", lambda: multi_scan(**x, paths=paths, delta_softplus=True))()
+        y = with_backend("triton", lambda: multi_scan(**x, paths=paths, delta_softplus=True, a_nonpositive=True))()
         grads = torch.autograd.grad((y.double() * w).sum(), list(x.values()))
         x64 = {k: v.detach().double().requires_grad_(True) for k, v in x.items()}
-        y64 = with_backend("torch", lambda: multi_scan(**x64, paths=paths, delta_softplus=True))()
+        y64 = with_backend("torch", lambda: multi_scan(**x64, paths=paths, delta_softplus=True, a_nonpositive=True))()
         grads64 = torch.autograd.grad((y64 * w).sum(), list(x64.values()))
         errs = {"y": rel_err(y, y64)} | {k: rel_err(g_, g64) for k, g_, g64 in zip(x, grads, grads64)}
         rows.append((f"multi_scan {kind} {shape}", max(errs.values()), errs))
@@ -156,7 +156,7 @@ def fwd_bwd(fn, inputs):
 def bench_case(batch, dim, length, d_state):
     """Triton forward (no grad) and forward+backward medians, forward GB/s."""
     x = scan_inputs(batch, dim, length, d_state, requires_grad=True)
-    fwd = lambda: selective_scan(**x, delta_softplus=True)  # noqa: E731
+    fwd = lambda: selective_scan(**x, delta_softplus=True, a_nonpositive=True)  # noqa: E731
     row = dict(case=(batch, dim, length, d_state))
     with torch.no_grad():
         row["triton_fwd_ms"] = do_bench(with_backend("triton", fwd), warmup=25, rep=200, return_mode="median")
@@ -173,7 +173,7 @@ def device_time(row, iters=10):
     from torch.profiler import ProfilerActivity, profile
 
     x = scan_inputs(*row["case"], requires_grad=True)
-    step = with_backend("triton", fwd_bwd(lambda: selective_scan(**x, delta_softplus=True), x))
+    step = with_backend("triton", fwd_bwd(lambda: selective_scan(**x, delta_softplus=True, a_nonpositive=True), x))
     for _ in range(3):
         step()
     torch.cuda.synchronize()
@@ -223,7 +223,7 @@ def bench_mamba(row, module):
     x = scan_inputs(*row["case"])
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], None, x["delta_bias"], True)
     out, states, *_ = module.fwd(*args)
-    ours = with_backend("triton", lambda: selective_scan(**x, delta_softplus=True))()
+    ours = with_backend("triton", lambda: selective_scan(**x, delta_softplus=True, a_nonpositive=True))()
     row["mamba_vs_ours_rel_err"] = rel_err(out.float(), ours.float())
     dout = torch.ones_like(out)
 
@@ -240,7 +240,7 @@ def bench_baselines(row):
     so that their large allocations do not disturb those)."""
     batch, dim, length, d_state = row["case"]
     x = scan_inputs(batch, dim, length, d_state)
-    fwd = lambda: selective_scan(**x, delta_softplus=True)  # noqa: E731
+    fwd = lambda: selective_scan(**x, delta_softplus=True, a_nonpositive=True)  # noqa: E731
     torch_mem = batch * dim * 16 * 16 * d_state * 4 * 6  # decay tensors of one chunk, fp32
     with torch.no_grad():
         if torch_mem < 20e9:
@@ -272,7 +272,7 @@ def cross_inputs(batch, dim, height, width, d_state, requires_grad=True):
 def bench_cross(batch, dim, height, width, d_state):
     leaves, x = cross_inputs(batch, dim, height, width, d_state)
     paths = scan_paths.build("cross", (height, width), device="cuda")
-    fused = lambda: multi_scan(**x, paths=paths, delta_softplus=True)  # noqa: E731
+    fused = lambda: multi_scan(**x, paths=paths, delta_softplus=True, a_nonpositive=True)  # noqa: E731
 
     def unfused():  # gather K copies, one grouped scan on (batch, K*dim, L), scatter back and sum, in PyTorch
         num_directions, length = paths.shape
@@ -283,7 +283,7 @@ def bench_cross(batch, dim, height, width, d_state):
         y = selective_scan(xs.reshape(batch, num_directions * dim, length),
                            ds.reshape(batch, num_directions * dim, length), x["A"].reshape(-1, d_state), Bs, Cs,
                            x["D"].reshape(-1), None, x["delta_bias"].reshape(-1), delta_softplus=True,
-                           return_last_state=False)
+                           return_last_state=False, a_nonpositive=True)
         inv = torch.argsort(paths, dim=1)
         y = torch.gather(y.view(batch, num_directions, dim, length), -1,
                          inv[None, :, None, :].expand(batch, num_directions, dim, length))
@@ -316,7 +316,7 @@ def sweep(cases):
     rows = []
     for case in cases:
         x = scan_inputs(*case, requires_grad=True)
-        fwd = lambda: selective_scan(**x, delta_softplus=True)  # noqa: E731
+        fwd = lambda: selective_scan(**x, delta_softplus=True, a_nonpositive=True)  # noqa: E731
         for config in sweep_configs(case[3]):
             scan_plan.TILE_OVERRIDES.clear()
             scan_plan.TILE_OVERRIDES.update(config)

@@ -190,7 +190,7 @@ def test_mixers_hand_channels_last_views_to_multi_scan(monkeypatch, channel_firs
     real = projected_scan.multi_scan
 
     def spy(u, delta, A, B, C, paths, *rest):
-        calls.append((tuple(paths.shape), rest[-3], u.stride(1), delta.stride(2), B.stride(2), C.stride(2),
+        calls.append((tuple(paths.shape), rest[4], u.stride(1), delta.stride(2), B.stride(2), C.stride(2),
                       u._base is not None, delta._base is not None))
         return real(u, delta, A, B, C, paths, *rest)
 

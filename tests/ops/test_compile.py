@@ -45,8 +45,9 @@ def _randn(*shape, seed, scale=1.0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
 
 
-def scan_fwd_args(variant: str, backend_name: str, training: bool) -> tuple:
-    """Arguments of ``torch.ops.vssm.scan_fwd`` as the models pass them (batch 2, 3 channels, N = 4, odd lengths):
+def scan_fwd_args(variant: str, backend_name: str, training: bool, a_nonpositive: bool = True) -> tuple:
+    """Arguments of ``torch.ops.vssm.scan_fwd`` as the models pass them (batch 2, 3 channels, N = 4, odd lengths, the
+    promise A <= 0 unless ``a_nonpositive`` is False):
 
     gated: one direction with D, delta bias and a gate (``selective_scan``: LocalVim, SiMBA);
     bidirectional: per-direction dim-major inputs along a path and its reverse, merged (the Mamba mixer);
@@ -93,7 +94,7 @@ def scan_fwd_args(variant: str, backend_name: str, training: bool) -> tuple:
                for t in (u, delta, A, B, C, D, z, delta_bias)]
     merge = variant in ("bidirectional", "cross", "at_step")
     save_states = training and backend_name == "triton"
-    return (*tensors, paths, True, merge, at_step, save_states, backend_name)
+    return (*tensors, paths, True, merge, at_step, save_states, backend_name, a_nonpositive)
 
 
 def _marked(cases, default):
@@ -122,15 +123,36 @@ def test_opcheck_scan_forward(variant, backend_name, training):
 
 @pytest.mark.parametrize("variant, backend_name", _marked(SCAN_BWD_CASES, SCAN_BWD_DEFAULT))
 def test_opcheck_scan_backward(variant, backend_name):
-    args = scan_fwd_args(variant, backend_name, training=False)
-    args = (*args[:-2], backend_name == "triton", backend_name)  # the states a training forward saves
+    _opcheck_backward(scan_fwd_args(variant, backend_name, training=False))
+
+
+def _opcheck_backward(fwd_args):
+    """opcheck of ``scan_bwd`` on the states a training forward with ``fwd_args`` (save_states aside) saves."""
+    *fwd_args, _, backend_name, a_nonpositive = fwd_args
+    fwd_args = (*fwd_args, backend_name == "triton", backend_name, a_nonpositive)
     with backend(backend_name):
-        y, last, states = torch.ops.vssm.scan_fwd(*args)
-        u, delta, A, B, C, D, z, delta_bias, paths, softplus, merge, at_step = args[:12]
+        y, last, states = torch.ops.vssm.scan_fwd(*fwd_args)
+        u, delta, A, B, C, D, z, delta_bias, paths, softplus, merge, at_step = fwd_args[:12]
         bwd_args = (_randn(*y.shape, seed=9), _randn(*last.shape, seed=10), u, delta, A, B, C, D, z, delta_bias,
-                    paths, states, softplus, merge, at_step, backend_name)
+                    paths, states, softplus, merge, at_step, backend_name, a_nonpositive)
         result = opcheck(torch.ops.vssm.scan_bwd.default, bwd_args)
     assert set(result.values()) == {"SUCCESS"}, result
+
+
+def test_opcheck_scan_without_the_promise():
+    """The Triton ops without the promise A <= 0 (N = 4 over 3 channels: chunks that span lanes, so the kernels run
+    their recurrences step by step instead of associatively): the same fakes, autograd and schema, and the
+    default of the flag (False) when a caller leaves it out."""
+    args = scan_fwd_args("gated", "triton", training=True, a_nonpositive=False)
+    with backend("triton"):
+        result = opcheck(torch.ops.vssm.scan_fwd.default, args)
+        assert set(result.values()) == {"SUCCESS"}, result
+        omitted = torch.ops.vssm.scan_fwd(*args[:-1])  # through the autograd formula: the inputs require grad
+        for given, default in zip(omitted, torch.ops.vssm.scan_fwd(*args)):
+            assert torch.equal(given, default)
+        omitted[0].sum().backward()
+    assert all(t.grad is not None for t in args[:8] if t is not None)
+    _opcheck_backward(scan_fwd_args("gated", "triton", training=False, a_nonpositive=False))
 
 
 @pytest.mark.parametrize("width, reverse_mask, bias, silu", [(4, 0b10, True, True), (3, 0b01, False, False),
@@ -205,7 +227,8 @@ def test_selective_scan_compiles(backend_name):
               for k, v in _scan_inputs().items()}
 
     def fn(u, delta, A, B, C, D, z, delta_bias):
-        return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, return_last_state=True)
+        return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, return_last_state=True,
+                              a_nonpositive=True)
 
     with backend(backend_name):
         assert_compiled_matches_eager(fn, inputs)

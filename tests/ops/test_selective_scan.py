@@ -1,5 +1,6 @@
 """selective_scan: the reference against an independent float64 loop; the chunked PyTorch and Triton (interpreter on
-CPU) backends against the reference for outputs, last state and every gradient; low precision; bad input."""
+CPU) backends against the reference for outputs, last state and every gradient, Triton with and without the promise
+A <= 0 (``a_nonpositive``, which the models give: their launch plans); low precision; bad input."""
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -40,7 +41,7 @@ shape_strategy = st.fixed_dictionaries(dict(
                                                                                    st.integers(1, 80)),
     d_state=st.sampled_from([1, 2, 16]), bc_layout=st.sampled_from(["const", "batch", "group"]),
     has_d=st.booleans(), has_z=st.booleans(), has_bias=st.booleans(), softplus=st.booleans(),
-    seed=st.integers(0, 2 ** 16)))
+    a_nonpositive=st.booleans(), seed=st.integers(0, 2 ** 16)))
 
 
 def _check_backend_against_reference(name, case, tol=2e-5):
@@ -53,7 +54,8 @@ def _check_backend_against_reference(name, case, tol=2e-5):
     ws = torch.randn(case["batch"], case["dim"], case["d_state"], generator=g, dtype=torch.float64)
     y_ref, last_ref, g_ref = run_with_grads(selective_scan_ref, inputs, w, ws, True, delta_softplus=case["softplus"])
     with backend(name):
-        y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=case["softplus"])
+        y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=case["softplus"],
+                                        a_nonpositive=case["a_nonpositive"])
     assert y.dtype == torch.float32 and y.shape == y_ref.shape and last.shape == last_ref.shape
     assert rel_err(y, y_ref) < tol, "y"
     assert rel_err(last, last_ref) < tol, "last state"
@@ -81,15 +83,15 @@ def test_triton_step_by_step_kernels_match_reference(case):
 
 
 def _check_grouped_against_reference(name, dim, groups, d_state, length, seeds):
-    """Backend ``name`` against the float64 reference on B and C in ``groups`` groups (batch 2, softplus on): output
-    and last state to 2e-6, every gradient to 2e-5."""
+    """Backend ``name`` against the float64 reference on B and C in ``groups`` groups (batch 2, softplus on, the
+    promise A <= 0 as the models give it): output and last state to 2e-6, every gradient to 2e-5."""
     inputs = make_inputs(2, dim, length, d_state, "group", groups, seed=seeds[0])
     g = torch.Generator().manual_seed(seeds[1])
     w = torch.randn(2, dim, length, generator=g, dtype=torch.float64)
     ws = torch.randn(2, dim, d_state, generator=g, dtype=torch.float64)
     y_ref, last_ref, g_ref = run_with_grads(selective_scan_ref, inputs, w, ws, True, delta_softplus=True)
     with backend(name):
-        y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=True)
+        y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=True, a_nonpositive=True)
     assert rel_err(y, y_ref) < 2e-6 and rel_err(last, last_ref) < 2e-6
     for key, ref in g_ref.items():
         assert rel_err(grads[key], ref) < 2e-5, key
@@ -125,8 +127,9 @@ def test_chunk_tile_layouts_on_one_group_and_group_spanning_tiles(states_middle,
 @pytest.mark.parametrize("dim,d_state,length", [(6, 16, 29), (12, 1, 37)])
 def test_in_register_and_associative_chunk_recurrences(steps_in_thread, dim, d_state, length):
     """The chunk kernels' two forms of the state and adjoint recurrences, step by step in each thread's registers and
-    by ``tl.associative_scan`` (taken where a chunk spans lanes), forced on tiles whose chunks lie in one thread (N =
-    16) and span lanes (N = 1), forward and backward, with chunk carries and a ragged last chunk."""
+    by ``tl.associative_scan`` (taken under the promise A <= 0 where a chunk spans lanes), forced on tiles whose chunks
+    lie in one thread (N = 16) and span lanes (N = 1), forward and backward, with chunk carries and a ragged last
+    chunk."""
     from vssm.ops.triton.scan_plan import TILE_OVERRIDES
 
     TILE_OVERRIDES["steps_in_thread"] = steps_in_thread
@@ -140,7 +143,7 @@ def test_in_register_and_associative_chunk_recurrences(steps_in_thread, dim, d_s
 @pytest.mark.parametrize("length,d_state", [(1, 16), (97, 1), (67, 16), (33, 64)])
 def test_backends_on_chunk_boundaries_and_extreme_sizes(name, length, d_state):
     case = dict(batch=1, dim=3, length=length, d_state=d_state, bc_layout="batch", has_d=True, has_z=True,
-                has_bias=True, softplus=True, seed=length)
+                has_bias=True, softplus=True, a_nonpositive=True, seed=length)
     _check_backend_against_reference(name, case)
 
 
@@ -154,7 +157,7 @@ def test_low_precision_inputs(name, dtype, tol):
     y_ref = selective_scan_ref(**rounded, delta_softplus=True)
     with backend(name):
         leaves = {k: v.clone().to(kernel_device()).requires_grad_(True) for k, v in low.items()}
-        y = selective_scan(**leaves, delta_softplus=True)
+        y = selective_scan(**leaves, delta_softplus=True, a_nonpositive=True)
     assert y.dtype == dtype
     assert rel_err(y.cpu(), y_ref) < tol
     y.float().square().sum().backward()
@@ -183,7 +186,8 @@ def test_compile_export_script_and_fx():
             self.A = torch.nn.Parameter(-torch.rand(4, 3) - 0.1)
 
         def forward(self, x):
-            return selective_scan(x, x, self.A, x[:, :3], x[:, 1:], None, None, None, True, False) + 1
+            # every argument positional: TorchScript does not apply the defaults of the ignored op
+            return selective_scan(x, x, self.A, x[:, :3], x[:, 1:], None, None, None, True, False, True) + 1
 
     net, x = Net(), torch.randn(2, 4, 11)
     expected = net(x)

@@ -181,8 +181,9 @@ class LocalMambaMixer(nn.Module):
         delta = torch.matmul(self.dt_proj_weight, dt_low)  # (B, K, d_inner, L')
         A_log = self.A_log.mean(0, keepdim=True).expand_as(self.A_log) if self.tie_route_A else self.A_log
         A = -torch.exp(A_log.float()).flatten(0, 1)  # (K * d_inner, N)
+        # every argument positional (TorchScript); the last: A <= 0 (``a_nonpositive``)
         y = selective_scan(u, delta.reshape(batch, channels, steps), A, B, C, self.D.float().flatten(),
-                           z.reshape(batch, channels, steps), self.dt_proj_bias.float().flatten(), True, False)
+                           z.reshape(batch, channels, steps), self.dt_proj_bias.float().flatten(), True, False, True)
         y = y.view(batch, num_directions, d_inner, steps)
         cls_y = y[..., cls_index:cls_index + 1]
         if self.middle_cls_token:

@@ -88,7 +88,8 @@ class CausalMambaMixer(nn.Module):
         dt, B, C = torch.split(self.x_proj(u.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, L, E); the bias goes into the scan
         A = -torch.exp(self.A_log.float())  # (E, N)
-        # every argument positional: TorchScript does not apply the defaults of the ignored op
+        # every argument positional: TorchScript does not apply the defaults of the ignored op; the last: A <= 0
+        # (``a_nonpositive``)
         y = selective_scan(u, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
-                           z.transpose(1, 2), self.dt_proj.bias.float(), True, False)  # (B, E, L)
+                           z.transpose(1, 2), self.dt_proj.bias.float(), True, False, True)  # (B, E, L)
         return self.out_proj(y.transpose(1, 2))

@@ -133,9 +133,10 @@ class ZigzagMamba2D(nn.Module):
             (B, H, W, C).
         """
         u, z, dt, B, C, paths = self._scan_inputs(x)
-        # every argument positional: TorchScript does not apply the defaults of the ignored op
+        # every argument positional: TorchScript does not apply the defaults of the ignored op; the last: A <= 0
+        # (``a_nonpositive``)
         y = multi_scan(u, dt, -torch.exp(self.A_log.float()), B, C, paths, self.D.float(), z,
-                       self.dt_proj.bias.float(), True, "sum", not self.reorder_params, False)  # (B, E, L)
+                       self.dt_proj.bias.float(), True, "sum", not self.reorder_params, False, True)  # (B, E, L)
         return self.out_proj(y.transpose(1, 2)).reshape(x.shape)
 
     def scan_directions(self, x: Tensor) -> Tensor:
@@ -143,4 +144,4 @@ class ZigzagMamba2D(nn.Module):
         before the silu(z) gate and the sum."""
         u, _, dt, B, C, paths = self._scan_inputs(x)
         return multi_scan(u, dt, -torch.exp(self.A_log.float()), B, C, paths, self.D.float(), None,
-                          self.dt_proj.bias.float(), True, "none", not self.reorder_params, False)
+                          self.dt_proj.bias.float(), True, "none", not self.reorder_params, False, True)

@@ -10,6 +10,9 @@ Vim's bimamba v2)::
     y = sum_k scan_k(xs_k, dt_proj_weight[k] @ dt_k, -exp(A_log[k]), B_k, C_k, D[k]) * silu(z)   (/ K if 'mean')
     out = out_proj_weight @ y
 
+The scans run under the promise ``a_nonpositive`` (A = -exp(A_log) <= 0, ``vssm.ops.scan_core``), so the Triton
+backend may scan small N associatively.
+
 ``mamba_inner_composed`` writes this with PyTorch ops around ``causal_conv1d`` and ``multi_scan``; it is what the CPU,
 torch.compile, torch.export, TorchScript, FX and FLOP counting run. On CUDA (or under TRITON_INTERPRET=1) eager calls
 run the same GEMMs and Triton kernels inside one ``autograd.Function`` with a hand-written backward (the official
@@ -83,9 +86,10 @@ def mamba_inner_composed(x: Tensor, in_proj_weight: Tensor, conv_weight: Tensor,
         C = C * (1.0 / num_directions)
         D = D * (1.0 / num_directions)
     paths = sequence_paths(num_directions, length, x.device)
-    # every argument positional: TorchScript does not apply the defaults of the ignored op
+    # every argument positional: TorchScript does not apply the defaults of the ignored op; the last: A <= 0
+    # (``a_nonpositive``)
     y = multi_scan(xs, delta, A, B, C, paths, D, z, dt_proj_bias.float(), True,
-                   "sum", False, False)  # (B, E, L), dim-major as xs: sum over directions of scan * silu(z)
+                   "sum", False, False, True)  # (B, E, L), dim-major as xs: sum over directions of scan * silu(z)
     y = y.transpose(0, 1).reshape(inner, batch * length)  # a view
     return F.linear(y.t(), out_proj_weight).view(batch, length, dim)
 
@@ -206,7 +210,7 @@ class _FusedMambaInner(torch.autograd.Function):
             delta4 = delta.view(num_directions, inner, batch, length).permute(2, 0, 1, 3)  # (B, K, E, L)
             y, _, states = scan_fwd_triton(xs, delta4, A, B, C, D_scaled, z, dt_proj_bias.float(), paths,
                                            delta_softplus=True, merge=True, params_at_step=False,
-                                           save_states=training)  # (B, E, L), dim-major
+                                           save_states=training, a_nonpositive=True)  # (B, E, L), dim-major
             y_flat = y.transpose(0, 1).reshape(inner, batch * length)  # a view
             w_out = out_proj_weight.to(dtype)
             out = torch.mm(y_flat.t(), w_out.t()).view(batch, length, dim)
@@ -246,7 +250,7 @@ class _FusedMambaInner(torch.autograd.Function):
             dz_dirs = dz.unsqueeze(1) if num_directions == 1 else torch.empty_like(xs)  # (B, K, E, L)
             du, ddelta, dA, _, _, dD, _, dbias = scan_bwd_triton(
                 dy, None, xs, delta4, A, B, C, D_scaled, z, dt_proj_bias.float(), paths, states,
-                delta_softplus=True, merge=True, params_at_step=False,
+                delta_softplus=True, merge=True, params_at_step=False, a_nonpositive=True,
                 grad_BC_into=grad_BC.transpose(-1, -2).unbind(0), accumulators=True, dz_into=dz_dirs)
             if num_directions > 1:
                 torch.sum(dz_dirs, 1, out=dz)

@@ -92,10 +92,11 @@ def _inverse_paths(paths: Tensor, length: int) -> Tensor:
 def scan_fwd_parallel(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                       z: Optional[Tensor], delta_bias: Optional[Tensor], paths: Optional[Tensor], delta_softplus: bool,
                       merge: bool, params_at_step: bool, save_states: bool = False, backend: str = "torch",
-                      chunk: int = CHUNK) -> tuple[Tensor, Tensor, Tensor]:
+                      a_nonpositive: bool = False, chunk: int = CHUNK) -> tuple[Tensor, Tensor, Tensor]:
     """``vssm::scan_fwd`` (same arguments, same outputs: y, last state, an empty saved-states tensor) computed with
-    ``parallel_linear_scan``; ``save_states`` and ``backend`` are accepted and ignored. Layout: ``vssm.ops.scan_core``.
-    """
+    ``parallel_linear_scan``; ``save_states``, ``backend`` and ``a_nonpositive`` are accepted and ignored: the
+    parallel form takes the decays to be <= 1 (module docstring), as the exported models' A = -exp(A_log) gives.
+    Layout: ``vssm.ops.scan_core``."""
     batch, _, dim, length = u.shape
     num_directions, _, d_state = A.shape
     groups = B.shape[2]

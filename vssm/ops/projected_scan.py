@@ -6,6 +6,9 @@ For a feature map x (batch, dim, L) in spatial order and K directions, each with
     delta_k = dt_proj_weight[k] @ dt_low_k
     y = multi_scan(x, delta, -exp(A_log), B, C, paths, D, delta_bias=dt_proj_bias, delta_softplus=True, merge)
 
+The scan runs under the promise ``a_nonpositive`` (A = -exp(A_log) <= 0, ``vssm.ops.scan_core``), so the Triton
+backend may scan small N associatively.
+
 ``projected_multi_scan_composed`` writes this with PyTorch ops (the K dt projections as one GEMM with a block-diagonal
 weight, or as K GEMMs without gradients) around ``multi_scan``; it is what the CPU, torch.compile, torch.export,
 TorchScript and FX run. On CUDA (or under TRITON_INTERPRET=1) eager calls run the same GEMMs and the Triton scan
@@ -63,8 +66,9 @@ def projected_multi_scan_composed(x: Tensor, x_proj_weight: Tensor, dt_proj_weig
     """``projected_multi_scan`` as PyTorch ops around ``multi_scan`` (the definition the fused path is tested
     against)."""
     delta, B, C = scan_projections(x.transpose(1, 2), x_proj_weight, dt_proj_weight)
+    # every argument positional, as the layers pass them; the last: A = -exp(A_log) <= 0 (``a_nonpositive``)
     return multi_scan(x, delta, -torch.exp(A_log.float()), B, C, paths, D.float(), None, dt_proj_bias.float(), True,
-                      merge, False, False)
+                      merge, False, False, True)
 
 
 def _check(x, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, paths, merge) -> None:
@@ -160,7 +164,7 @@ class _FusedProjectedScan(torch.autograd.Function):
             u = x.unsqueeze(1)
             y, _, states = scan_fwd_triton(u, delta, A, B, C, D.float(), None, dt_proj_bias.float(), paths,
                                            delta_softplus=True, merge=merge, params_at_step=False,
-                                           save_states=training)
+                                           save_states=training, a_nonpositive=True)
         if training:
             ctx.save_for_backward(u, tokens, w_x, dt_low, w_dt, delta, A, B, C, D, dt_proj_bias, paths, states)
             ctx.params_dtype = (x_proj_weight.dtype, dt_proj_weight.dtype, A_log.dtype)
@@ -185,7 +189,7 @@ class _FusedProjectedScan(torch.autograd.Function):
             du, ddelta, dA, _, _, dD, _, dbias = scan_bwd_triton(
                 dy if dense_strides(dy) else dy.contiguous(), None, u, delta, A, B, C, D.float(), None,
                 dt_proj_bias.float(), paths, states, delta_softplus=True, merge=ctx.merge, params_at_step=False,
-                grad_BC_into=grad_BC.transpose(-1, -2).unbind(0), accumulators=True)
+                a_nonpositive=True, grad_BC_into=grad_BC.transpose(-1, -2).unbind(0), accumulators=True)
             # a view of (batch, L, K, dim)
             ddelta = ddelta.permute(0, 3, 1, 2).reshape(batch * length, num_directions * dim)
             dB, dC = grad_BC.to(w_x.dtype)[:, :, :, 0].permute(0, 1, 3, 2, 4).unbind(0)  # (batch, L, K, N)

@@ -13,6 +13,12 @@ Canonical layout (K = num_directions scan directions, spatial length L, path len
 Outputs: y (batch, dim, L) summed over directions if ``merge`` else (batch, K, dim, L), both in spatial order and
 u's dtype; last state (batch, K, dim, N) float32 (float64 for float64 inputs).
 
+``a_nonpositive`` is the caller's promise that A <= 0 (A = -exp(A_log) in every layer): with step sizes >= 0 every
+decay exp(delta A) is then <= 1, and the Triton backend may compose a chunk's decays associatively (the small-N chunk
+kernels), whose products would overflow float32 for A > 0 where the sequential recurrence stays finite. Without it
+the Triton kernels run every recurrence step by step, with the reference's inf / NaN placement for any A
+(``vssm.ops.triton.scan``, 'Overflow'). The PyTorch backends are exact either way.
+
 The op is a ``torch.library.custom_op`` with a fake and an autograd formula, so torch.compile, torch.export,
 torchscript and FX treat it as one opaque node, and autocast passes its inputs through unchanged. Eager calls on
 plain tensors run the same implementations behind an ``autograd.Function``, which skips the custom op's dispatch.
@@ -101,12 +107,12 @@ def _y_shape(u: Tensor, num_directions: int, merge: bool) -> tuple[int, ...]:
 
 
 def _scan_fwd_impl(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states,
-                   backend):
+                   backend, a_nonpositive):
     if backend == "triton":
         from .triton.scan import scan_fwd_triton
 
         return scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus=delta_softplus, merge=merge,
-                               params_at_step=params_at_step, save_states=save_states)
+                               params_at_step=params_at_step, save_states=save_states, a_nonpositive=a_nonpositive)
     with torch.no_grad(), torch.autocast(u.device.type, enabled=False):
         y, last = scan_core_torch(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus=delta_softplus,
                                   merge=merge, params_at_step=params_at_step, backend=backend)
@@ -116,13 +122,15 @@ def _scan_fwd_impl(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, m
 @torch.library.custom_op("vssm::scan_fwd", mutates_args=())
 def _scan_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
               delta_bias: Optional[Tensor], paths: Optional[Tensor], delta_softplus: bool, merge: bool,
-              params_at_step: bool, save_states: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+              params_at_step: bool, save_states: bool, backend: str,
+              a_nonpositive: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     return _scan_fwd_impl(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step,
-                          save_states, backend)
+                          save_states, backend, a_nonpositive)
 
 
 @_scan_fwd.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states, backend):
+def _(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states, backend,
+      a_nonpositive=False):  # the promise changes the kernels' recurrence form, not the outputs' shapes or layouts
     num_directions, dim, d_state = A.shape
     batch = u.shape[0]
     if backend == "triton":
@@ -150,14 +158,15 @@ def scan_flops(u, delta, A, B, C, D, z, delta_bias, paths, *flags, out_shape=Non
 
 
 def _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
-                   params_at_step, backend):
+                   params_at_step, backend, a_nonpositive):
     """Grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None."""
     if backend == "triton":
         from .triton.scan import scan_bwd_triton
 
         # in the layouts the fake announces
         return scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states,
-                               delta_softplus=delta_softplus, merge=merge, params_at_step=params_at_step)
+                               delta_softplus=delta_softplus, merge=merge, params_at_step=params_at_step,
+                               a_nonpositive=a_nonpositive)
     grads = _scan_bwd_torch(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge,
                             params_at_step, backend)
     return [None if g is None else g.contiguous() for g in grads]
@@ -166,9 +175,10 @@ def _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states
 @torch.library.custom_op("vssm::scan_bwd", mutates_args=())
 def _scan_bwd(dy: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
               D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], paths: Optional[Tensor],
-              states: Tensor, delta_softplus: bool, merge: bool, params_at_step: bool, backend: str) -> list[Tensor]:
+              states: Tensor, delta_softplus: bool, merge: bool, params_at_step: bool, backend: str,
+              a_nonpositive: bool = False) -> list[Tensor]:
     grads = _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
-                           params_at_step, backend)
+                           params_at_step, backend, a_nonpositive)
     return _unaliased([u.new_empty(0) if g is None else g for g in grads])
 
 
@@ -214,7 +224,8 @@ def _zeros_if_none(g: Optional[Tensor], like: Tensor) -> Tensor:
 
 
 @_scan_bwd.register_fake
-def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge, params_at_step, backend):
+def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge, params_at_step, backend,
+      a_nonpositive=False):
     def grad_like(name, t):
         if t is None:
             return u.new_empty(0)
@@ -229,21 +240,22 @@ def _(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softp
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states, backend = inputs
+    (u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states, backend,
+     a_nonpositive) = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, paths, output[2])
-    ctx.flags = (delta_softplus, merge, params_at_step, backend)
+    ctx.flags = (delta_softplus, merge, params_at_step, backend, a_nonpositive)
 
 
 def _backward(ctx, dy, dlast, dstates, scan_bwd=torch.ops.vssm.scan_bwd):
     u, delta, A, B, C, D, z, delta_bias, paths, states = ctx.saved_tensors
-    delta_softplus, merge, params_at_step, backend = ctx.flags
+    delta_softplus, merge, params_at_step, backend, a_nonpositive = ctx.flags
     if not dense_strides(dy):  # an expanded or overlapping gradient: make it dense
         dy = dy.contiguous()
     grads = scan_bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
-                     params_at_step, backend)
+                     params_at_step, backend, a_nonpositive)
     present = (u, delta, A, B, C, D, z, delta_bias)
     grads = [g if t is not None else None for g, t in zip(grads, present)]
-    return (*grads, None, None, None, None, None, None)
+    return (*grads, None, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("vssm::scan_fwd", _backward, setup_context=_setup_context)
@@ -268,12 +280,14 @@ class _EagerScan(torch.autograd.Function):
 
 def scan_core(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
               delta_bias: Optional[Tensor], paths: Optional[Tensor], *, delta_softplus: bool, merge: bool,
-              params_at_step: bool) -> tuple[Tensor, Tensor]:
-    """Run the canonical op (layout in the module docstring) on the resolved backend. Returns (y, last_state)."""
+              params_at_step: bool, a_nonpositive: bool) -> tuple[Tensor, Tensor]:
+    """Run the canonical op (layout and the promise ``a_nonpositive`` in the module docstring) on the resolved
+    backend. Returns (y, last_state)."""
     backend = resolve_backend(u.device, compute_dtype(u, delta, A, B, C, D, z, delta_bias))
     save_states = backend == "triton" and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
-    args = (u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states, backend)
+    args = (u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states, backend,
+            a_nonpositive)
     if eager(u, delta, A, B, C, D, z, delta_bias, paths):
         y, last = _EagerScan.apply(*args)
     else:

@@ -4,12 +4,13 @@ launchers ``scan_fwd_triton`` / ``scan_bwd_triton``; the launch plans are in ``v
 One program owns a [BLOCK_D channels x N states] slab of one (batch, direction) sequence and walks the sequence in
 chunks of CHUNK steps. Chunk tiles are [CHUNK, BLOCK_D, N] with the step axis first, so each thread holds the whole
 chunk of its (channel, state) pairs and the recurrence h -> exp(delta A) h + delta B u runs step by step in registers
-(one FMA per state update; where small N leaves lanes over, the chunk spans lanes and ``tl.associative_scan`` composes
-the affine steps), and the carry passes between chunks. Tokens are read through the direction's path (any permutation of
-spatial positions, -1 = zero token) and written back at their spatial positions, summed over the directions with atomics
-when merging, so no per-direction copy of the feature map exists. Short sequences of large N over many rows run a
-step-by-step forward (one token per step) along channels-last routes or for N > 16 (``scan_plan.sequential``). A
-training forward saves the state at the start of every backward chunk (its own chunks may be longer).
+(one FMA per state update; where small N leaves lanes over, the chunk spans lanes and, under the caller's promise A <= 0
+('Overflow' below), ``tl.associative_scan`` composes the affine steps), and the carry passes between chunks. Tokens are
+read through the direction's path (any permutation of spatial positions, -1 = zero token) and written back at their
+spatial positions, summed over the directions with atomics when merging, so no per-direction copy of the feature map
+exists. Short sequences of large N over many rows run a step-by-step forward (one token per step) along channels-last
+routes or for N > 16 (``scan_plan.sequential``). A training forward saves the state at the start of every backward chunk
+(its own chunks may be longer).
 
 Backward walks the chunks last to first (with [CHUNK, N, BLOCK_D] tiles where that needs fewer shuffles, see
 ``scan_plan.backward_plan``): it recomputes the chunk's states from the chunk-start state saved by the forward, then
@@ -24,13 +25,14 @@ different sequences run side by side, so concurrent atomics rarely meet on one a
 Host side, the launchers check ``paths`` (``vssm.ops.common.check_paths``, once per tensor) so that no malformed
 route reaches a kernel; an empty batch launches empty grids (no programs).
 
-Overflow (positive A, whose decays exp(delta A) > 1 can overflow float32): the step-by-step forward and the chunk
-kernels whose threads hold whole chunks (``STEPS_IN_THREAD``) run the reference's recurrence in its order of
-operations and give its inf / NaN placement. The chunk kernels of small N compose a chunk's steps with
-``tl.associative_scan``, whose products of decays can overflow where the sequential recurrence stays finite (a zero
-state times finite decays): NaN where the reference has 0 or inf. Mamba's A = -exp(A_log) < 0 never gets there (every
-decay <= 1). An exact fallback for programs with a positive A (tested under the interpreter) cost 8 to 32 more
-registers per thread in the small-N kernels, so it is not in.
+Overflow (positive A, whose decays exp(delta A) > 1 can overflow float32): ``tl.associative_scan`` multiplies a
+chunk's decays together, and the products can overflow where the sequential recurrence stays finite (an inf product
+times a zero state gives NaN where the reference has 0 or inf). So the launchers take the caller's promise that
+A <= 0 (``a_nonpositive``; with step sizes >= 0 every decay is then <= 1), and only under it do the small-N chunk
+kernels scan associatively (``scan_plan._steps_in_thread``). Without it every chunk kernel, forward and backward, runs
+the recurrence step by step in registers on the same tiles, as the step-by-step forward does: the reference's order
+of operations and its inf / NaN placement for any A. The layers that build A = -exp(A_log) pass the promise, so the
+models run the associative kernels.
 """
 from __future__ import annotations
 
@@ -664,15 +666,17 @@ def _path_arg(paths: Tensor | None, dummy: Tensor) -> Tensor:
 
 def scan_fwd_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
                     delta_bias: Tensor | None, paths: Tensor | None, *, delta_softplus: bool, merge: bool,
-                    params_at_step: bool, save_states: bool) -> tuple[Tensor, Tensor, Tensor]:
+                    params_at_step: bool, save_states: bool, a_nonpositive: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Launch the forward of the canonical op (layout in ``vssm.ops.scan_core``). ``save_states``: save the chunk-start
-    states the backward needs (a training forward). Returns (y, last_state, chunk_start_states or empty)."""
+    states the backward needs (a training forward). ``a_nonpositive``: the caller promises A <= 0, which allows the
+    associative chunk recurrences (module docstring, 'Overflow'). Returns (y, last_state, chunk_start_states or
+    empty)."""
     check_kernel_dtypes("triton scan", u, delta, B, C, z)
     batch, dim, length, num_directions, d_state, steps, d_per_group = _sizes(u, A, B, paths)
     if paths is not None:  # once per paths tensor: a malformed route would read and write out of bounds
         check_paths(paths, length, "triton scan")
     plan = forward_plan(d_state, dim, batch * num_directions * dim, steps, channels_fastest(u), triton_interpret(),
-                        overrides_key())
+                        overrides_key(), a_nonpositive)
     chunk = plan.chunk
     save_every = plan.save_every if save_states else chunk
     if chunk % save_every:
@@ -715,10 +719,11 @@ def _k_strides(t: Tensor) -> tuple[int, int, int, int]:
 
 def scan_bwd_triton(dy: Tensor, dlast: Tensor | None, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                     D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, paths: Tensor | None, states: Tensor,
-                    *, delta_softplus: bool, merge: bool, params_at_step: bool,
+                    *, delta_softplus: bool, merge: bool, params_at_step: bool, a_nonpositive: bool,
                     grad_BC_into: tuple[Tensor, Tensor] | None = None, accumulators: bool = False,
                     dz_into: Tensor | None = None) -> tuple[Tensor | None, ...]:
     """Launch the backward. Returns grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None.
+    ``a_nonpositive``: as in ``scan_fwd_triton`` (the promise of the forward whose states are passed).
 
     ``grad_BC_into``: zeroed float32 tensors of B's and C's shapes (any strides) that receive dB and dC (returned as
     None then), for a caller that lays them out next to other gradients. ``accumulators``: return the gradients as the
@@ -729,7 +734,8 @@ def scan_bwd_triton(dy: Tensor, dlast: Tensor | None, u: Tensor, delta: Tensor, 
     if paths is not None:
         check_paths(paths, length, "triton scan backward")
     rows = batch * num_directions * dim
-    plan = backward_plan(d_state, dim, rows, steps, channels_fastest(u), triton_interpret(), overrides_key())
+    plan = backward_plan(d_state, dim, rows, steps, channels_fastest(u), triton_interpret(), overrides_key(),
+                         a_nonpositive)
     if states.numel() != rows * plan.n_chunks * d_state:
         raise RuntimeError("triton scan backward: the forward did not save its chunk states")
     u_atomic = u.shape[1] != num_directions

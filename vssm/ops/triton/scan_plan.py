@@ -1,10 +1,12 @@
 """Launch planning of the Triton scan kernels (``vssm.ops.triton.scan``): which forward runs, chunk lengths, tile
 shapes, warps and tile layouts, as named records (``ForwardPlan``, ``BackwardPlan``).
 
-Plans depend only on the problem's sizes (N = ``d_state`` states, ``dim`` channels, ``rows`` = batch x
-num_directions x dim sequences of ``steps`` steps, channels-last or dim-major), on whether the plan is for a GPU or
-for the interpreter, and on ``TILE_OVERRIDES``. The thresholds and tiles were measured best on an H100 (BENCHMARKS.md,
-launch-plan figures). This module needs no Triton: the scan op's fake (meta) implementation also reads it.
+Plans depend only on the problem's sizes (N = ``d_state`` states, ``dim`` channels, ``rows`` = batch x num_directions x
+dim sequences of ``steps`` steps, channels-last or dim-major), on whether the plan is for a GPU or for the interpreter,
+on ``TILE_OVERRIDES``, and on the caller's promise that A <= 0 (``a_nonpositive``: with step sizes >= 0 every decay
+exp(delta A) <= 1), without which no chunk kernel composes decays with ``tl.associative_scan``. The thresholds and
+tiles were measured best on an H100 (BENCHMARKS.md, launch-plan figures). This module needs no Triton: the scan op's
+fake (meta) implementation also reads it.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ __all__ = ["TILE_OVERRIDES", "ForwardPlan", "BackwardPlan", "forward_plan", "bac
 # {"sequential": bool, "chunk": steps, "fwd_chunk": steps, "fwd": (BLOCK_D, num_warps), "bwd": (BLOCK_D, num_warps),
 #  "fwd_maxnreg": registers or None, "states_middle" / "fwd_states_middle": bool (tile layouts of the backward and
 #  the chunk-parallel forward, ``backward_plan``, ``_short_dim_major``), "steps_in_thread": bool (the recurrences
-#  step by step in registers or by ``tl.associative_scan``, ``_steps_in_thread``); for tests under TRITON_INTERPRET=1:
+#  step by step in registers or by ``tl.associative_scan``, the latter only under the promise A <= 0,
+#  ``_steps_in_thread``); for tests under TRITON_INTERPRET=1:
 #  "gpu_plan": bool (plan as on a GPU), "min_rows": rows (from which the GPU counts as filled, SEQUENTIAL_MIN_ROWS)}.
 TILE_OVERRIDES: dict[str, object] = {}
 
@@ -150,10 +153,16 @@ def _forward_maxnreg(d_state: int, rows: int, cl: bool) -> int | None:
     return 128 if next_power_of_2(d_state) == 1 and cl and _many_rows(rows) else None
 
 
-def _steps_in_thread(block_d: int, block_n: int, warps: int) -> bool:
-    """Whether the lanes and warps of a program fit in the (channel, state) axes of its chunk tiles, so that each
-    thread holds whole chunks and the recurrences run step by step in registers; otherwise the chunk's steps spread
-    over lanes and the kernels scan with ``tl.associative_scan`` (small N). Both forms are exact either way."""
+def _steps_in_thread(block_d: int, block_n: int, warps: int, a_nonpositive: bool) -> bool:
+    """Whether the chunk kernels run their recurrences step by step in registers (``STEPS_IN_THREAD``) rather than by
+    ``tl.associative_scan``. Under the promise ``a_nonpositive``: where the lanes and warps of a program fit in the
+    (channel, state) axes of its chunk tiles, so that each thread holds whole chunks; otherwise (small N) the chunk's
+    steps spread over lanes and the kernels scan associatively. Both forms compute the recurrence on any tile, but the
+    associative one multiplies a chunk's decays together, and with A > 0 (decays > 1) those products can overflow
+    float32 where the step-by-step recurrence stays finite: without the promise the kernels always run step by step,
+    the reference's order of operations (the tiles unchanged)."""
+    if not a_nonpositive:
+        return True
     return bool(TILE_OVERRIDES.get("steps_in_thread", block_d * block_n >= 32 * warps))
 
 
@@ -200,18 +209,19 @@ def overrides_key() -> tuple:
 
 
 @functools.lru_cache(maxsize=1024)
-def forward_plan(d_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool,
-                 overrides: tuple) -> ForwardPlan:
+def forward_plan(d_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool, overrides: tuple,
+                 a_nonpositive: bool = False) -> ForwardPlan:
     """Launch plan of a forward for ``rows`` = batch x num_directions x dim sequences of N = ``d_state`` over
-    ``steps``, channels-last if ``cl``. Cached: the host path runs on every call; ``interpret`` and ``overrides``
-    only key the cache (the helpers read them)."""
+    ``steps``, channels-last if ``cl``; ``a_nonpositive``: the caller promises A <= 0, which allows the associative
+    chunk recurrences (``_steps_in_thread``). Cached: the host path runs on every call; ``interpret`` and
+    ``overrides`` only key the cache (the helpers read them)."""
     chunk = forward_chunk_len(d_state, rows, steps, cl)
     save_every = chunk_len(d_state, rows, steps, cl)
     step_by_step = sequential(d_state, rows, steps, cl)
     block_d, warps = _launch_config("fwd", d_state, dim, rows, steps, chunk, cl)
     options = {"STATES_MIDDLE": bool(TILE_OVERRIDES.get("fwd_states_middle",
                                                         _short_dim_major(d_state, rows, steps, cl))),
-               "STEPS_IN_THREAD": _steps_in_thread(block_d, next_power_of_2(d_state), warps)}
+               "STEPS_IN_THREAD": _steps_in_thread(block_d, next_power_of_2(d_state), warps, a_nonpositive)}
     maxnreg = _forward_maxnreg(d_state, rows, cl)
     if maxnreg is not None:
         options["maxnreg"] = maxnreg
@@ -221,17 +231,18 @@ def forward_plan(d_state: int, dim: int, rows: int, steps: int, cl: bool, interp
 
 
 @functools.lru_cache(maxsize=1024)
-def backward_plan(d_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool,
-                  overrides: tuple) -> BackwardPlan:
-    """Launch plan of a backward; cached like ``forward_plan``. States middle: [CHUNK, N, BLOCK_D] chunk tiles (lanes
-    over channels first) for dim-major rows that fill the GPU or have N = 16, else [CHUNK, BLOCK_D, N]: on an H100
-    the first needs fewer shuffles in the reductions over states and in the layout conversions there, and costs time
-    with the few-row tiles of other N and along channels-last routes (BENCHMARKS.md, launch-plan figures)."""
+def backward_plan(d_state: int, dim: int, rows: int, steps: int, cl: bool, interpret: bool, overrides: tuple,
+                  a_nonpositive: bool = False) -> BackwardPlan:
+    """Launch plan of a backward; cached and promised (``a_nonpositive``) like ``forward_plan``. States middle:
+    [CHUNK, N, BLOCK_D] chunk tiles (lanes over channels first) for dim-major rows that fill the GPU or have N = 16,
+    else [CHUNK, BLOCK_D, N]: on an H100 the first needs fewer shuffles in the reductions over states and in the
+    layout conversions there, and costs time with the few-row tiles of other N and along channels-last routes
+    (BENCHMARKS.md, launch-plan figures)."""
     chunk = chunk_len(d_state, rows, steps, cl)
     block_d, warps = _launch_config("bwd", d_state, dim, rows, steps, chunk, cl)
     block_n = next_power_of_2(d_state)
     states_middle = bool(TILE_OVERRIDES.get("states_middle", not cl and (_many_rows(rows) or block_n == 16)))
     return BackwardPlan(chunk=chunk, n_chunks=cdiv(steps, chunk), block_d=block_d, num_warps=warps, block_n=block_n,
                         d_blocks=cdiv(dim, block_d), states_middle=states_middle,
-                        steps_in_thread=_steps_in_thread(block_d, block_n, warps),
+                        steps_in_thread=_steps_in_thread(block_d, block_n, warps, a_nonpositive),
                         spread_sums=_channels_on_lanes(block_d, block_n, warps, states_middle))
