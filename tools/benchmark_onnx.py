@@ -51,7 +51,7 @@ def _median_seconds(fn, iters: int, warmup: int) -> float:
 
 
 def bench_model(name: str, workdir: str, batch_sizes, threads: int, iters: int, warmup: int,
-                reuse: bool = False) -> list:
+                reuse: bool = False, low_memory: bool = False) -> list:
     """Rows {model, runtime, batch, latency_ms, throughput} for onnxruntime and PyTorch eager."""
     import torch
 
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         try:
             for name in args.models:
                 rows += bench_model(name, workdir, args.batch_sizes, args.threads, args.iters, args.warmup,
-                                   args.reuse)
+                                    args.reuse, args.low_memory)
         except USER_ERRORS as error:
             print(f"error: {one_line(error)}", file=sys.stderr)
             return 2

@@ -159,6 +159,17 @@ def test_export_test_variant(name, tmp_path):
     _export_and_compare(name, tmp_path)
 
 
+def test_low_memory_session_gives_the_same_outputs(tmp_path):
+    """ort_session(low_memory=True) (no memory arena, no memory-pattern planner) runs the same graph to the same
+    outputs as onnxruntime's defaults."""
+    path = tmp_path / "test_simba.onnx"
+    export_onnx("test_simba", path)
+    default, low = ort_session(path), ort_session(path, low_memory=True)
+    x = np.random.default_rng(0).standard_normal((2, *default.get_inputs()[0].shape[1:])).astype(np.float32)
+    name = default.get_inputs()[0].name
+    np.testing.assert_array_equal(low.run(None, {name: x})[0], default.run(None, {name: x})[0])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_VARIANTS)
 def test_export_real_variant(name, tmp_path):

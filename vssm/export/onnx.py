@@ -396,12 +396,18 @@ def run_onnx(path: Union[str, os.PathLike], x, threads: Optional[int] = None):
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-def ort_session(path: Union[str, os.PathLike], threads: Optional[int] = None):
-    """An onnxruntime CPU session of the graph (``threads`` intra-op threads; onnxruntime's default without)."""
+def ort_session(path: Union[str, os.PathLike], threads: Optional[int] = None, low_memory: bool = False):
+    """An onnxruntime CPU session of the graph (``threads`` intra-op threads; onnxruntime's default without).
+    ``low_memory``: without onnxruntime's CPU memory arena and memory-pattern planner, so the scan's large
+    intermediates are freed as soon as they are consumed: about half the peak memory of the scan-heavy graphs, for
+    20-40% of the speed (BENCHMARKS.md; SiMBA-S at batch 8 needs it on a 24 GiB machine)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only (its constant folding warns about CastLike nodes it leaves alone)
+    if low_memory:
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
