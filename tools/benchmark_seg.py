@@ -11,11 +11,12 @@ nnU-Net's residual-encoder plans build) with the same stages, features, kernels,
 ``zoo``: the zoo-encoder nets of ``vssm.seg.nets`` at 256^2 (batch 32) and Swin-UMamba at 512^2, against
 segmentation_models_pytorch's U-Net on timm's ConvNeXt-T and Swin-T encoders.
 
-Training: forward, cross-entropy on every deep-supervision output (targets at each output's size), backward and an
-SGD (momentum 0.99, Nesterov) step, under bf16 autocast; iterations and images per second from CUDA events over
-``--iters`` steps after ``--warmup``, peak allocated memory. Inference (``umamba``): one volume (3-D: 1x192x256x256;
-2-D: 1x1024x1024) through ``vssm.seg.sliding_window_predict`` (nnU-Net's step 0.5 and Gaussian, no mirroring),
-seconds per volume.
+Training: forward, cross-entropy on every deep-supervision output (targets at each output's size), backward, gradient
+clipping at norm 12 and an SGD (momentum 0.99, Nesterov) step, as nnU-Net's step, under bf16 autocast; iterations and
+images per second from CUDA events over ``--iters`` steps after ``--warmup``, peak allocated memory. Inference
+(``umamba``): one volume (3-D: 1x192x256x256; 2-D: 1x1024x1024) through ``vssm.seg.sliding_window_predict``
+(nnU-Net's step 0.5 and Gaussian, no mirroring), seconds per volume, with the net's initial weights (the timed steps
+train on random targets, which need not stay finite); non-finite logits are an error.
 """
 import argparse
 import gc
@@ -133,6 +134,7 @@ def measure(case: Case, args) -> dict:
             sizes = [o.shape[2:] for o in _outputs(model.eval()(x[:1]))]
         model.train()
         targets = [torch.randint(0, case.num_classes, (case.batch, *s), device="cuda") for s in sizes]
+        initial = {key: value.clone() for key, value in model.state_dict().items()}
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
         torch.cuda.reset_peak_memory_stats()
 
@@ -141,6 +143,7 @@ def measure(case: Case, args) -> dict:
                 outs = _outputs(model(x))
             loss = sum(F.cross_entropy(o.float(), t) for o, t in zip(outs, targets))
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -148,6 +151,7 @@ def measure(case: Case, args) -> dict:
         row.update(train_ms=ms, train_it_s=1000 / ms, train_img_s=case.batch * 1000 / ms,
                    train_peak_GiB=torch.cuda.max_memory_allocated() / 2 ** 30)
         if case.volume is not None and not args.skip_inference:
+            model.load_state_dict(initial)
             model.eval()
             if hasattr(model, "decoder") and hasattr(model.decoder, "deep_supervision"):
                 model.decoder.deep_supervision = False
@@ -157,7 +161,9 @@ def measure(case: Case, args) -> dict:
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
                     return _outputs(model(patches))[0].float()
 
-            sliding_window_predict(image, predictor, case.patch)  # warm-up
+            logits = sliding_window_predict(image, predictor, case.patch)  # warm-up
+            if not torch.isfinite(logits).all():
+                raise FloatingPointError("non-finite logits in the sliding window with the initial weights")
             torch.cuda.synchronize()
             start = time.perf_counter()
             sliding_window_predict(image, predictor, case.patch)
