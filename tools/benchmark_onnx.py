@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workdir", help="folder for the exported graphs (kept); a temporary one by default")
     parser.add_argument("--reuse", action="store_true", help="use the graphs already in --workdir (no export)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table at the end")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="onnxruntime without its memory arena and pattern planner (vssm.export.onnx.ort_session)")
     return parser.parse_args(argv)
 
 

@@ -31,3 +31,18 @@ def test_without_a_gpu_it_says_so(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["benchmark.py", "--models", "vmamba_tiny"])
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         tool.main()
+
+
+def test_onnx_benchmark_runs_a_tiny_model_in_both_runtimes(tmp_path, capsys):
+    """tools/benchmark_onnx.py end to end on a test variant (one run each, low-memory session): a table row per batch
+    with both runtimes' latencies, and outputs that agree."""
+    pytest.importorskip("onnxruntime")
+    tool = load_tool("benchmark_onnx")
+    assert tool.main(["test_vim", "--batch-sizes", "1", "2", "--iters", "1", "--warmup", "0", "--threads", "1",
+                      "--workdir", str(tmp_path), "--low-memory", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| test_vim |")]
+    assert [row.split(" | ")[1] for row in rows] == ["1", "2"]
+    diffs = [float(line.split('"max_abs_diff": ')[1].rstrip("}")) for line in out.splitlines()
+             if '"runtime": "onnxruntime"' in line]
+    assert len(diffs) == 2 and max(diffs) < 1e-4

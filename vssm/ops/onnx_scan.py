@@ -2,22 +2,23 @@
 for exporters (ONNX) that cannot run a custom kernel.
 
 The references loop over tokens: traced, that is L steps of ops in the graph (L = 3136 for VMamba's first stage).
-Here the recurrence h_t = a_t h_(t-1) + b_t (a_t = exp(delta_t A), b_t = delta_t B_t u_t) is a two-level parallel
-scan with no loop at all:
+Here the recurrence h_t = a_t h_(t-1) + b_t (a_t = exp(delta_t A), b_t = delta_t B_t u_t) is a two-level scan whose
+graph has T + 2 log2(L / T) steps, not L:
 
-1. The steps are split into chunks of T (the last padded with identity steps a = 1, b = 0). Within each chunk a
-   Hillis-Steele scan composes (a, b) pairs in log2(T) rounds: after round r, step t holds the composition of the
-   2^r steps ending at t (a = their decay product, b = the state they make from a zero state).
-2. The chunk totals (the last step of each chunk) are scanned the same way over the chunks (log2(L / T) rounds on a
-   tensor T times smaller), giving the state at the end of every chunk.
+1. The steps are split into chunks of T = 16 (the last padded with identity steps a = 1, b = 0). Within every chunk
+   at once, the T steps run one after the other (unrolled in the graph: slices of 1/T of the tensor, then one
+   stack), giving each step's state from a zero state at the chunk's start and the product of the chunk's decays up
+   to it.
+2. The chunk totals (the last step of each chunk) are scanned over the chunks by a Hillis-Steele scan (log2(L / T)
+   rounds of padded shifts on a tensor T times smaller), giving the state at the end of every chunk.
 3. h_t = b_t + a_t h(end of the previous chunk), and y_t = C_t . h_t.
 
 Every factor is a product of decays in [0, 1] or a sum of such products times inputs: nothing grows, unlike the
 closed form exp(cumsum(delta A)) (h0 + cumsum(exp(-cumsum(delta A)) delta B u)), whose exp(-cumsum) overflows float32
-within a few steps for VMamba's and Vim's decays. The work is O(L log T) element-wise passes over (batch, K, dim, N,
-L) tensors instead of L sequential steps; every op is an element-wise product or sum, a slice, a pad, a reshape or a
-gather, which ONNX runtimes run vectorised and multi-threaded. The result matches ``selective_scan_ref`` to rounding
-(tests/export/test_onnx.py: float64 and float32).
+within a few steps for VMamba's and Vim's decays. The work is O(L) element-wise operations in the chunks plus
+O((L / T) log(L / T)) over the chunk totals; every op is an element-wise product or sum, a slice, a stack, a pad, a
+reshape or a gather, which ONNX runtimes run vectorised and multi-threaded. The result matches ``selective_scan_ref`` to rounding (tests/export/test_onnx.py: float64 and
+float32).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from .common import compute_dtype
 
 __all__ = ["CHUNK", "parallel_linear_scan", "scan_fwd_parallel"]
 
-CHUNK = 8  # steps per chunk of the first level: log2(8) = 3 rounds over the full tensors, log2(L / 8) on 1/8 of them
+CHUNK = 16  # steps per chunk of the first level, unrolled step by step; log2(L / 16) rounds on 1/16 of the tensors
 
 
 def _scan_rounds(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -47,10 +48,20 @@ def _scan_rounds(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return a, b
 
 
+def _steps_in_chunk(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Inclusive scan of (a, b) pairs along the last axis (static size T, small) step by step, unrolled: T - 1 steps
+    of whole-slice products and sums over every chunk at once. Returns (decay products, states from a zero state)."""
+    decays, states = [a[..., 0]], [b[..., 0]]
+    for t in range(1, a.shape[-1]):
+        states.append(torch.addcmul(b[..., t], a[..., t], states[-1]))
+        decays.append(a[..., t] * decays[-1])
+    return torch.stack(decays, -1), torch.stack(states, -1)
+
+
 def parallel_linear_scan(a: Tensor, b: Tensor, chunk: int = CHUNK) -> Tensor:
     """All states h_t = a_t h_(t-1) + b_t (h_(-1) = 0) of (..., S) decays ``a`` and inputs ``b``, as (..., S).
 
-    A two-level parallel scan (module docstring) with a static S and any leading shape (dynamic sizes allowed)."""
+    A two-level scan (module docstring) with a static S and any leading shape (dynamic sizes allowed)."""
     steps = a.shape[-1]
     chunk = max(1, min(chunk, steps))
     num_chunks = -(-steps // chunk)
@@ -60,7 +71,7 @@ def parallel_linear_scan(a: Tensor, b: Tensor, chunk: int = CHUNK) -> Tensor:
         b = F.pad(b, (0, pad), value=0.0)
     a = a.unflatten(-1, (num_chunks, chunk))  # (..., S / T, T)
     b = b.unflatten(-1, (num_chunks, chunk))
-    a, b = _scan_rounds(a, b)  # within each chunk, from a zero state at its start
+    a, b = _steps_in_chunk(a, b)  # within each chunk, from a zero state at its start
     if num_chunks > 1:
         _, ends = _scan_rounds(a[..., -1], b[..., -1])  # (..., S / T) state at the end of each chunk
         carry = F.pad(ends[..., :-1], (1, 0))  # state entering each chunk
