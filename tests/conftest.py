@@ -3,6 +3,7 @@ hypothesis draws the same examples on every run (derandomized), so CI is reprodu
 change, not at a new draw."""
 import os
 
+import pytest
 import torch
 from hypothesis import settings
 
@@ -14,3 +15,14 @@ torch.backends.cuda.matmul.allow_tf32 = False
 
 settings.register_profile("reproducible", derandomize=True, database=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """A clean dynamo state and one thread for each compiling test (tiny tensors; a shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+    torch.set_num_threads(threads)

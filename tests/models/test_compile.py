@@ -39,15 +39,7 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    """Each model compiles from a clean dynamo state, on one thread (tiny tensors; a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # tests/conftest.py
 
 
 def _run(model, forward, x):

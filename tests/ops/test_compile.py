@@ -30,15 +30,7 @@ TIGHT = dict(rtol=1e-5, atol=1e-6)
 FUSED = dict(rtol=1e-4, atol=1e-5)
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    """Each test compiles from a clean dynamo state, on one thread (tiny tensors; a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # tests/conftest.py
 
 
 def _randn(*shape, seed, scale=1.0):
