@@ -586,6 +586,7 @@ class _Trainer:
                 self._interrupt(epoch, step + 1, steps, guard, loss_sum, seen)
             interval_seen += images.shape[0]
             if last_micro_step and (self.num_updates % cfg.log_interval == 0 or step == steps - 1):
+                self._synchronize()  # the interval ends when its steps have run, not when they were queued
                 now = time.perf_counter()
                 rate = interval_seen * ctx.world_size / (now - interval_start)
                 eta = (now - epoch_start) / (step + 1 - start_step) * (steps - step - 1)

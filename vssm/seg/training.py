@@ -810,8 +810,8 @@ class _SegTrainer:
             interval_steps += 1
             if (step + 1) % cfg.log_interval == 0 or step == steps - 1:
                 guard.check()
-                now = time.perf_counter()
                 step_loss = ctx.sum([loss.item()])[0] / ctx.world_size  # the global batch's loss, on every rank
+                now = time.perf_counter()  # after .item(): the interval ends when its steps have run
                 progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
                 memory = (f" peak mem {torch.cuda.max_memory_allocated(ctx.device) / 2 ** 30:.2f} GiB"
                           if ctx.device.type == "cuda" else "")
