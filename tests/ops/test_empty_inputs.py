@@ -323,7 +323,7 @@ def test_promise_changes_only_the_associative_chunk_recurrences():
 
 
 def _layer_and_call(name):
-    """A small layer that builds A = -exp(A_log) and a call of it on a random input."""
+    """A small layer that builds A = -exp(A_log) and a call of it on a random input where the kernels run."""
     from vssm.layers.local_mixer import LocalMambaMixer
     from vssm.layers.mamba_mixer import MambaMixer
     from vssm.layers.simba_mixer import CausalMambaMixer
@@ -332,16 +332,16 @@ def _layer_and_call(name):
 
     torch.manual_seed(0)
     if name == "MambaMixer":  # mamba_inner's fused node
-        return MambaMixer(8, d_state=4), lambda m: m(torch.randn(1, 9, 8))
+        return MambaMixer(8, d_state=4), lambda m: m(torch.randn(1, 9, 8, device=KERNEL_DEVICE))
     if name == "SS2D":  # projected_multi_scan's fused node
-        return SS2D(8, d_state=1, gated=False), lambda m: m(torch.randn(1, 3, 4, 8))
+        return SS2D(8, d_state=1, gated=False), lambda m: m(torch.randn(1, 3, 4, 8, device=KERNEL_DEVICE))
     if name == "CausalMambaMixer":  # selective_scan
-        return CausalMambaMixer(8, d_state=4), lambda m: m(torch.randn(1, 7, 8))
+        return CausalMambaMixer(8, d_state=4), lambda m: m(torch.randn(1, 7, 8, device=KERNEL_DEVICE))
     if name == "LocalMambaMixer":  # selective_scan over the routes side by side
         local = LocalMambaMixer(8, ["h", "v_flip"], d_state=4)
         local.reset_parameters(depth=1)  # the model initialises it
-        return local, lambda m: m(torch.randn(1, 12, 8), [3, 4])
-    return ZigzagMamba2D(8, d_state=4), lambda m: m(torch.randn(1, 3, 4, 8))  # multi_scan
+        return local, lambda m: m(torch.randn(1, 12, 8, device=KERNEL_DEVICE), [3, 4])
+    return ZigzagMamba2D(8, d_state=4), lambda m: m(torch.randn(1, 3, 4, 8, device=KERNEL_DEVICE))  # multi_scan
 
 
 @pytest.mark.parametrize("name", ["MambaMixer", "SS2D", "CausalMambaMixer", "LocalMambaMixer", "ZigzagMamba2D"])
@@ -358,6 +358,7 @@ def test_layers_promise_a_nonpositive(monkeypatch, name):
 
         monkeypatch.setattr(triton_scan, launcher, spy)
     layer, call = _layer_and_call(name)
+    layer.to(KERNEL_DEVICE)
     with backend("triton"):
         y = call(layer)
         y.square().sum().backward()

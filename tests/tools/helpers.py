@@ -37,9 +37,11 @@ def make_image_folder(root: Path) -> Path:
 
 
 def tiny_config(root: Path, **sections) -> str:
-    """The text of a fast config on ``root``: test_vmamba at 16 px, batch 4, one epoch; ``sections`` add lines."""
+    """The text of a fast config on ``root``: test_vmamba at 16 px, batch 4, one epoch, on the CPU also where a GPU
+    is present (the tests compare CPU numbers and logs); ``sections`` add (or override) lines."""
     text = textwrap.dedent(f"""\
         model = dict(name='test_vmamba')
+        device = 'cpu'
         data = dict(dataset='imagefolder', root={str(root)!r}, img_size=16, crop_pct=1.0, workers=0)
         augment = dict(scale=(0.5, 1.0), color_jitter=0.0)
         epochs = 1
