@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vssm  # noqa: E402,F401  (registers the zoo)
 from vssm.flops import count_flops  # noqa: E402
+from vssm.layers.mamba_mixer import set_activation_recompute  # noqa: E402
 
 
 @dataclass
@@ -161,6 +162,8 @@ def measure(case: Case, args) -> dict:
         torch.cuda.reset_peak_memory_stats()
         try:
             model = timm.create_model(case.model, **case.kwargs).cuda()
+            if getattr(args, "recompute", None) is not None:
+                set_activation_recompute(model, args.recompute)
             x, target = _inputs(case, "cuda")
             if "gflops" not in row:
                 row["gflops"] = count_flops(model, x[:1]).gflops
@@ -250,6 +253,8 @@ def main():
                         help="torch.compile every model (optionally with this mode; 'reduce-overhead' adds CUDA graphs)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="time replays of each eager step captured in a CUDA graph (GPU-bound throughput)")
+    parser.add_argument("--recompute", type=int, default=None, choices=[0, 1, 2],
+                        help="what the Mamba mixers' backward recomputes (vssm.ops.mamba_inner); default: the models'")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, metavar="K",

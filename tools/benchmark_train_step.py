@@ -54,6 +54,7 @@ def run_config(model: str, option: str, args) -> dict:
         optimizer=dict(opt="adamw", lr=1e-3, weight_decay=0.05), scheduler=dict(warmup_epochs=0),
         ema=dict(enable=False), cuda_graph=option == "cuda_graph", compile="inductor" if option == "compile" else None,
         compile_mode=args.compile_mode if option == "compile" else None, device=args.device, seed=0,
+        activation_recompute=args.recompute,
     )
 
 
@@ -93,7 +94,7 @@ def measure_reference(model: str, args) -> float | str:
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     options = argparse.Namespace(amp="bfloat16" if args.amp == "bf16" else "float32", cuda_graph=True, compile=None,
-                                 modes=["train"], warmup=5, iters=20, profile=0)
+                                 modes=["train"], warmup=5, iters=20, profile=0, recompute=args.recompute)
     case = benchmark.Case(model, batch=args.batch, img_size=args.img_size or 224)
     return benchmark.measure(case, options)["train_per_s"]
 
@@ -124,6 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument("--amp", default="bf16", choices=["bf16", "float32"])
     parser.add_argument("--compile-mode", default=None,
                         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+    parser.add_argument("--recompute", type=int, default=None, choices=[0, 1, 2],
+                        help="the trainer's activation_recompute (the Mamba mixers); default: the models'")
     parser.add_argument("--workers", type=int, default=8, help="loader workers that generate the synthetic data once")
     parser.add_argument("--reference", action="store_true",
                         help="also time tools/benchmark.py --cuda-graph's training step of each model")

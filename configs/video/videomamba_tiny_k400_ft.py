@@ -49,5 +49,8 @@ optimizer = dict(opt='adamw', lr_base=2e-4, lr_base_size=256, lr_base_scale='lin
 scheduler = dict(sched='cosine', on_updates=True, warmup_epochs=5, warmup_prefix=True, warmup_lr=4e-6, min_lr=4e-6,
                  cooldown_epochs=0)
 amp = 'bf16'
+activation_recompute = 2  # the Mamba mixers' backward recomputes their conv output, delta and scan states (a quarter
+#   of their activations kept): with everything kept, the recipe's 128 clips per GPU ran out of memory on an 80 GB H100
+#   (BENCHMARKS.md); 1 (the models' default) is faster where memory allows
 seed = 0
 log_interval = 50

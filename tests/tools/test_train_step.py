@@ -162,6 +162,18 @@ def test_optimizer_implementations_follow_the_per_parameter_loop(tmp_path, image
             torch.testing.assert_close(actual[name], value, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
 
 
+@pytest.mark.parametrize("model, mixers", [("test_vim", 3), ("test_vmamba", 0)])
+def test_activation_recompute_reaches_the_mamba_mixers(tmp_path, image_root, model, mixers):
+    """The config key sets every Mamba mixer's level (the fused node's backward recomputes, identical gradients: the
+    ops tests); the log says how many mixers it reached, or that the model has none."""
+    run_dir = run(tmp_path, "run", image_root, data=SYNTHETIC, model=f"dict(name={model!r}, img_size=16)",
+                  activation_recompute=2)
+    log = (run_dir / "train.log").read_text()
+    assert f"activation_recompute=2 on {mixers} Mamba mixer(s)" in log
+    assert ("this model has none" in log) == (mixers == 0)
+    assert len(step_losses(run_dir)) == 6
+
+
 def test_cuda_graph_on_the_cpu_trains_eagerly_and_says_why_in_one_line(tmp_path, image_root):
     eager = run(tmp_path, "eager", image_root, data=SYNTHETIC)
     graph = run(tmp_path, "graph", image_root, data=SYNTHETIC, cuda_graph=True)

@@ -188,6 +188,9 @@ class TrainConfig:
     #   or 'bf16', grad_accum_steps 1, nonfinite 'stop', no compile, opt 'adam', 'adamw', 'sgd' or 'momentum';
     #   otherwise (or if the capture fails) the run says why in one log line and trains eagerly
     grad_checkpointing: bool = False  # recompute activations in backward (model.set_grad_checkpointing)
+    activation_recompute: Optional[int] = None  # what the Mamba mixers' fused backward recomputes instead of saving
+    #   (vssm.ops.mamba_inner): 0 nothing, 1 the conv output and delta (the models' default), 2 also the scan's chunk
+    #   states (the least memory: the VideoMamba fine-tuning recipes' clips per GPU); None: the models' default
     fsdp: bool = False  # multi-process: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     seed: int = 42
     deterministic: bool = False  # torch.use_deterministic_algorithms (warning about ops without a deterministic
@@ -263,6 +266,8 @@ def _check(cfg: TrainConfig) -> None:
     if not isinstance(cfg.data.measure_pipeline, int) or cfg.data.measure_pipeline < 0:
         raise UserError(f"config key 'data.measure_pipeline' must be a number of batches >= 0, got "
                         f"{cfg.data.measure_pipeline!r}")
+    if cfg.activation_recompute not in (None, 0, 1, 2):
+        raise UserError(f"config key 'activation_recompute' must be 0, 1, 2 or None, got {cfg.activation_recompute!r}")
     if cfg.fsdp and cfg.ema.enable:
         raise UserError("config keys 'fsdp' and 'ema.enable' cannot both be set (the EMA copy would not be sharded)")
     _check_final_test(cfg)

@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from vssm.convert import checkpoint_filter_for
 from vssm.data import SyntheticDataset
+from vssm.layers.mamba_mixer import set_activation_recompute
 
 from . import checkpoint as ckpt
 from . import report
@@ -377,6 +378,11 @@ class _Trainer:
             model.to(memory_format=torch.channels_last)
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
+        self.recompute_note = None
+        if cfg.activation_recompute is not None:
+            mixers = set_activation_recompute(model, cfg.activation_recompute)
+            self.recompute_note = (f"activation_recompute={cfg.activation_recompute} on {mixers} Mamba mixer(s)"
+                                   + ("" if mixers else ": this model has none, so it changes nothing"))
         if ctx.distributed and cfg.fsdp:
             _shard(model)  # before the optimizer and the EMA: sharding replaces the parameters by DTensors
         self.params = trainable(model.parameters())  # what clipping walks at every step
@@ -730,6 +736,8 @@ class _Trainer:
         for note in self.data_notes:
             self.logger.warning(note)
         self.logger.info(f"input pipeline: {self.pipeline}; optimizer {cfg.optimizer.opt} ({self.implementation})")
+        if self.recompute_note is not None:
+            self.logger.info(self.recompute_note)
         if self.graph_obstacle is not None:
             self.logger.warning(f"cuda_graph: not used ({self.graph_obstacle}); the step runs eagerly")
         if cfg.data.measure_pipeline and self.start_epoch < self.total_epochs:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..ops import mamba_inner
 from .ssm_init import init_a_log_d_, init_dt_projection_, ssm_parameters
 
-__all__ = ["MambaMixer", "MambaBlock", "stack_official_directions"]
+__all__ = ["MambaMixer", "MambaBlock", "set_activation_recompute", "stack_official_directions"]
 
 # Official per-direction parameter names (Vim / VideoMamba forks of mamba_ssm) -> stacked name, and the suffix of the
 # backward direction's copy ('' for the forward one).
@@ -103,6 +103,7 @@ class MambaMixer(nn.Module):
         self.dt_proj_bias = nn.Parameter(torch.empty(num_directions, d_inner, **dd))
         self.A_log, self.D = ssm_parameters((num_directions, d_inner), d_state, device)  # float32 (layers.ssm_init)
         self.out_proj = nn.Linear(d_inner, dim, bias=False, **dd)
+        self.recompute = 1  # what the fused node's backward recomputes (``vssm.ops.mamba_inner``; a runtime choice)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -121,7 +122,7 @@ class MambaMixer(nn.Module):
         """(B, L, dim) -> (B, L, dim)."""
         return mamba_inner(x, self.in_proj.weight, self.conv_weight, self.conv_bias, self.reverse, self.x_proj_weight,
                            self.dt_proj_weight, self.dt_proj_bias, self.A_log, self.D, self.out_proj.weight,
-                           self.merge)
+                           self.merge, self.recompute)
 
 
 class MambaBlock(nn.Module):
@@ -157,6 +158,24 @@ class MambaBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, L, dim) float32 stream -> same; the norm runs in the parameters' dtype (float32 under autocast)."""
         return x + self.drop_path(self.mixer(self.norm(x.to(self.norm.weight.dtype))))
+
+
+def set_activation_recompute(model: nn.Module, level: int) -> int:
+    """Set what every ``MambaMixer`` of ``model`` recomputes in its backward instead of saving: 0 nothing, 1 the conv
+    output and delta (the default), 2 also the scan's chunk states (``vssm.ops.mamba_inner``). Returns how many
+    mixers there are.
+
+    Raises:
+        ValueError: An unknown level.
+    """
+    from ..ops.mamba_inner import RECOMPUTE_LEVELS
+
+    if level not in RECOMPUTE_LEVELS:
+        raise ValueError(f"activation recompute level must be one of {RECOMPUTE_LEVELS}, got {level!r}")
+    mixers = [m for m in model.modules() if isinstance(m, MambaMixer)]
+    for mixer in mixers:
+        mixer.recompute = level
+    return len(mixers)
 
 
 def stack_official_directions(state_dict: Dict[str, Tensor], num_directions: int) -> Dict[str, Tensor]:

@@ -13,6 +13,12 @@ Vim's bimamba v2)::
 The scans run under the promise ``a_nonpositive`` (A = -exp(A_log) <= 0, ``vssm.ops.scan_core``), so the Triton
 backend may scan small N associatively.
 
+``recompute`` trades the fused node's saved activations (per token: xz 2E, xs and delta K * E each in the matmul
+dtype; the scan's float32 chunk states K * E * N * 4 / chunk bytes, the largest) for work in the backward: 0 saves
+all; 1 (the default, mamba_ssm's ``checkpoint_lvl=1``) recomputes xs by the conv and delta by its small GEMM; 2 also
+runs the scan's forward again to get its chunk states instead of keeping them. The recomputed tensors are bitwise the
+saved ones, so every level gives the same gradients.
+
 ``mamba_inner_composed`` writes this with PyTorch ops around ``causal_conv1d`` and ``multi_scan``; it is what the CPU,
 torch.compile, torch.export, TorchScript, FX and FLOP counting run. On CUDA (or under TRITON_INTERPRET=1) eager calls
 run the same GEMMs and Triton kernels inside one ``autograd.Function`` with a hand-written backward (the official
@@ -37,6 +43,7 @@ from .scan_paths import build as build_paths
 __all__ = ["mamba_inner", "mamba_inner_composed"]
 
 _MERGES = ("mean", "sum")
+RECOMPUTE_LEVELS = (0, 1, 2)
 
 
 def sequence_paths(num_directions: int, length: int, device: torch.device) -> Tensor:
@@ -95,10 +102,12 @@ def mamba_inner_composed(x: Tensor, in_proj_weight: Tensor, conv_weight: Tensor,
 
 
 def _check(x, in_proj_weight, conv_weight, conv_bias, reverse, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
-           out_proj_weight, merge) -> None:
+           out_proj_weight, merge, recompute) -> None:
     fn = "mamba_inner"
     if merge not in _MERGES:
         raise ValueError(f"{fn}: merge must be one of {_MERGES}, got {merge!r}")
+    if recompute not in RECOMPUTE_LEVELS:
+        raise ValueError(f"{fn}: recompute must be one of {RECOMPUTE_LEVELS}, got {recompute!r}")
     tensors = dict(x=x, in_proj_weight=in_proj_weight, conv_weight=conv_weight, conv_bias=conv_bias,
                    x_proj_weight=x_proj_weight, dt_proj_weight=dt_proj_weight, dt_proj_bias=dt_proj_bias, A_log=A_log,
                    D=D, out_proj_weight=out_proj_weight)
@@ -139,7 +148,7 @@ def _check(x, in_proj_weight, conv_weight, conv_bias, reverse, x_proj_weight, dt
 @trace_quiet
 def mamba_inner(x: Tensor, in_proj_weight: Tensor, conv_weight: Tensor, conv_bias: Tensor, reverse: List[bool],
                 x_proj_weight: Tensor, dt_proj_weight: Tensor, dt_proj_bias: Tensor, A_log: Tensor, D: Tensor,
-                out_proj_weight: Tensor, merge: str) -> Tensor:
+                out_proj_weight: Tensor, merge: str, recompute: int = 1) -> Tensor:
     """Mamba mixer inner computation (module docstring); fused on the GPU.
 
     Args:
@@ -148,17 +157,18 @@ def mamba_inner(x: Tensor, in_proj_weight: Tensor, conv_weight: Tensor, conv_bia
         reverse: per direction, whether it scans from the sequence's end (its conv too).
         x_proj_weight: (K, R + 2N, E). dt_proj_weight: (K, E, R). A_log: (K, E, N). out_proj_weight: (dim, E).
         merge: 'mean' ((fwd + bwd) / 2, Vim) or 'sum' (VideoMamba) over the directions.
+        recompute: what the fused node's backward recomputes instead of saving (module docstring): 0, 1 or 2.
 
     Returns:
         (batch, L, dim), in the matmuls' dtype (the autocast dtype under autocast); a batch of 0 gives an empty
         output.
 
     Raises:
-        ValueError: Shapes that do not fit, or L = 0 ("L must be >= 1").
+        ValueError: Shapes that do not fit, L = 0 ("L must be >= 1"), or an unknown recompute level.
     """
     args = (x, in_proj_weight, conv_weight, conv_bias, reverse, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log,
             D, out_proj_weight, merge)
-    _check(*args)
+    _check(*args, recompute)
     params = (in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
               out_proj_weight)
     fusable = resolve_backend(x.device, x.dtype) == "triton" and conv_weight.shape[-1] <= MAX_TRITON_WIDTH
@@ -167,7 +177,8 @@ def mamba_inner(x: Tensor, in_proj_weight: Tensor, conv_weight: Tensor, conv_bia
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         if dtype != torch.float64 and all(p.dtype != torch.float64 for p in params):
             training = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params))
-            return _FusedMambaInner.apply(x, *params, _reverse_mask(reverse), merge == "mean", dtype, training)
+            return _FusedMambaInner.apply(x, *params, _reverse_mask(reverse), merge == "mean", dtype, training,
+                                          recompute)
     return mamba_inner_composed(*args)
 
 
@@ -176,7 +187,7 @@ class _FusedMambaInner(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log,
-                D, out_proj_weight, reverse_mask, mean, dtype, training):
+                D, out_proj_weight, reverse_mask, mean, dtype, training, recompute):
         from .triton.causal_conv import causal_conv1d_fwd_triton
         from .triton.scan import scan_fwd_triton
 
@@ -210,21 +221,24 @@ class _FusedMambaInner(torch.autograd.Function):
             delta4 = delta.view(num_directions, inner, batch, length).permute(2, 0, 1, 3)  # (B, K, E, L)
             y, _, states = scan_fwd_triton(xs, delta4, A, B, C, D_scaled, z, dt_proj_bias.float(), paths,
                                            delta_softplus=True, merge=True, params_at_step=False,
-                                           save_states=training, a_nonpositive=True)  # (B, E, L), dim-major
+                                           save_states=training and recompute < 2,
+                                           a_nonpositive=True)  # (B, E, L), dim-major
             y_flat = y.transpose(0, 1).reshape(inner, batch * length)  # a view
             w_out = out_proj_weight.to(dtype)
             out = torch.mm(y_flat.t(), w_out.t()).view(batch, length, dim)
         if training:
-            ctx.save_for_backward(tokens, w_in, xz, xs, w_x, x_dbl, w_dt, delta4, A, B, C, D_scaled, dt_proj_bias,
-                                  paths, states, y_flat, w_out, conv_weight, conv_bias)
+            keep = recompute == 0
+            ctx.save_for_backward(tokens, w_in, xz, xs if keep else None, w_x, x_dbl, w_dt, delta4 if keep else None, A,
+                                  B, C, D_scaled, dt_proj_bias, paths, states if recompute < 2 else None, y_flat,
+                                  w_out, conv_weight, conv_bias)
             ctx.meta = (reverse_mask, scale, x.dtype, in_proj_weight.dtype, x_proj_weight.dtype,
                         dt_proj_weight.dtype, A_log.dtype, D.dtype, out_proj_weight.dtype)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        from .triton.causal_conv import causal_conv1d_bwd_triton
-        from .triton.scan import scan_bwd_triton
+        from .triton.causal_conv import causal_conv1d_bwd_triton, causal_conv1d_fwd_triton
+        from .triton.scan import scan_bwd_triton, scan_fwd_triton
 
         (tokens, w_in, xz, xs, w_x, x_dbl, w_dt, delta4, A, B, C, D_scaled, dt_proj_bias, paths, states, y_flat, w_out,
          conv_weight, conv_bias) = ctx.saved_tensors
@@ -232,15 +246,23 @@ class _FusedMambaInner(torch.autograd.Function):
         num_directions, inner, rank_pad = w_dt.shape
         d_state = A.shape[-1]
         rank = x_dbl.shape[1] - 2 * d_state
-        batch, length = xs.shape[0], xs.shape[-1]
+        batch, length = B.shape[0], B.shape[-1]
         dim = tokens.shape[1]
         dtype = tokens.dtype
         with torch.autocast(dout.device.type, enabled=False):
+            x_in = xz[:inner].view(inner, batch, length).transpose(0, 1)
+            z = xz[inner:].view(inner, batch, length).transpose(0, 1)
+            if xs is None:  # recompute >= 1: bitwise the forward's
+                xs = causal_conv1d_fwd_triton(x_in, conv_weight, conv_bias, reverse_mask, silu=True)
+                delta4 = torch.bmm(w_dt, x_dbl[:, :rank_pad]).view(num_directions, inner, batch, length)
+                delta4 = delta4.permute(2, 0, 1, 3)
+            if states is None:  # recompute 2: the scan's forward again, for its chunk states
+                _, _, states = scan_fwd_triton(xs, delta4, A, B, C, D_scaled, z, dt_proj_bias.float(), paths,
+                                               delta_softplus=True, merge=True, params_at_step=False,
+                                               save_states=True, a_nonpositive=True)
             dout = dout.reshape(batch * length, dim).to(dtype)
             dw_out = torch.mm(dout.t(), y_flat.t())  # (dim, E)
             dy = torch.mm(w_out.t(), dout.t()).view(inner, batch, length).transpose(0, 1)  # (B, E, L), dim-major
-            x_in = xz[:inner].view(inner, batch, length).transpose(0, 1)
-            z = xz[inner:].view(inner, batch, length).transpose(0, 1)
             # dB and dC accumulate in one float32 (2, B, K, 1, L, N) buffer whose states are contiguous
             grad_BC = torch.zeros(2, batch, num_directions, 1, length, d_state, device=xs.device, dtype=torch.float32)
             # the gate's gradient lands beside the conv's dx in one (2E, B*L) buffer: one direction's directly, two
@@ -274,4 +296,5 @@ class _FusedMambaInner(torch.autograd.Function):
             dx = torch.mm(dxz.t(), w_in).view(batch, length, dim)
         return (dx.to(x_dtype), dw_in.to(in_dtype), dconv_w, dconv_b, dw_x.to(x_proj_dtype), dw_dt.to(dt_dtype),
                 dbias.view(num_directions, inner).to(dt_proj_bias.dtype), (dA * A).to(a_log_dtype),
-                (dD * scale).view(num_directions, inner).to(d_dtype), dw_out.to(out_dtype), None, None, None, None)
+                (dD * scale).view(num_directions, inner).to(d_dtype), dw_out.to(out_dtype), None, None, None, None,
+                None)
