@@ -19,6 +19,7 @@ import argparse
 import gc
 import json
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -197,10 +198,11 @@ def measure(case: Case, args) -> dict:
             row[f"{mode}_per_s"], row[f"{mode}_ms"] = case.batch * 1000 / ms, ms
             row[f"{mode}_peak_GiB"] = torch.cuda.max_memory_allocated() / 2 ** 30
             if args.profile:
-                gpu_ms, table = _profiled(step, args.profile)
-                row[f"{mode}_gpu_ms"] = gpu_ms
+                gpu_ms, split, table = _profiled(step, args.profile)
+                row[f"{mode}_gpu_ms"], row[f"{mode}_gpu_split_ms"] = gpu_ms, split
+                shares = ", ".join(f"{kind} {value:.1f} ms ({value / gpu_ms:.0%})" for kind, value in split.items())
                 print(f"{row['name']} {mode}: {ms:.1f} ms per step, GPU kernels {gpu_ms:.1f} ms "
-                      f"({gpu_ms / ms:.0%})\n{table}", flush=True)
+                      f"({gpu_ms / ms:.0%}): {shares}\n{table}", flush=True)
         except torch.OutOfMemoryError:
             row[f"{mode}_per_s"] = "OOM"
         except Exception as exc:  # a peer that cannot take the size: record why, go on with the table
@@ -213,16 +215,41 @@ def measure(case: Case, args) -> dict:
     return row
 
 
-def _profiled(step, top: int) -> tuple[float, str]:
-    """GPU kernel milliseconds of one ``step`` and a table of its ``top`` kernels by CUDA time (torch profiler)."""
+# kernel classes of the profile split, first match wins: (class, pattern of the kernel name)
+KERNEL_CLASSES = [
+    ("ours (Triton)", re.compile(r"^_(scan|conv|layer_norm)\w*_kernel$")),
+    ("FFT", re.compile(r"fft", re.I)),
+    ("attention", re.compile(r"sdpa|flash|fmha|attention", re.I)),
+    ("GEMM", re.compile(r"gemm|nvjet|cutlass|xmma|cublas", re.I)),
+    ("convolution", re.compile(r"conv|dgrad|wgrad|cudnn", re.I)),
+    ("norm", re.compile(r"layer_norm|group_norm|batch_norm|GammaBeta", re.I)),
+    ("reduction", re.compile(r"reduce|softmax|scan_kernel", re.I)),
+    ("element-wise and copies", re.compile(r"elementwise|vectorized|unrolled|copy|fill|index|cat|where|memcpy|"
+                                           r"memset|triton_", re.I)),
+]
+
+
+def kernel_split(times: dict[str, float]) -> dict[str, float]:
+    """Kernel time per class of ``KERNEL_CLASSES`` (plus 'other'), from {kernel name: time}; largest first."""
+    split: dict[str, float] = {}
+    for name, value in times.items():
+        kind = next((kind for kind, pattern in KERNEL_CLASSES if pattern.search(name)), "other")
+        split[kind] = split.get(kind, 0.0) + value
+    return dict(sorted(split.items(), key=lambda item: -item[1]))
+
+
+def _profiled(step, top: int) -> tuple[float, dict[str, float], str]:
+    """GPU kernel milliseconds of one ``step``, their split by kernel class (ms) and a table of its ``top`` kernels by
+    CUDA time (torch profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
     kernels = prof.key_averages()
-    gpu_ms = sum(k.self_device_time_total for k in kernels) / 1e3
-    return gpu_ms, kernels.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=60)
+    times = {k.key: k.self_device_time_total / 1e3 for k in kernels if k.self_device_time_total > 0}
+    table = kernels.table(sort_by="self_cuda_time_total", row_limit=top, max_name_column_width=60)
+    return sum(times.values()), kernel_split(times), table
 
 
 def _fmt(value, digits=0):
@@ -258,7 +285,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, metavar="K",
-                        help="profile one step per mode: GPU kernel time and the K most expensive kernels")
+                        help="profile one step per mode: GPU kernel time, its split by kernel class (FFT, GEMM, "
+                             "element-wise, ...) and the K most expensive kernels")
     parser.add_argument("--out", default="benchmark.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():

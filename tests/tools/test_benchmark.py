@@ -25,6 +25,25 @@ def test_table_shows_gflops_and_step_times(capsys):
     assert lines[-1] == "| vmamba_tiny | 128 x 224 | 30.2 | 4.88 | 6261 | 20.4 | OOM | - | 1.50 | - |"
 
 
+def test_profile_split_sorts_kernels_into_classes():
+    """--profile's split: kernel names as the H100 profiler reports them, summed per class, largest first."""
+    tool = load_tool("benchmark")
+    times = {"void regular_fft<112u, EPT<4u, 7u>, 8u, 7u, (padding_t)14>(...)": 9.4,
+             "void regular_fft_c2r<392u, EPT<7u, 8u>, 1u, 32u>(...)": 4.9,
+             "void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl<...>>(int, ...)": 26.3,
+             "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>(...)": 4.2,
+             "nvjet_sm90_tst_192x192_64x3_2x1_v_bz_coopB_NNN": 5.8,
+             "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3": 14.3,
+             "dgrad2d_c1_k1_nhwc_specialized": 4.75,
+             "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>(...)": 4.4,
+             "void at::native::reduce_kernel<128, 4, at::native::ReduceOp<float>>(...)": 3.6,
+             "_scan_bwd_kernel": 2.0, "_conv_fwd_kernel": 0.5, "some_custom_thing": 0.25}
+    split = tool.kernel_split(times)
+    assert split == pytest.approx({"element-wise and copies": 30.5, "attention": 14.3, "FFT": 14.3, "GEMM": 5.8,
+                     "convolution": 4.75, "norm": 4.4, "reduction": 3.6, "ours (Triton)": 2.5, "other": 0.25})
+    assert list(split)[0] == "element-wise and copies"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given on a machine without a GPU")
 def test_without_a_gpu_it_says_so(monkeypatch):
     tool = load_tool("benchmark")
