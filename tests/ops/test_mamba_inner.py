@@ -107,6 +107,29 @@ def test_recompute_levels_save_less_and_give_the_same_gradients(monkeypatch, aut
             assert torch.equal(grads[name], g0[name]), name
 
 
+@pytest.mark.parametrize("variant", ["triton", "triton-seq", "triton-gpu-plan"])
+def test_states_only_forward_gives_the_training_forwards_states(variant):
+    """scan_fwd_triton(write_y=False), level 2's recompute: the chunk states and last state of the training forward,
+    bitwise, from the chunk kernels and the step-by-step one, without an output."""
+    pytest.importorskip("triton")
+    from vssm.ops.mamba_inner import sequence_paths
+    from vssm.ops.triton.scan import scan_fwd_triton
+
+    g = torch.Generator().manual_seed(11)
+    batch, k, dim, d_state, length = 2, 2, 6, 4, 37
+    args = [torch.randn(batch, k, dim, length, generator=g), torch.randn(batch, k, dim, length, generator=g) - 1,
+            -torch.rand(k, dim, d_state, generator=g), torch.randn(batch, k, 1, d_state, length, generator=g),
+            torch.randn(batch, k, 1, d_state, length, generator=g), torch.randn(k, dim, generator=g),
+            torch.randn(batch, dim, length, generator=g), torch.randn(k, dim, generator=g)]
+    args = [t.to(KERNEL_DEVICE) for t in args] + [sequence_paths(k, length, torch.device(KERNEL_DEVICE))]
+    options = dict(delta_softplus=True, merge=True, params_at_step=False, save_states=True, a_nonpositive=True)
+    with backend(variant):
+        y, last, states = scan_fwd_triton(*args, **options)
+        none, last_only, states_only = scan_fwd_triton(*args, **options, write_y=False)
+    assert y.shape == (batch, dim, length) and none is None
+    assert states.numel() > 0 and torch.equal(states_only, states) and torch.equal(last_only, last)
+
+
 def test_activation_recompute_reaches_every_mixer():
     from vssm.layers.mamba_mixer import set_activation_recompute
 

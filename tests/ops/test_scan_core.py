@@ -52,7 +52,7 @@ def test_kernel_launchers_take_flags_by_keyword_only():
     from vssm.ops.triton.layer_norm import layer_norm_bwd_triton, layer_norm_fwd_triton
     from vssm.ops.triton.scan import scan_bwd_triton, scan_fwd_triton
 
-    flags = {scan_fwd_triton: {"delta_softplus", "merge", "params_at_step", "save_states", "a_nonpositive"},
+    flags = {scan_fwd_triton: {"delta_softplus", "merge", "params_at_step", "save_states", "a_nonpositive", "write_y"},
              scan_bwd_triton: {"delta_softplus", "merge", "params_at_step", "a_nonpositive", "grad_BC_into",
                                "accumulators", "dz_into"},
              causal_conv1d_fwd_triton: {"silu"}, causal_conv1d_bwd_triton: {"silu", "dx_into"},

@@ -16,7 +16,8 @@ backend may scan small N associatively.
 ``recompute`` trades the fused node's saved activations (per token: xz 2E, xs and delta K * E each in the matmul
 dtype; the scan's float32 chunk states K * E * N * 4 / chunk bytes, the largest) for work in the backward: 0 saves
 all; 1 (the default, mamba_ssm's ``checkpoint_lvl=1``) recomputes xs by the conv and delta by its small GEMM; 2 also
-runs the scan's forward again to get its chunk states instead of keeping them. The recomputed tensors are bitwise the
+runs the scan's forward again for its chunk states alone (no output written; C, D and z not read) instead of keeping
+them. The recomputed tensors are bitwise the
 saved ones, so every level gives the same gradients.
 
 ``mamba_inner_composed`` writes this with PyTorch ops around ``causal_conv1d`` and ``multi_scan``; it is what the CPU,
@@ -259,7 +260,7 @@ class _FusedMambaInner(torch.autograd.Function):
             if states is None:  # recompute 2: the scan's forward again, for its chunk states
                 _, _, states = scan_fwd_triton(xs, delta4, A, B, C, D_scaled, z, dt_proj_bias.float(), paths,
                                                delta_softplus=True, merge=True, params_at_step=False,
-                                               save_states=True, a_nonpositive=True)
+                                               save_states=True, a_nonpositive=True, write_y=False)
             dout = dout.reshape(batch * length, dim).to(dtype)
             dw_out = torch.mm(dout.t(), y_flat.t())  # (dim, E)
             dy = torch.mm(w_out.t(), dout.t()).view(inner, batch, length).transpose(0, 1)  # (B, E, L), dim-major

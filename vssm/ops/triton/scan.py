@@ -251,11 +251,12 @@ def _scan_fwd_kernel(
         sz_b, sz_d, sz_l, sy_b, sy_k, sy_d, sy_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, MERGE_ATOMIC: tl.constexpr,
-        SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
+        SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr, TILE_ONE_GROUP: tl.constexpr, WRITE_Y: tl.constexpr,
         STATES_MIDDLE: tl.constexpr, STEPS_IN_THREAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
         CHUNK: tl.constexpr):
     """Forward by chunks of CHUNK steps; a training forward saves the state before every SAVE_EVERY steps (CHUNK is
-    a multiple of SAVE_EVERY) into ``states`` (batch, K, dim, n_states, N). Tile layouts as in the backward."""
+    a multiple of SAVE_EVERY) into ``states`` (batch, K, dim, n_states, N). Tile layouts as in the backward. Without
+    WRITE_Y only the states (and the last state) are written: no output, so C, D and z are never read."""
     S_AXIS: tl.constexpr = 1 if STATES_MIDDLE else 2  # the states axis of the 3-D tiles
     pid_d = tl.program_id(0)
     pid_bk = tl.program_id(1)
@@ -307,25 +308,26 @@ def _scan_fwd_kernel(
         else:  # the chunk spans lanes: Triton's scan combines the lanes' partial chunks
             acc_a, acc_b = tl.associative_scan((decay, inp), 0, _affine_combine)
             hs = acc_a * h[None, :, :] + acc_b
-        y = tl.sum(hs * Ct, axis=S_AXIS)
         h = _at_step(hs, CHUNK - 1)
         if SAVE_STATES:
             for s in tl.static_range(1, SAVES):  # the states inside the chunk (each thread holds its whole chunk)
                 idx = _ch_st(offs_d * 0, c * SAVES + s + offs_n * 0, STATES_MIDDLE)[1]  # the state index
                 tl.store(state_base + idx * N, _at_step(hs, s * SAVE_EVERY - 1), mask=mask_dn & (idx < n_states))
-        if HAS_D:
-            y += u * Dv[None, :]
-        m_out = valid[:, None] & mask_d[None, :]
-        if HAS_Z:
-            zt = tl.load(z_ptr + pid_b * sz_b + pos[:, None] * sz_l + offs_d[None, :] * sz_d, mask=m_out,
-                         other=0.0).to(tl.float32)
-            y = y * zt * tl.sigmoid(zt)
-        if MERGE_ATOMIC:
-            tl.atomic_add(y_ptr + pid_b * sy_b + pos[:, None] * sy_l + offs_d[None, :] * sy_d, y, mask=m_out,
-                          sem="relaxed")
-        else:
-            tl.store(y_ptr + pid_b * sy_b + pid_k * sy_k + pos[:, None] * sy_l + offs_d[None, :] * sy_d,
-                     y.to(y_ptr.dtype.element_ty), mask=m_out)
+        if WRITE_Y:
+            y = tl.sum(hs * Ct, axis=S_AXIS)
+            if HAS_D:
+                y += u * Dv[None, :]
+            m_out = valid[:, None] & mask_d[None, :]
+            if HAS_Z:
+                zt = tl.load(z_ptr + pid_b * sz_b + pos[:, None] * sz_l + offs_d[None, :] * sz_d, mask=m_out,
+                             other=0.0).to(tl.float32)
+                y = y * zt * tl.sigmoid(zt)
+            if MERGE_ATOMIC:
+                tl.atomic_add(y_ptr + pid_b * sy_b + pos[:, None] * sy_l + offs_d[None, :] * sy_d, y, mask=m_out,
+                              sem="relaxed")
+            else:
+                tl.store(y_ptr + pid_b * sy_b + pid_k * sy_k + pos[:, None] * sy_l + offs_d[None, :] * sy_d,
+                         y.to(y_ptr.dtype.element_ty), mask=m_out)
         u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = (
             u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
     tl.store(last_ptr + seq * N + n2, h, mask=mask_dn)
@@ -384,9 +386,10 @@ def _scan_fwd_seq_kernel(
         sz_b, sz_d, sz_l, sy_b, sy_k, sy_d, sy_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, MERGE_ATOMIC: tl.constexpr,
-        SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
+        SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr, TILE_ONE_GROUP: tl.constexpr, WRITE_Y: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Forward, one step at a time: the [BLOCK_D, N] state stays in registers, each step loads one token."""
+    """Forward, one step at a time: the [BLOCK_D, N] state stays in registers, each step loads one token (WRITE_Y as
+    in ``_scan_fwd_kernel``)."""
     pid_d = tl.program_id(0)
     pid_bk = tl.program_id(1)
     pid_b = pid_bk // K
@@ -434,16 +437,17 @@ def _scan_fwd_seq_kernel(
         if SOFTPLUS:
             dtf = _softplus(dtf)
         h = tl.exp2(dtf[:, None] * A2) * h + (dtf * uf)[:, None] * Bt.to(tl.float32)
-        y = tl.sum(h * Ct.to(tl.float32), axis=1)
-        if HAS_D:
-            y += Dv * uf
-        if HAS_Z:
-            zt = tl.load(z_base + pos * sz_l, mask=m_u, other=0.0).to(tl.float32)
-            y = y * zt * tl.sigmoid(zt)
-        if MERGE_ATOMIC:
-            tl.atomic_add(y_base + pos * sy_l, y, mask=m_u, sem="relaxed")
-        else:
-            tl.store(y_base + pos * sy_l, y.to(y_ptr.dtype.element_ty), mask=m_u)
+        if WRITE_Y:
+            y = tl.sum(h * Ct.to(tl.float32), axis=1)
+            if HAS_D:
+                y += Dv * uf
+            if HAS_Z:
+                zt = tl.load(z_base + pos * sz_l, mask=m_u, other=0.0).to(tl.float32)
+                y = y * zt * tl.sigmoid(zt)
+            if MERGE_ATOMIC:
+                tl.atomic_add(y_base + pos * sy_l, y, mask=m_u, sem="relaxed")
+            else:
+                tl.store(y_base + pos * sy_l, y.to(y_ptr.dtype.element_ty), mask=m_u)
         u, dt, Bt, Ct, pos, m_u = u_nx, dt_nx, B_nx, C_nx, pos_nx, m_u_nx
     tl.store(last_ptr + ((pid_b * K + pid_k) * dim + offs_d[:, None]) * N + offs_n[None, :], h, mask=mask_dn)
 
@@ -666,10 +670,12 @@ def _path_arg(paths: Tensor | None, dummy: Tensor) -> Tensor:
 
 def scan_fwd_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
                     delta_bias: Tensor | None, paths: Tensor | None, *, delta_softplus: bool, merge: bool,
-                    params_at_step: bool, save_states: bool, a_nonpositive: bool) -> tuple[Tensor, Tensor, Tensor]:
+                    params_at_step: bool, save_states: bool, a_nonpositive: bool,
+                    write_y: bool = True) -> tuple[Tensor | None, Tensor, Tensor]:
     """Launch the forward of the canonical op (layout in ``vssm.ops.scan_core``). ``save_states``: save the chunk-start
     states the backward needs (a training forward). ``a_nonpositive``: the caller promises A <= 0, which allows the
-    associative chunk recurrences (module docstring, 'Overflow'). Returns (y, last_state, chunk_start_states or
+    associative chunk recurrences (module docstring, 'Overflow'). ``write_y=False``: the states alone (a backward that
+    recomputes them; y is None, and C, D and z are not read). Returns (y, last_state, chunk_start_states or
     empty)."""
     check_kernel_dtypes("triton scan", u, delta, B, C, z)
     batch, dim, length, num_directions, d_state, steps, d_per_group = _sizes(u, A, B, paths)
@@ -684,11 +690,13 @@ def scan_fwd_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D
                          f"spacing ({save_every} steps)")
     n_states = cdiv(steps, save_every)
     merge_atomic = merge and num_directions > 1
-    if merge_atomic:
+    last = torch.empty(batch, num_directions, dim, d_state, device=u.device, dtype=torch.float32)
+    if not write_y:
+        y = last.view(batch, num_directions, dim, d_state)  # never written: stands for the output's pointer
+    elif merge_atomic:
         y = empty_in_layout(u, (batch, 1, dim, length), torch.float32, zero=True)
     else:
         y = empty_in_layout(u, (batch, num_directions, dim, length), u.dtype)
-    last = torch.empty(batch, num_directions, dim, d_state, device=u.device, dtype=torch.float32)
     states = torch.empty(batch, num_directions, dim, n_states, d_state, device=u.device,
                          dtype=torch.float32) if save_states else last
     dummy = last
@@ -700,13 +708,15 @@ def scan_fwd_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
                  HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step, MERGE_ATOMIC=merge_atomic,
                  SAVE_STATES=save_states, SAVE_EVERY=save_every, TILE_ONE_GROUP=d_per_group % plan.block_d == 0,
-                 BLOCK_D=plan.block_d, BLOCK_N=plan.block_n, num_warps=plan.num_warps)
+                 WRITE_Y=write_y, BLOCK_D=plan.block_d, BLOCK_N=plan.block_n, num_warps=plan.num_warps)
     grid = (plan.d_blocks, batch * num_directions)
     if plan.step_by_step:
         _scan_fwd_seq_kernel[grid](*args, n_states, *strides, **flags)
     else:
         _scan_fwd_kernel[grid](*args, plan.n_chunks, n_states, *strides, CHUNK=chunk, **flags, **plan.options)
-    if merge:
+    if not write_y:
+        y = None
+    elif merge:
         y = _cast(y[:, 0], u.dtype)
     return y, last, states if save_states else last.new_empty(0)
 
