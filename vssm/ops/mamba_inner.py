@@ -17,8 +17,7 @@ backend may scan small N associatively.
 dtype; the scan's float32 chunk states K * E * N * 4 / chunk bytes, the largest) for work in the backward: 0 saves
 all; 1 (the default, mamba_ssm's ``checkpoint_lvl=1``) recomputes xs by the conv and delta by its small GEMM; 2 also
 runs the scan's forward again for its chunk states alone (no output written; C, D and z not read) instead of keeping
-them. The recomputed tensors are bitwise the
-saved ones, so every level gives the same gradients.
+them. The recomputed tensors are bitwise the saved ones, so every level gives the same gradients.
 
 ``mamba_inner_composed`` writes this with PyTorch ops around ``causal_conv1d`` and ``multi_scan``; it is what the CPU,
 torch.compile, torch.export, TorchScript, FX and FLOP counting run. On CUDA (or under TRITON_INTERPRET=1) eager calls
