@@ -5,6 +5,7 @@ preprocessing on first use, regions with an ignore label, bad input refused befo
 cosine period, one-pass epochs, binary sigmoid training, the recipe augmentations, the decoder initialisation."""
 import dataclasses
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -731,14 +732,23 @@ def test_dice_bce_needs_a_binary_or_region_dataset(seg_data, tmp_path):
     (["augmentation=rot90_flip_rotate", "patch_size=[32,64]"], "config key 'augmentation' 'rot90_flip_rotate' turns "
                                                                "patches by 90 deg: patch_size must be square"),
     (["iterations_per_epoch=0"], "config key 'iterations_per_epoch' must be a positive integer or None, got 0"),
+    (["activation_recompute=5"], "config key 'activation_recompute' must be 0, 1, 2 or None, got 5"),
 ], ids=["unknown-key", "configuration", "no-raw", "net", "fold", "not-planned", "amp", "batch", "loss", "loss-weights",
-        "t-max", "min-lr", "augmentation", "rot90-square", "iterations"])
+        "t-max", "min-lr", "augmentation", "rot90-square", "iterations", "recompute"])
 def test_config_errors_are_one_line_naming_the_key(seg_data, tmp_path, capsys, options, message):
     config = write_config(tmp_path, seg_config(seg_data))
     status = load_tool("train_seg").main([config, "--work-dir", str(tmp_path / "run"), "--cfg-options", *options])
     err = capsys.readouterr().err.strip()
     assert status == 2 and err.splitlines()[-1].startswith("error: ") and message in err.splitlines()[-1], err
     assert not (tmp_path / "run" / LATEST).exists()
+
+
+def test_activation_recompute_reaches_the_nets_mamba_mixers(seg_data, tmp_path):
+    """The key sets every Mamba mixer of the net (U-Mamba_Bot's bottleneck layers) and the log says how many."""
+    config = write_config(tmp_path, seg_config(seg_data, epochs=1, iterations_per_epoch=1, activation_recompute=2))
+    train_seg(load_seg_config(config), str(tmp_path / "run"))
+    found = re.search(r"activation_recompute=2 on (\d+) Mamba mixer\(s\)", (tmp_path / "run" / "train.log").read_text())
+    assert found and int(found.group(1)) >= 1
 
 
 def test_a_broken_raw_dataset_is_refused_before_training_with_every_problem_by_file(tmp_path, capsys):

@@ -114,6 +114,9 @@ class SegTrainConfig:
     optimizer: SegOptimizerConfig = field(default_factory=SegOptimizerConfig)
     validation: SegValidationConfig = field(default_factory=SegValidationConfig)
     amp: Optional[str] = None  # None (float32) or 'bf16' autocast
+    activation_recompute: Optional[int] = None  # what the Mamba mixers' fused backward recomputes instead of saving
+    #   (vssm.ops.mamba_inner): 0 nothing, 1 the conv output and delta (the default), 2 also the scan's chunk states
+    #   (the least memory); None: the nets' default
     clip_grad: Optional[float] = 12.0  # gradient-norm clipping threshold; None: off
     workers: int = 2  # data-loading worker processes per rank (0: load in the training process)
     preprocess_workers: int = 0  # processes preprocessing the raw cases on first use
@@ -175,6 +178,8 @@ def check_seg_config(cfg: SegTrainConfig) -> None:
         raise UserError(f"config key 'oversample_foreground' must be in [0, 1], got {cfg.oversample_foreground!r}")
     if cfg.amp not in SEG_AMP_DTYPES:
         raise UserError(f"config key 'amp' must be one of {SEG_AMP_DTYPES}, got {cfg.amp!r}")
+    if cfg.activation_recompute not in (None, 0, 1, 2):
+        raise UserError(f"config key 'activation_recompute' must be 0, 1, 2 or None, got {cfg.activation_recompute!r}")
     if cfg.optimizer.name not in OPTIMIZERS:
         raise UserError(f"config key 'optimizer.name' must be one of {OPTIMIZERS}, got {cfg.optimizer.name!r}")
     if cfg.optimizer.schedule not in SCHEDULES:

@@ -71,6 +71,7 @@ from vssm.engine.runtime import (
     process_settings, refuse_nonfinite_weights,
 )
 from vssm.engine.workdir import WorkDirLock
+from vssm.layers.mamba_mixer import set_activation_recompute
 
 from .losses import SegmentationLoss, online_confusion
 from .metrics import class_key, compute_metrics, summarize, write_summary_json
@@ -623,6 +624,10 @@ class _SegTrainer:
                             f"{self.plans_path}: {error}") from None
         if cfg.init_decoder_from_encoder:
             self._init_decoder_from_encoder()
+        if cfg.activation_recompute is not None:
+            mixers = set_activation_recompute(self.model, cfg.activation_recompute)
+            self.logger.info(f"activation_recompute={cfg.activation_recompute} on {mixers} Mamba mixer(s)"
+                             + ("" if mixers else ": this net has none, so it changes nothing"))
         self.model.to(ctx.device)
         scales = self.model.deep_supervision_scales(self.patch_size) if cfg.deep_supervision else None
         self.batch_dice = cfg.batch_dice
