@@ -14,7 +14,8 @@ import torch
 
 from tests.tools.helpers import load_tool
 from vssm.ops import scan_paths
-from vssm.ops.onnx_scan import parallel_linear_scan, scan_fwd_parallel
+from vssm.ops.onnx_scan import CHUNK, scan_fwd_parallel
+from vssm.ops.scan_reference import selective_scan_ref
 from vssm.ops.scan_core import scan_core_torch
 
 pytest.importorskip("onnx")
@@ -70,7 +71,7 @@ SCAN_CASES = [  # (kind, grid, options, groups, params_at_step)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", SCAN_CASES, ids=[f"{c[0]}-g{c[3]}{'-step' if c[4] else ''}" for c in SCAN_CASES])
 @pytest.mark.parametrize("merge", [True, False], ids=["merge", "split"])
-@pytest.mark.parametrize("chunk", [4, 8, 16])
+@pytest.mark.parametrize("chunk", [4, 8, 16, 32])
 def test_parallel_scan_matches_reference(case, dtype, merge, chunk):
     """``scan_fwd_parallel`` == the sequential reference (``selective_scan_ref`` behind the canonical op), outputs and
     last states, for paths with and without padding, groups, per-step parameters, chunks that do and do not divide L."""
@@ -88,19 +89,50 @@ def test_parallel_scan_matches_reference(case, dtype, merge, chunk):
 
 def test_parallel_scan_long_sequence_stays_finite():
     """VMamba's first-stage length with strong decays (the closed form's exp(-cumsum) would overflow float32 within a
-    chunk): states match a float64 sequential recurrence."""
+    chunk): float32 outputs and last states match the float64 sequential reference."""
     g = torch.Generator().manual_seed(0)
-    length = 3136
-    a = torch.exp(-torch.rand(2, 3, length, generator=g, dtype=torch.float64) * 8)  # decays down to e^-8 a step
-    b = torch.randn(2, 3, length, generator=g, dtype=torch.float64)
-    h, expected = torch.zeros(2, 3, dtype=torch.float64), []
-    for t in range(length):
-        h = a[..., t] * h + b[..., t]
-        expected.append(h)
-    expected = torch.stack(expected, -1)
-    got = parallel_linear_scan(a.float(), b.float())
-    assert torch.isfinite(got).all()
-    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    b, d, n, length = 2, 3, 4, 3136
+    u = torch.randn(b, 1, d, length, generator=g, dtype=torch.float64)
+    delta = torch.rand(b, 1, d, length, generator=g, dtype=torch.float64) * 4  # decays down to e^-8 a step
+    A = -(torch.rand(1, d, n, generator=g, dtype=torch.float64) + 1)
+    B = torch.randn(b, 1, 1, n, length, generator=g, dtype=torch.float64)
+    C = torch.randn(b, 1, 1, n, length, generator=g, dtype=torch.float64)
+    y_ref, last_ref = selective_scan_ref(u[:, 0], delta[:, 0], A[0], B[:, 0], C[:, 0], return_last_state=True)
+    y, last, _ = scan_fwd_parallel(*(t.float() for t in (u, delta, A, B, C)), None, None, None, None, False, True,
+                                   False)
+    assert torch.isfinite(y).all() and torch.isfinite(last).all()
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last[:, 0].double(), last_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_parallel_scan_softplus_is_exact_for_large_deltas():
+    """The lowered softplus (max(x, 0) + log1p(exp(-|x|))) equals F.softplus to float32 rounding on both sides of its
+    threshold, and stays finite for deltas far beyond exp's range."""
+    g = torch.Generator().manual_seed(1)
+    b, d, n, length = 1, 3, 2, 9
+    delta = torch.tensor([-200.0, -30.0, -5.0, -0.1, 0.0, 0.1, 5.0, 30.0, 200.0]).expand(b, 1, d, length)
+    args = dict(u=torch.randn(b, 1, d, length, generator=g), delta=delta, A=-torch.rand(1, d, n, generator=g) * 0.01,
+                B=torch.randn(b, 1, 1, n, length, generator=g), C=torch.randn(b, 1, 1, n, length, generator=g))
+    y_ref, last_ref = scan_core_torch(*args.values(), None, None, None, None, delta_softplus=True, merge=True,
+                                      params_at_step=False, backend="ref")
+    y, last, _ = scan_fwd_parallel(*args.values(), None, None, None, None, True, True, False, chunk=4)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, last_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_parallel_scan_graph_never_holds_the_state_sequence():
+    """The lowered scan builds no (batch, K, d, N, L) tensor: no intermediate of the traced graph is larger than its
+    largest operand ((K, d, L) delta or (K, N, L) B), 1 / min(d, N) of the state sequence."""
+    b, k, d, n, length = 1, 2, 8, 16, 4 * CHUNK
+    g = torch.Generator().manual_seed(0)
+    args = (torch.randn(b, 1, d, length, generator=g), torch.randn(b, k, d, length, generator=g),
+            -torch.rand(k, d, n, generator=g), torch.randn(b, k, 1, n, length, generator=g),
+            torch.randn(b, k, 1, n, length, generator=g))
+    graph = torch.fx.experimental.proxy_tensor.make_fx(
+        lambda u, delta, A, B, C: scan_fwd_parallel(u, delta, A, B, C, None, None, None, None, True, True, False)[0]
+    )(*args)
+    sizes = [node.meta["val"].numel() for node in graph.graph.nodes if isinstance(node.meta.get("val"), torch.Tensor)]
+    assert max(sizes) == max(t.numel() for t in args) < b * k * d * n * length
 
 
 def test_lowering_of_the_gpu_ops():

@@ -9,9 +9,10 @@ the model with ``torch.export`` (the ops stay opaque nodes), then replaces each 
 standard ATen ops (``ExportedProgram.run_decompositions``), and hands the program to the dynamo exporter
 (``torch.onnx.export``), which sees only standard ops:
 
-* the selective scan -> ``vssm.ops.onnx_scan.scan_fwd_parallel``, a two-level parallel scan (Hillis-Steele rounds
-  within chunks of 8 steps and over the chunk totals) with no loop: a graph of bounded size for any L, in element-wise
-  products and sums, slices, pads and gathers that onnxruntime runs vectorised on every core;
+* the selective scan -> ``vssm.ops.onnx_scan.scan_fwd_parallel``: chunks of at most 32 steps run one after the
+  other, all chunks at once, their carries by a Hillis-Steele scan over the chunk totals, the read-out with C inside
+  each chunk; no loop, so a graph of bounded size for any L, in element-wise products and sums, slices, pads and
+  gathers that onnxruntime runs vectorised on every core;
 * the causal conv -> ``causal_conv1d_ref``: a padded depthwise (grouped) ONNX Conv per direction;
 * our LayerNorm / RMSNorm -> ``layer_norm_ref`` / ``rms_norm_ref``: ONNX LayerNormalization, and the RMSNorm's six
   element-wise ops.
@@ -256,8 +257,8 @@ def _metadata(model: nn.Module, name: str, input_shape: tuple, dynamic_batch: bo
                  "scan paths and position embeddings are built for one grid")
     lowering = ("S4ND kernels computed at export, FFT convolution -> depthwise Conv per axis; layer norm -> "
                 "LayerNormalization" if s4nd else
-                "vssm::scan_fwd -> two-level parallel scan (vssm.ops.onnx_scan); causal conv -> Conv; "
-                "layer norm -> LayerNormalization")
+                "vssm::scan_fwd -> chunked scan with carries over the chunks (vssm.ops.onnx_scan); "
+                "causal conv -> Conv; layer norm -> LayerNormalization")
     meta = {
         "model_name": name,
         "input_layout": "NCTHW" if video else "NCHW",

@@ -2,23 +2,27 @@
 for exporters (ONNX) that cannot run a custom kernel.
 
 The references loop over tokens: traced, that is L steps of ops in the graph (L = 3136 for VMamba's first stage).
-Here the recurrence h_t = a_t h_(t-1) + b_t (a_t = exp(delta_t A), b_t = delta_t B_t u_t) is a two-level scan whose
-graph has T + 2 log2(L / T) steps, not L:
+Here the recurrence h_t = a_t h_(t-1) + b_t (a_t = exp(delta_t A), b_t = delta_t B_t u_t; h is (d, N) per batch
+element and direction) and its read-out y_t = C_t . h_t run over C = ceil(L / T) chunks of equal length (at most
+T = 32 steps), all chunks at once, in a graph of 2 T + log2(C) steps:
 
-1. The steps are split into chunks of T = 16 (the last padded with identity steps a = 1, b = 0). Within every chunk
-   at once, the T steps run one after the other (unrolled in the graph: slices of 1/T of the tensor, then one
-   stack), giving each step's state from a zero state at the chunk's start and the product of the chunk's decays up
-   to it.
-2. The chunk totals (the last step of each chunk) are scanned over the chunks by a Hillis-Steele scan (log2(L / T)
-   rounds of padded shifts on a tensor T times smaller), giving the state at the end of every chunk.
-3. h_t = b_t + a_t h(end of the previous chunk), and y_t = C_t . h_t.
+1. Chunk totals. In every chunk but the last, the steps run one after the other (unrolled in the graph) from a zero
+   state, giving the state at the chunk's end; the product of the chunk's decays is exp(A * sum of its deltas).
+2. Carries. A Hillis-Steele scan over these totals (log2(C) rounds of padded shifts on (C, batch, K, N, d) tensors)
+   gives the state entering every chunk (zero for the first).
+3. Outputs. In every chunk the steps run again, now from the chunk's carry, and each step's state is contracted
+   with C_t over N at once: only y, (d, L) values, leaves the chunks, and the last step's state is the last state.
 
-Every factor is a product of decays in [0, 1] or a sum of such products times inputs: nothing grows, unlike the
-closed form exp(cumsum(delta A)) (h0 + cumsum(exp(-cumsum(delta A)) delta B u)), whose exp(-cumsum) overflows float32
-within a few steps for VMamba's and Vim's decays. The work is O(L) element-wise operations in the chunks plus
-O((L / T) log(L / T)) over the chunk totals; every op is an element-wise product or sum, a slice, a stack, a pad, a
-reshape or a gather, which ONNX runtimes run vectorised and multi-threaded. The result matches ``selective_scan_ref`` to rounding (tests/export/test_onnx.py: float64 and
-float32).
+No (d, N, L) tensor is built: a step's decays and inputs are formed from the (d, L) and (N, L) operands when the step
+runs (in step 3 again rather than kept from step 1), so the largest tensors alive are a few (C, batch, K, N, d) step
+slices, d innermost so that every product broadcasts whole rows of channels. Each operand is laid out step-major by
+one 2-D transpose, so that a step's slice is contiguous blocks.
+
+Every factor is a product of decays in [0, 1] or a sum of such products times inputs: a chunk's decay product is
+exp of a sum of non-positive delta A (delta >= 0 after softplus, A = -exp(A_log) < 0), never a ratio, so nothing
+grows, unlike the closed form exp(cumsum(delta A)) (h0 + cumsum(exp(-cumsum(delta A)) delta B u)), whose
+exp(-cumsum) overflows float32 within a few steps for VMamba's and Vim's decays. The result matches
+``selective_scan_ref`` to rounding (tests/export/test_onnx.py: float64 and float32).
 """
 from __future__ import annotations
 
@@ -30,54 +34,86 @@ from torch import Tensor
 
 from .common import compute_dtype
 
-__all__ = ["CHUNK", "parallel_linear_scan", "scan_fwd_parallel"]
+__all__ = ["CHUNK", "scan_fwd_parallel"]
 
-CHUNK = 16  # steps per chunk of the first level, unrolled step by step; log2(L / 16) rounds on 1/16 of the tensors
+CHUNK = 32  # most steps per chunk (each unrolled twice in the graph); a step's slice holds ceil(L / 32) chunks
 
 
-def _scan_rounds(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Inclusive Hillis-Steele scan of (a, b) pairs along the last axis (static size S): log2(S) rounds."""
-    size = a.shape[-1]
+def _step_major(x: Tensor, chunk: int, num_chunks: int, shape: tuple) -> Tensor:
+    """(batch, ...rest, S) -> (S / T, T, *shape), zero-padded to whole chunks, by one 2-D transpose: step t of every
+    chunk is then ``[:, t]``, contiguous blocks of ``shape`` (batch, ...rest). The transpose acts on a flat
+    (batch * prod(rest), S) view, which keeps graph optimizers from moving it onto the products of every step."""
+    pad = num_chunks * chunk - x.shape[-1]
+    if pad:
+        x = F.pad(x, (0, pad))
+    return x.reshape(-1, num_chunks * chunk).t().reshape(num_chunks, chunk, *shape)
+
+
+def _shift_chunks(x: Tensor, shift: int, fill: float) -> Tensor:
+    """x (chunks, ...) moved ``shift`` chunks later along axis 0, the first ``shift`` filled with ``fill``."""
+    return F.pad(x[:-shift], (0, 0) * (x.dim() - 1) + (shift, 0), value=fill)
+
+
+def _chunk_carries(decays: Tensor, ends: Tensor) -> Tensor:
+    """States entering every chunk (C, ...) from the decay products and zero-start end states (C - 1, ...) of all
+    chunks but the last: an inclusive Hillis-Steele scan along axis 0 (log2(C - 1) rounds), shifted by one chunk."""
     shift = 1
-    while shift < size:
-        # step t composes its span with the span ending at t - shift, an identity (a = 1, b = 0) before the start:
-        # padded shifts, so each round is a few whole-tensor element-wise ops and no concatenation
-        b = torch.addcmul(b, a, F.pad(b[..., :-shift], (shift, 0)))
-        a = a * F.pad(a[..., :-shift], (shift, 0), value=1.0)
+    while shift < ends.shape[0]:
+        # chunk c composes its span with the span ending at chunk c - shift (an identity a = 1, b = 0 before the first)
+        ends = torch.addcmul(ends, decays, _shift_chunks(ends, shift, 0.0))
+        decays = decays * _shift_chunks(decays, shift, 1.0)
         shift *= 2
-    return a, b
+    return F.pad(ends, (0, 0) * (ends.dim() - 1) + (1, 0))
 
 
-def _steps_in_chunk(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Inclusive scan of (a, b) pairs along the last axis (static size T, small) step by step, unrolled: T - 1 steps
-    of whole-slice products and sums over every chunk at once. Returns (decay products, states from a zero state)."""
-    decays, states = [a[..., 0]], [b[..., 0]]
-    for t in range(1, a.shape[-1]):
-        states.append(torch.addcmul(b[..., t], a[..., t], states[-1]))
-        decays.append(a[..., t] * decays[-1])
-    return torch.stack(decays, -1), torch.stack(states, -1)
+def _chunked_scan(delta: Tensor, x: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """y_t = C_t . h_t with h_t = exp(delta_t A) h_(t-1) + x_t B_t, h_(-1) = 0 (module docstring), for groups G of
+    d / G channels sharing B and C.
+
+    delta, x: (batch, K, d, S); A: (K, d, N); B, C: (batch, K, G, N, S). Returns y (batch, K, d, S) and the last state
+    (batch, K, d, N). Inside, a state is (chunks, batch, K, G, N, d / G): d innermost, so that every product
+    broadcasts whole rows of d / G channels and the read-out sums rows over N."""
+    batch, num_directions, dim, steps = delta.shape
+    groups, d_state = B.shape[2], B.shape[3]
+    num_chunks = -(-steps // max(1, chunk))
+    chunk = -(-steps // num_chunks)  # chunks of equal length, at most T: padding below one step per chunk
+    # padded steps have delta = 0 and x = 0: decay 1 and input 0, identity steps that keep the state
+    channels = (-1, num_directions, groups, 1, dim // groups)  # a step of delta and x: (C, b, K, G, 1, d/G)
+    delta = _step_major(delta, chunk, num_chunks, channels)
+    x = _step_major(x, chunk, num_chunks, channels)
+    B = _step_major(B, chunk, num_chunks, (-1, num_directions, groups, d_state, 1))  # a step: (C, b, K, G, N, 1)
+    C = _step_major(C, chunk, num_chunks, (-1, num_directions, groups, d_state, 1))
+    A = A.unflatten(1, (groups, dim // groups)).transpose(-1, -2)  # (K, G, N, d/G)
+
+    def factors(delta_t: Tensor, x_t: Tensor, B_t: Tensor) -> tuple[Tensor, Tensor]:
+        """Decay exp(delta_t A) and input x_t B_t of one step: (chunks, b, K, G, N, d/G) each."""
+        return torch.exp(delta_t * A), x_t * B_t
+
+    state = None
+    if num_chunks > 1:  # 1. end states from a zero start and decay products, for every chunk but the last
+        head = num_chunks - 1
+        for delta_t, x_t, B_t in zip(delta[:head].unbind(1), x[:head].unbind(1), B[:head].unbind(1)):
+            a, b = factors(delta_t, x_t, B_t)
+            state = b if state is None else torch.addcmul(b, a, state)
+        # the product of a chunk's decays, exp of the chunk's sum of delta A (<= 0 for A <= 0 <= delta): no ratio
+        decay = torch.exp(delta[:head].sum(1) * A)
+        state = _chunk_carries(decay, state)  # 2. (C, b, K, G, N, d/G) state entering each chunk
+    ys = []
+    for delta_t, x_t, B_t, C_t in zip(delta.unbind(1), x.unbind(1), B.unbind(1), C.unbind(1)):
+        a, b = factors(delta_t, x_t, B_t)  # 3. every chunk from its carry, each step read out with C at once
+        state = b if state is None else torch.addcmul(b, a, state)
+        read = state * C_t
+        ys.append(read.sum(-2) if d_state > 1 else read.squeeze(-2))  # (C, b, K, G, d/G)
+    y = torch.stack(ys, 1).reshape(num_chunks * chunk, -1).t().reshape(batch, num_directions, dim, -1)
+    last = state[-1].transpose(-1, -2).reshape(batch, num_directions, dim, d_state)
+    return y[..., :steps], last
 
 
-def parallel_linear_scan(a: Tensor, b: Tensor, chunk: int = CHUNK) -> Tensor:
-    """All states h_t = a_t h_(t-1) + b_t (h_(-1) = 0) of (..., S) decays ``a`` and inputs ``b``, as (..., S).
-
-    A two-level scan (module docstring) with a static S and any leading shape (dynamic sizes allowed)."""
-    steps = a.shape[-1]
-    chunk = max(1, min(chunk, steps))
-    num_chunks = -(-steps // chunk)
-    pad = num_chunks * chunk - steps
-    if pad:  # identity steps: they keep the state
-        a = F.pad(a, (0, pad), value=1.0)
-        b = F.pad(b, (0, pad), value=0.0)
-    a = a.unflatten(-1, (num_chunks, chunk))  # (..., S / T, T)
-    b = b.unflatten(-1, (num_chunks, chunk))
-    a, b = _steps_in_chunk(a, b)  # within each chunk, from a zero state at its start
-    if num_chunks > 1:
-        _, ends = _scan_rounds(a[..., -1], b[..., -1])  # (..., S / T) state at the end of each chunk
-        carry = F.pad(ends[..., :-1], (1, 0))  # state entering each chunk
-        b = torch.addcmul(b, a, carry.unsqueeze(-1))
-    h = b.flatten(-2)
-    return h[..., :steps] if pad else h
+def _softplus(x: Tensor) -> Tensor:
+    """log(1 + exp(x)) as max(x, 0) + log1p(exp(-|x|)): F.softplus to rounding for every x (no overflow; no threshold,
+    above which F.softplus returns x), in element-wise ops that onnxruntime runs vectorised (its Softplus kernel and
+    the Where of a threshold run element by element)."""
+    return F.relu(x) + torch.log1p(torch.exp(-x.abs()))
 
 
 def _gather_path(x: Tensor, paths: Tensor, num_directions: int) -> Tensor:
@@ -104,13 +140,12 @@ def scan_fwd_parallel(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                       z: Optional[Tensor], delta_bias: Optional[Tensor], paths: Optional[Tensor], delta_softplus: bool,
                       merge: bool, params_at_step: bool, save_states: bool = False, backend: str = "torch",
                       a_nonpositive: bool = False, chunk: int = CHUNK) -> tuple[Tensor, Tensor, Tensor]:
-    """``vssm::scan_fwd`` (same arguments, same outputs: y, last state, an empty saved-states tensor) computed with
-    ``parallel_linear_scan``; ``save_states``, ``backend`` and ``a_nonpositive`` are accepted and ignored: the
-    parallel form takes the decays to be <= 1 (module docstring), as the exported models' A = -exp(A_log) gives.
-    Layout: ``vssm.ops.scan_core``."""
+    """``vssm::scan_fwd`` (same arguments, same outputs: y, last state, an empty saved-states tensor) computed by the
+    chunked scan of the module docstring; ``save_states``, ``backend`` and ``a_nonpositive`` are accepted and
+    ignored: the chunked form takes the decays to be <= 1 (module docstring), as the exported models'
+    A = -exp(A_log) gives. Layout: ``vssm.ops.scan_core``."""
     batch, _, dim, length = u.shape
-    num_directions, _, d_state = A.shape
-    groups = B.shape[2]
+    num_directions = A.shape[0]
     out_dtype = u.dtype
     dtype = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
@@ -126,14 +161,9 @@ def scan_fwd_parallel(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     if delta_bias is not None:
         delta = delta + delta_bias.to(dtype)[None, :, :, None]
     if delta_softplus:
-        delta = F.softplus(delta)
+        delta = _softplus(delta)
     delta = delta.expand(batch, num_directions, dim, steps)
-    decay = torch.exp(delta.unsqueeze(-2) * A[None, :, :, :, None])  # (b, K, d, N, S)
-    x = (delta * u).unflatten(2, (groups, dim // groups)).unsqueeze(-2)  # (b, K, G, d/G, 1, S)
-    inputs = (x * B.unsqueeze(3)).flatten(2, 3)  # (b, K, d, N, S)
-    h = parallel_linear_scan(decay, inputs, chunk)  # (b, K, d, N, S)
-    last = h[..., -1]  # (b, K, d, N)
-    y = (h.unflatten(2, (groups, dim // groups)) * C.unsqueeze(3)).sum(-2).flatten(2, 3)  # (b, K, d, S)
+    y, last = _chunked_scan(delta, delta * u, A, B, C, chunk)  # (b, K, d, S), (b, K, d, N)
     if D is not None:
         y = y + D.to(dtype)[None, :, :, None] * u
     if paths is not None:
