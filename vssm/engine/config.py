@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from vssm.data.video import VideoProtocol, video_protocol
+from vssm.ops.mamba_inner import RECOMPUTE_LEVELS
 
 from .errors import UserError
 
@@ -266,8 +267,9 @@ def _check(cfg: TrainConfig) -> None:
     if not isinstance(cfg.data.measure_pipeline, int) or cfg.data.measure_pipeline < 0:
         raise UserError(f"config key 'data.measure_pipeline' must be a number of batches >= 0, got "
                         f"{cfg.data.measure_pipeline!r}")
-    if cfg.activation_recompute not in (None, 0, 1, 2):
-        raise UserError(f"config key 'activation_recompute' must be 0, 1, 2 or None, got {cfg.activation_recompute!r}")
+    if cfg.activation_recompute is not None and cfg.activation_recompute not in RECOMPUTE_LEVELS:
+        raise UserError(f"config key 'activation_recompute' must be {', '.join(map(str, RECOMPUTE_LEVELS))} or None, "
+                        f"got {cfg.activation_recompute!r}")
     if cfg.fsdp and cfg.ema.enable:
         raise UserError("config keys 'fsdp' and 'ema.enable' cannot both be set (the EMA copy would not be sharded)")
     _check_final_test(cfg)

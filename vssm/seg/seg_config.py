@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 
 from vssm.engine.config import build_dataclass, read_config_file
 from vssm.engine.errors import UserError
+from vssm.ops.mamba_inner import RECOMPUTE_LEVELS
 
 SEG_AMP_DTYPES = (None, "bf16")
 CONFIGURATIONS = ("2d", "3d_fullres")
@@ -178,8 +179,9 @@ def check_seg_config(cfg: SegTrainConfig) -> None:
         raise UserError(f"config key 'oversample_foreground' must be in [0, 1], got {cfg.oversample_foreground!r}")
     if cfg.amp not in SEG_AMP_DTYPES:
         raise UserError(f"config key 'amp' must be one of {SEG_AMP_DTYPES}, got {cfg.amp!r}")
-    if cfg.activation_recompute not in (None, 0, 1, 2):
-        raise UserError(f"config key 'activation_recompute' must be 0, 1, 2 or None, got {cfg.activation_recompute!r}")
+    if cfg.activation_recompute is not None and cfg.activation_recompute not in RECOMPUTE_LEVELS:
+        raise UserError(f"config key 'activation_recompute' must be {', '.join(map(str, RECOMPUTE_LEVELS))} or None, "
+                        f"got {cfg.activation_recompute!r}")
     if cfg.optimizer.name not in OPTIMIZERS:
         raise UserError(f"config key 'optimizer.name' must be one of {OPTIMIZERS}, got {cfg.optimizer.name!r}")
     if cfg.optimizer.schedule not in SCHEDULES:
