@@ -53,6 +53,8 @@ def test_unknown_key_is_an_error_naming_it(options, key):
     ({"epochs": 0}, "config key 'epochs'"),
     ({"cpu_threads": 0}, "config key 'cpu_threads'"),
     ({"model.name": None}, "config key 'model.name'"),
+    ({"cuda_graph": "yes"}, "config key 'cuda_graph'"),
+    ({"cuda_graph": 1}, "config key 'cuda_graph'"),
 ])
 def test_bad_values_are_errors(options, message):
     with pytest.raises(UserError, match=message):

@@ -175,11 +175,14 @@ def test_activation_recompute_reaches_the_mamba_mixers(tmp_path, image_root, mod
 
 
 def test_cuda_graph_on_the_cpu_trains_eagerly_and_says_why_in_one_line(tmp_path, image_root):
-    eager = run(tmp_path, "eager", image_root, data=SYNTHETIC)
+    eager = run(tmp_path, "eager", image_root, data=SYNTHETIC, cuda_graph=False)
     graph = run(tmp_path, "graph", image_root, data=SYNTHETIC, cuda_graph=True)
     log = (graph / "train.log").read_text()
     assert log.count("cuda_graph:") == 1 and "cuda_graph: not used (the device is cpu); the step runs eagerly" in log
     assert_same_weights(graph, eager)
+    default = run(tmp_path, "default", image_root, data=SYNTHETIC)  # cuda_graph None: where it can, silently not here
+    assert "cuda_graph:" not in (default / "train.log").read_text()
+    assert_same_weights(default, eager)
 
 
 @pytest.mark.parametrize("options, distributed, reason", [
@@ -228,8 +231,8 @@ def test_cuda_graph_step_follows_the_eager_step_on_the_gpu(tmp_path, image_root,
     options = dict(data=SYNTHETIC[:-1] + ", synthetic_train_size=32)", clip_grad=1.0, device="'cuda'",
                    mixup="dict(mixup_alpha=0.8, cutmix_alpha=1.0)",
                    optimizer=f"dict(opt='{opt}', lr=1e-2, weight_decay=0.05)")
-    eager = run(tmp_path, "eager", image_root, **options)
-    graph = run(tmp_path, "graph", image_root, cuda_graph=True, **options)
+    eager = run(tmp_path, "eager", image_root, cuda_graph=False, **options)
+    graph = run(tmp_path, "graph", image_root, **options)  # the default captures on one GPU
     assert "cuda_graph: captured the training step after 3 eager steps" in (graph / "train.log").read_text()
     assert step_losses(graph) == pytest.approx(step_losses(eager), rel=1e-4) and len(step_losses(eager)) == 8
     actual = weights(graph)

@@ -184,10 +184,11 @@ class TrainConfig:
     compile: Optional[str] = None  # torch.compile backend ('inductor'); None: eager
     compile_mode: Optional[str] = None  # torch.compile mode with compile='inductor': 'reduce-overhead' (CUDA graphs),
     #                                     'max-autotune', 'max-autotune-no-cudagraphs'; None: the default mode
-    cuda_graph: bool = False  # capture the training step (forward, loss, backward, clipping, optimizer step) in a CUDA
-    #   graph after 3 eager warm-up steps and replay it: no per-step host dispatch. Needs one process on a GPU, amp None
-    #   or 'bf16', grad_accum_steps 1, nonfinite 'stop', no compile, opt 'adam', 'adamw', 'sgd' or 'momentum';
-    #   otherwise (or if the capture fails) the run says why in one log line and trains eagerly
+    cuda_graph: Optional[bool] = None  # capture the training step (forward, loss, backward, clipping, optimizer step)
+    #   in a CUDA graph after 3 eager warm-up steps and replay it: no per-step host dispatch. Needs one process on a GPU,
+    #   amp None or 'bf16', grad_accum_steps 1, nonfinite 'stop', no compile, opt 'adam', 'adamw', 'sgd' or 'momentum'.
+    #   None (the default): on wherever these hold, else eager (on a GPU one log line says why); True: the same, with
+    #   a warning where they do not hold; False: always eager. A capture that fails trains eagerly and says why
     grad_checkpointing: bool = False  # recompute activations in backward (model.set_grad_checkpointing)
     activation_recompute: Optional[int] = None  # what the Mamba mixers' fused backward recomputes instead of saving
     #   (vssm.ops.mamba_inner): 0 nothing, 1 the conv output and delta (the models' default), 2 also the scan's chunk
@@ -270,6 +271,9 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.activation_recompute is not None and cfg.activation_recompute not in RECOMPUTE_LEVELS:
         raise UserError(f"config key 'activation_recompute' must be {', '.join(map(str, RECOMPUTE_LEVELS))} or None, "
                         f"got {cfg.activation_recompute!r}")
+    if not (cfg.cuda_graph is None or isinstance(cfg.cuda_graph, bool)):
+        raise UserError(f"config key 'cuda_graph' must be None (where the step can be captured), True or False, got "
+                        f"{cfg.cuda_graph!r}")
     if cfg.fsdp and cfg.ema.enable:
         raise UserError("config keys 'fsdp' and 'ema.enable' cannot both be set (the EMA copy would not be sharded)")
     _check_final_test(cfg)

@@ -12,8 +12,8 @@ protocol by tools/eval_video.py's code (``test_best.json``).
 The step keeps the GPU busy: image batches arrive as uint8 and are normalised and randomly erased on the device
 (``DeviceBatches``), Mixup/CutMix mixes the device batch, synthetic splits live on the device (``DeviceSplit``); the
 optimizer is fused on CUDA, clipping and the EMA use multi-tensor kernels, nothing in the step waits for the device
-(the loss is read once per log interval), and ``cuda_graph=True`` replays the whole step from a CUDA graph
-(``vssm.engine.step``).
+(the loss is read once per log interval), and on one GPU the whole step is replayed from a CUDA graph wherever it can
+be captured (``cuda_graph``, ``vssm.engine.step``).
 """
 import contextlib
 import dataclasses
@@ -386,8 +386,9 @@ class _Trainer:
         if ctx.distributed and cfg.fsdp:
             _shard(model)  # before the optimizer and the EMA: sharding replaces the parameters by DTensors
         self.params = trainable(model.parameters())  # what clipping walks at every step
-        self.graph_obstacle = graph_obstacle(cfg, ctx.device, ctx.distributed) if cfg.cuda_graph else None
-        capture = cfg.cuda_graph and self.graph_obstacle is None
+        self.graph_obstacle = (graph_obstacle(cfg, ctx.device, ctx.distributed) if cfg.cuda_graph is not False
+                               else None)
+        capture = cfg.cuda_graph is not False and self.graph_obstacle is None
 
         opt = cfg.optimizer
         global_batch = cfg.batch_size * ctx.world_size * cfg.grad_accum_steps * clips_per_item(cfg.data)
@@ -738,8 +739,10 @@ class _Trainer:
         self.logger.info(f"input pipeline: {self.pipeline}; optimizer {cfg.optimizer.opt} ({self.implementation})")
         if self.recompute_note is not None:
             self.logger.info(self.recompute_note)
-        if self.graph_obstacle is not None:
+        if self.graph_obstacle is not None and cfg.cuda_graph:
             self.logger.warning(f"cuda_graph: not used ({self.graph_obstacle}); the step runs eagerly")
+        elif self.graph_obstacle is not None and self.ctx.device.type == "cuda":
+            self.logger.info(f"cuda_graph: off ({self.graph_obstacle}); the step runs eagerly")
         if cfg.data.measure_pipeline and self.start_epoch < self.total_epochs:
             self._measure_pipeline(cfg.data.measure_pipeline)
         row = rows[-1] if rows else {}
