@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--amp", default="bf16", choices=["bf16", "float32"])
     parser.add_argument("--compile-mode", default=None,
                         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
-    parser.add_argument("--recompute", type=int, default=None, choices=[0, 1, 2],
+    parser.add_argument("--recompute", type=int, default=None, choices=[0, 1, 2, 3],
                         help="the trainer's activation_recompute (the Mamba mixers); default: the models'")
     parser.add_argument("--workers", type=int, default=8, help="loader workers that generate the synthetic data once")
     parser.add_argument("--reference", action="store_true",

@@ -83,7 +83,8 @@ def test_fused_under_bf16_autocast_matches_composed():
 @pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16"])
 def test_recompute_levels_save_less_and_give_the_same_gradients(monkeypatch, autocast):
     """Level 0 saves the conv output, delta and the scan's chunk states; level 1 neither the conv output nor delta;
-    level 2 nor the states: the backward recomputes them bitwise, so outputs and every gradient are identical."""
+    level 2 nor the states; level 3 nor the scan output: the backward recomputes them bitwise, so outputs and every
+    gradient are identical."""
     pytest.importorskip("triton")
     inputs = _inputs(2, 4, 3, 4, 2, 21, seed=7)
     weights = torch.randn(2, 21, 5, dtype=torch.float64, device=KERNEL_DEVICE)
@@ -96,10 +97,10 @@ def test_recompute_levels_save_less_and_give_the_same_gradients(monkeypatch, aut
 
     monkeypatch.setattr(torch.autograd.function.FunctionCtx, "save_for_backward", record)
     results = []
-    for level in (0, 1, 2):
+    for level in (0, 1, 2, 3):
         with backend("triton"), torch.autocast(KERNEL_DEVICE, dtype=torch.bfloat16, enabled=autocast):
             results.append(_run(lambda *a: mamba_inner(*a, recompute=level), inputs, [False, True], "mean", weights))
-    assert len(saved) == 3 and saved[0] > saved[1] > saved[2]
+    assert len(saved) == 4 and saved[0] > saved[1] > saved[2] > saved[3]
     (y0, g0, _), *others = results
     for y, grads, grad_fn in others:
         assert type(grad_fn).__name__ == "_FusedMambaInnerBackward" and torch.equal(y, y0)
@@ -139,7 +140,7 @@ def test_activation_recompute_reaches_every_mixer():
     assert [m.recompute for m in model if isinstance(m, MambaMixer)] == [2, 2]
     assert set_activation_recompute(torch.nn.Linear(2, 2), 0) == 0
     with pytest.raises(ValueError, match="activation recompute level must be one of"):
-        set_activation_recompute(model, 3)
+        set_activation_recompute(model, 4)
 
 
 def test_no_grad_call_builds_no_graph_and_saves_nothing(monkeypatch):
@@ -175,7 +176,7 @@ def test_mixer_runs_the_fused_node_and_the_torch_backend_the_composed_ops():
     (dict(A_log=torch.randn(2, 6)), ValueError, "A_log must be \\(K, E, N\\) = \\(2, 6, N\\)"),
     (dict(out_proj_weight=torch.randn(6, 5)), ValueError, "out_proj_weight must be \\(5, 6\\)"),
     (dict(reverse=[False]), ValueError, "reverse must hold one flag per direction \\(K = 2\\)"),
-    (dict(recompute=3), ValueError, "recompute must be one of \\(0, 1, 2\\), got 3"),
+    (dict(recompute=4), ValueError, "recompute must be one of \\(0, 1, 2, 3\\), got 4"),
     (dict(D=torch.ones(2, 6, dtype=torch.long)), TypeError, "mamba_inner: D must be float32"),
     (dict(conv_bias=torch.ones(2, 6, device="meta")), ValueError, "all tensors must be on one device"),
 ])

@@ -38,7 +38,7 @@ def config(tmp_path, image_root) -> str:
     (["optimizer.lrr=0.1"], ["unknown config key 'optimizer.lrr'"]),
     (["optimizer.opt=adamz"], ["optimizer 'adamz'"]),
     (["batch_size=64"], ["fewer than one optimizer step"]),
-    (["activation_recompute=3"], ["config key 'activation_recompute' must be 0, 1, 2 or None, got 3"]),
+    (["activation_recompute=4"], ["config key 'activation_recompute' must be 0, 1, 2, 3 or None, got 4"]),
 ])
 def test_bad_config_values(tmp_path, capsys, config, options, fragments):
     work_dir = tmp_path / "run"

@@ -732,7 +732,7 @@ def test_dice_bce_needs_a_binary_or_region_dataset(seg_data, tmp_path):
     (["augmentation=rot90_flip_rotate", "patch_size=[32,64]"], "config key 'augmentation' 'rot90_flip_rotate' turns "
                                                                "patches by 90 deg: patch_size must be square"),
     (["iterations_per_epoch=0"], "config key 'iterations_per_epoch' must be a positive integer or None, got 0"),
-    (["activation_recompute=5"], "config key 'activation_recompute' must be 0, 1, 2 or None, got 5"),
+    (["activation_recompute=5"], "config key 'activation_recompute' must be 0, 1, 2, 3 or None, got 5"),
 ], ids=["unknown-key", "configuration", "no-raw", "net", "fold", "not-planned", "amp", "batch", "loss", "loss-weights",
         "t-max", "min-lr", "augmentation", "rot90-square", "iterations", "recompute"])
 def test_config_errors_are_one_line_naming_the_key(seg_data, tmp_path, capsys, options, message):

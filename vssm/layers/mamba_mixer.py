@@ -162,8 +162,8 @@ class MambaBlock(nn.Module):
 
 def set_activation_recompute(model: nn.Module, level: int) -> int:
     """Set what every ``MambaMixer`` of ``model`` recomputes in its backward instead of saving: 0 nothing, 1 the conv
-    output and delta (the default), 2 also the scan's chunk states (``vssm.ops.mamba_inner``). Returns how many
-    mixers there are.
+    output and delta (the default), 2 also the scan's chunk states, 3 also the scan's output (``vssm.ops.mamba_inner``).
+    Returns how many mixers there are.
 
     Raises:
         ValueError: An unknown level.

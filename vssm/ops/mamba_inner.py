@@ -17,7 +17,9 @@ backend may scan small N associatively.
 dtype; the scan's float32 chunk states K * E * N * 4 / chunk bytes, the largest) for work in the backward: 0 saves
 all; 1 (the default, mamba_ssm's ``checkpoint_lvl=1``) recomputes xs by the conv and delta by its small GEMM; 2 also
 runs the scan's forward again for its chunk states alone (no output written; C, D and z not read) instead of keeping
-them. The recomputed tensors are bitwise the saved ones, so every level gives the same gradients.
+them; 3 lets that second forward also write the gated scan output y (E per token in the matmul dtype), which the out
+projection's weight gradient reads, instead of keeping it. The recomputed tensors are bitwise the saved ones, so every
+level gives the same gradients.
 
 ``mamba_inner_composed`` writes this with PyTorch ops around ``causal_conv1d`` and ``multi_scan``; it is what the CPU,
 torch.compile, torch.export, TorchScript, FX and FLOP counting run. On CUDA (or under TRITON_INTERPRET=1) eager calls
@@ -43,7 +45,7 @@ from .scan_paths import build as build_paths
 __all__ = ["mamba_inner", "mamba_inner_composed"]
 
 _MERGES = ("mean", "sum")
-RECOMPUTE_LEVELS = (0, 1, 2)
+RECOMPUTE_LEVELS = (0, 1, 2, 3)
 
 
 def sequence_paths(num_directions: int, length: int, device: torch.device) -> Tensor:
@@ -157,7 +159,7 @@ def mamba_inner(x: Tensor, in_proj_weight: Tensor, conv_weight: Tensor, conv_bia
         reverse: per direction, whether it scans from the sequence's end (its conv too).
         x_proj_weight: (K, R + 2N, E). dt_proj_weight: (K, E, R). A_log: (K, E, N). out_proj_weight: (dim, E).
         merge: 'mean' ((fwd + bwd) / 2, Vim) or 'sum' (VideoMamba) over the directions.
-        recompute: what the fused node's backward recomputes instead of saving (module docstring): 0, 1 or 2.
+        recompute: what the fused node's backward recomputes instead of saving (module docstring): 0, 1, 2 or 3.
 
     Returns:
         (batch, L, dim), in the matmuls' dtype (the autocast dtype under autocast); a batch of 0 gives an empty
@@ -229,8 +231,8 @@ class _FusedMambaInner(torch.autograd.Function):
         if training:
             keep = recompute == 0
             ctx.save_for_backward(tokens, w_in, xz, xs if keep else None, w_x, x_dbl, w_dt, delta4 if keep else None, A,
-                                  B, C, D_scaled, dt_proj_bias, paths, states if recompute < 2 else None, y_flat,
-                                  w_out, conv_weight, conv_bias)
+                                  B, C, D_scaled, dt_proj_bias, paths, states if recompute < 2 else None,
+                                  y_flat if recompute < 3 else None, w_out, conv_weight, conv_bias)
             ctx.meta = (reverse_mask, scale, x.dtype, in_proj_weight.dtype, x_proj_weight.dtype,
                         dt_proj_weight.dtype, A_log.dtype, D.dtype, out_proj_weight.dtype)
         return out
@@ -256,10 +258,12 @@ class _FusedMambaInner(torch.autograd.Function):
                 xs = causal_conv1d_fwd_triton(x_in, conv_weight, conv_bias, reverse_mask, silu=True)
                 delta4 = torch.bmm(w_dt, x_dbl[:, :rank_pad]).view(num_directions, inner, batch, length)
                 delta4 = delta4.permute(2, 0, 1, 3)
-            if states is None:  # recompute 2: the scan's forward again, for its chunk states
-                _, _, states = scan_fwd_triton(xs, delta4, A, B, C, D_scaled, z, dt_proj_bias.float(), paths,
+            if states is None:  # recompute >= 2: the scan's forward again, for its chunk states (level 3: and y)
+                y, _, states = scan_fwd_triton(xs, delta4, A, B, C, D_scaled, z, dt_proj_bias.float(), paths,
                                                delta_softplus=True, merge=True, params_at_step=False,
-                                               save_states=True, a_nonpositive=True, write_y=False)
+                                               save_states=True, a_nonpositive=True, write_y=y_flat is None)
+                if y_flat is None:
+                    y_flat = y.transpose(0, 1).reshape(inner, batch * length)
             dout = dout.reshape(batch * length, dim).to(dtype)
             dw_out = torch.mm(dout.t(), y_flat.t())  # (dim, E)
             dy = torch.mm(w_out.t(), dout.t()).view(inner, batch, length).transpose(0, 1)  # (B, E, L), dim-major

@@ -116,8 +116,8 @@ class SegTrainConfig:
     validation: SegValidationConfig = field(default_factory=SegValidationConfig)
     amp: Optional[str] = None  # None (float32) or 'bf16' autocast
     activation_recompute: Optional[int] = None  # what the Mamba mixers' fused backward recomputes instead of saving
-    #   (vssm.ops.mamba_inner): 0 nothing, 1 the conv output and delta (the default), 2 also the scan's chunk states
-    #   (the least memory); None: the nets' default
+    #   (vssm.ops.mamba_inner): 0 nothing, 1 the conv output and delta (the default), 2 also the scan's chunk states,
+    #   3 also the scan's output (the least memory); None: the nets' default
     clip_grad: Optional[float] = 12.0  # gradient-norm clipping threshold; None: off
     workers: int = 2  # data-loading worker processes per rank (0: load in the training process)
     preprocess_workers: int = 0  # processes preprocessing the raw cases on first use
