@@ -10,7 +10,8 @@ image (clip) from ``vssm.flops.count_flops`` on a batch of one: GEMMs and convol
 fvcore convention), each scan by the 9 B L D N rule of the SSM papers (+ B L D for D and the gate); norms, elementwise
 work and FFTs are not counted. ``--profile K`` also runs one step of each
 mode under the torch profiler and prints its GPU kernel time (against the timed step: a smaller share means the host
-sets the pace) and its K most expensive kernels. A model that runs out of memory is reported as
+sets the pace) and its K most expensive kernels; ``--s4nd-stages`` splits each S4ND model's training step into kernel
+generation, FFT convolution and the rest. A model that runs out of memory is reported as
 OOM. Video models take (batch, 3, frames, H, W); their attention peer is timm's VisionTransformer of the same width on
 the frames stacked along the height (joint space-time attention over the same tokens). Prints a markdown table per
 suite and writes all rows as JSON.
@@ -109,10 +110,15 @@ def _inputs(case: Case, device: str):
                                                             device=device)
 
 
-def _timed(step, warmup: int, iters: int) -> float:
-    """Milliseconds per step (CUDA events around ``iters`` steps after ``warmup`` steps)."""
+def _timed(step, warmup: int, iters: int, device: str = "cuda") -> float:
+    """Milliseconds per step (CUDA events around ``iters`` steps after ``warmup`` steps; the host clock off CUDA)."""
     for _ in range(warmup):
         step()
+    if device != "cuda":
+        start = time.perf_counter()
+        for _ in range(iters):
+            step()
+        return (time.perf_counter() - start) * 1000 / iters
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
     start.record()
@@ -252,6 +258,82 @@ def _profiled(step, top: int) -> tuple[float, dict[str, float], str]:
     return sum(times.values()), kernel_split(times), table
 
 
+def s4nd_stages(case: Case, args, device: str = "cuda") -> dict:
+    """Where an S4ND model's training step goes, stage by stage (``--s4nd-stages``): the whole step (forward,
+    cross-entropy, backward), then, for the inputs every ``S4ND`` layer met in one forward, the kernel generation
+    alone (``vssm.layers.s4nd.generate_spectra``: per-axis kernels and their spectra, forward and backward) and the FFT
+    convolution alone (``ssm_convolution`` with those spectra: input FFT, spectral product, inverse FFT, D skip,
+    forward and backward); the rest is the difference. Milliseconds per step, and on a GPU each stage's kernel time
+    and its split by kernel class (torch profiler)."""
+    from vssm.layers.s4nd import S4ND, generate_spectra, ssm_convolution
+
+    model = timm.create_model(case.model, **case.kwargs).to(device).train()
+    x, target = _inputs(case, device)
+    amp = dict(device_type=device, dtype=getattr(torch, args.amp), enabled=args.amp != "float32")
+    calls = []
+
+    def record(layer, inputs, kwargs):
+        u, rate = inputs[0], (inputs[1] if len(inputs) > 1 else kwargs.get("rate", 1.0))
+        shape = tuple(u.shape) if layer.transposed else (u.shape[0], u.shape[-1], *u.shape[1:-1])
+        calls.append((layer, shape, u.dtype, float(rate)))
+
+    layers = [m for m in model.modules() if isinstance(m, S4ND)]
+    if not layers:
+        raise ValueError(f"{case.model} has no S4ND layer")
+    hooks = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers]
+    with torch.no_grad(), torch.autocast(**amp):
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    inputs = []
+    for layer, shape, dtype, rate in calls:
+        sizes, spectra = generate_spectra(layer, shape[2:], rate)
+        inputs.append((layer, torch.randn(shape, device=device, dtype=dtype, requires_grad=True), sizes,
+                       [s.detach().requires_grad_() for s in spectra]))
+
+    def step():
+        with torch.autocast(**amp):
+            loss = F.cross_entropy(model(x).float(), target)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def generation():
+        total = 0
+        for layer, shape, _, rate in calls:
+            total = total + sum(s.real.sum() + s.imag.sum() for s in generate_spectra(layer, shape[2:], rate)[1])
+        total.backward()
+        model.zero_grad(set_to_none=True)
+
+    def convolution():
+        total = 0
+        for layer, u, sizes, spectra in inputs:
+            total = total + ssm_convolution(layer, u, sizes, spectra).float().sum()
+        total.backward()
+        for _, u, _, spectra in inputs:
+            u.grad = None
+            for s in spectra:
+                s.grad = None
+
+    row = dict(model=case.model, batch=case.batch, frames=case.frames, img_size=case.img_size, layers=len(calls))
+    for name, fn in (("step", step), ("generation", generation), ("convolution", convolution)):
+        row[f"{name}_ms"] = _timed(fn, args.warmup, args.iters, device)
+        if device == "cuda":
+            row[f"{name}_gpu_ms"], row[f"{name}_gpu_split_ms"], _ = _profiled(fn, 0)
+    row["rest_ms"] = row["step_ms"] - row["generation_ms"] - row["convolution_ms"]
+    return row
+
+
+def print_stages(row: dict) -> None:
+    """One line per model: the step and its stages in ms and as shares of the step."""
+    step = row["step_ms"]
+    parts = ", ".join(f"{label} {row[f'{name}_ms']:.1f} ms ({row[f'{name}_ms'] / step:.0%})" for name, label in (
+        ("generation", "kernel generation"), ("convolution", "FFT convolution"), ("rest", "the rest")))
+    gpu = "".join(f"; {name} GPU kernels {row[f'{name}_gpu_ms']:.1f} ms" for name in ("step", "generation", "convolution")
+                  if f"{name}_gpu_ms" in row)
+    print(f"{row['model']} {row['batch']}x{str(row['frames']) + 'x' if row['frames'] else ''}{row['img_size']} "
+          f"training step {step:.1f} ms over {row['layers']} S4ND layers: {parts}{gpu}", flush=True)
+
+
 def _fmt(value, digits=0):
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -280,13 +362,16 @@ def main():
                         help="torch.compile every model (optionally with this mode; 'reduce-overhead' adds CUDA graphs)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="time replays of each eager step captured in a CUDA graph (GPU-bound throughput)")
-    parser.add_argument("--recompute", type=int, default=None, choices=[0, 1, 2],
+    parser.add_argument("--recompute", type=int, default=None, choices=[0, 1, 2, 3],
                         help="what the Mamba mixers' backward recomputes (vssm.ops.mamba_inner); default: the models'")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, metavar="K",
                         help="profile one step per mode: GPU kernel time, its split by kernel class (FFT, GEMM, "
                              "element-wise, ...) and the K most expensive kernels")
+    parser.add_argument("--s4nd-stages", action="store_true",
+                        help="also split each S4ND model's training step into kernel generation, FFT convolution "
+                             "and the rest (s4nd_stages)")
     parser.add_argument("--out", default="benchmark.json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -309,6 +394,12 @@ def main():
     for suite, cases in tables.items():
         results[suite] = [measure(case, args) for case in cases]
         print_table(suite, results[suite])
+        if args.s4nd_stages:
+            results[f"{suite}_s4nd_stages"] = []
+            for case in cases:
+                if case.model.startswith("s4nd"):
+                    results[f"{suite}_s4nd_stages"].append(s4nd_stages(case, args))
+                    print_stages(results[f"{suite}_s4nd_stages"][-1])
         Path(args.out).write_text(json.dumps(dict(meta=meta, results=results), indent=1))
     print(f"\ntotal {time.time() - t0:.0f} s")
 

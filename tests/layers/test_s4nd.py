@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import vssm.layers.s4nd as s4nd_layer
-from vssm.layers.s4nd import (S4ND, SSMKernelDPLR, convert_official_s4nd, direct_kernels, kernel_params,
-                              s4nd_from_official, ssm_init)
+from vssm.layers.s4nd import (S4ND, SSMKernelDPLR, convert_official_s4nd, direct_kernels, generate_spectra,
+                              kernel_params, s4nd_from_official, ssm_convolution, ssm_init)
 from vssm.ops.ssm_kernel import bilinear, conj_pairs, dplr_state_matrix
 
 try:
@@ -385,6 +385,20 @@ def test_dense_stem_output_channels():
     assert layer(torch.randn(2, 3, 8, 8)).shape == (2, 5, 8, 8)
     with pytest.raises(ValueError):
         S4ND(3, l_max=[4, 4], out_channels=5, linear=False)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(trank=2), dict(out_channels=5, init="fourier")],
+                         ids=["depthwise", "trank2", "dense-stem"])
+def test_the_two_stages_compose_to_the_layer(options):
+    """generate_spectra then ssm_convolution (what the benchmark's stage split times) is the layer's SSM core, and
+    gradients reach the kernel parameters through the first stage."""
+    torch.manual_seed(0)
+    layer = S4ND(3, d_state=8, l_max=[4, 4], linear=True, **options)
+    u = torch.randn(2, 3, 5, 6)
+    sizes, spectra = generate_spectra(layer, [5, 6], rate=1.0)
+    torch.testing.assert_close(ssm_convolution(layer, u, sizes, spectra), layer(u))
+    ssm_convolution(layer, u, sizes, spectra).square().sum().backward()
+    assert layer.kernel[0].C.grad is not None and layer.kernel[1].C.grad.abs().sum() > 0
 
 
 def test_trank_two():

@@ -25,6 +25,26 @@ def test_table_shows_gflops_and_step_times(capsys):
     assert lines[-1] == "| vmamba_tiny | 128 x 224 | 30.2 | 4.88 | 6261 | 20.4 | OOM | - | 1.50 | - |"
 
 
+def test_s4nd_stages_split_a_training_step(capsys):
+    """--s4nd-stages on the CPU: every S4ND layer's input found, each stage timed, the rest the difference, one line."""
+    import argparse
+
+    tool = load_tool("benchmark")
+    case = tool.Case("test_s4nd_convnext", batch=2, img_size=32)
+    row = tool.s4nd_stages(case, argparse.Namespace(amp="float32", warmup=0, iters=1), device="cpu")
+    model = timm.create_model("test_s4nd_convnext")
+    from vssm.layers.s4nd import S4ND
+
+    assert row["layers"] == sum(isinstance(m, S4ND) for m in model.modules()) > 0
+    assert min(row["step_ms"], row["generation_ms"], row["convolution_ms"]) > 0
+    assert row["rest_ms"] == pytest.approx(row["step_ms"] - row["generation_ms"] - row["convolution_ms"])
+    tool.print_stages(row)
+    assert "test_s4nd_convnext 2x32 training step" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="has no S4ND layer"):
+        tool.s4nd_stages(tool.Case("test_vmamba", batch=1, img_size=32), argparse.Namespace(amp="float32", warmup=0,
+                                                                                              iters=1), device="cpu")
+
+
 def test_profile_split_sorts_kernels_into_classes():
     """--profile's split: kernel names as the H100 profiler reports them, summed per class, largest first."""
     tool = load_tool("benchmark")

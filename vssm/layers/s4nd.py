@@ -86,8 +86,8 @@ from ..ops.fft_conv import (bidirectional_kernel, conv_taps, direct_conv_nd, fft
 from ..ops.ssm_kernel import (bandlimit_mask, diag_kernel, diag_kernel_flops, dplr_kernel, dplr_kernel_flops,
                               dplr_tilde_c)
 
-__all__ = ["S4ND", "SSMKernelDPLR", "SSMKernelDiag", "convert_official_s4nd", "direct_kernels", "kernel_forward",
-           "kernel_params", "s4nd_from_official", "setup_c_tilde", "ssm_init"]
+__all__ = ["S4ND", "SSMKernelDPLR", "SSMKernelDiag", "convert_official_s4nd", "direct_kernels", "generate_spectra",
+           "kernel_forward", "kernel_params", "s4nd_from_official", "setup_c_tilde", "ssm_convolution", "ssm_init"]
 
 _DPLR_MODES = ("dplr", "s4", "nplr")
 _DIAG_MODES = ("s4d", "diag")
@@ -496,12 +496,39 @@ def _kernel_spectra(layer: nn.Module, u: Tensor, lengths, rate: float):
             return cache[1], cache[2]
     if not _tracing(u):
         layer.__dict__["_kernel_cache"] = None
-    with torch.autocast(device_type=u.device.type, enabled=False):
-        ks, fft_sizes = _combined_kernels(layer, lengths, rate)
-        spectra = kernel_spectra(ks, fft_sizes)
+    fft_sizes, spectra = generate_spectra(layer, lengths, rate)
     if use_cache:  # key again: a first forward may have set up C~ in place
         layer.__dict__["_kernel_cache"] = (_cache_key(kernels, u, lengths, rate), fft_sizes, spectra)
     return fft_sizes, spectra
+
+
+def generate_spectra(layer: nn.Module, lengths: Sequence[int], rate: float = 1.0) -> Tuple[List[int], List[Tensor]]:
+    """The first stage of an ``S4ND``'s SSM core: its per-axis kernels for input ``lengths`` at ``rate`` (bidirectional
+    halves combined) and their spectra, in float32 (float64 for float64 parameters) with their graph, never cached.
+    Returns (FFT sizes, spectra) as ``ssm_convolution`` takes them."""
+    kernel_device = getattr(layer.kernel, "0").inv_dt.device.type
+    with torch.autocast(device_type=kernel_device, enabled=False):
+        ks, fft_sizes = _combined_kernels(layer, [int(l) for l in lengths], rate)
+        return fft_sizes, kernel_spectra(ks, fft_sizes)
+
+
+def ssm_convolution(layer: nn.Module, u: Tensor, fft_sizes: Optional[Sequence[int]] = None,
+                    spectra: Optional[Sequence[Tensor]] = None,
+                    taps: Optional[List[Tuple[Tensor, int]]] = None) -> Tensor:
+    """The second stage: u (B, H, L1..Ld) convolved with ``generate_spectra``'s kernels by FFT (or with
+    ``materialize_kernels``' taps by direct convolutions), plus the D skip, in float32 (float64 stays float64) with
+    autocast off -> (B, channels * H (or I * channels), L1..Ld) in u's dtype, channel c * H + h."""
+    in_dtype = u.dtype
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        u = u.to(torch.float64 if in_dtype == torch.float64 else torch.float32)
+        if taps is not None:
+            y = direct_conv_nd(u, taps, rank=layer.trank, out_channels=layer.out_channels)
+        else:
+            y = fft_conv_nd(u, fft_sizes=fft_sizes, spectra=spectra, rank=layer.trank,
+                            out_channels=layer.out_channels)  # (B, C, H, L..) or (B, C, I, L..)
+        if layer.D is not None:
+            y = y + u[:, None] * layer.D.reshape(*layer.D.shape, *([1] * (u.dim() - 2))).to(u.dtype)
+        return y.flatten(1, 2).to(in_dtype)
 
 
 @register_notrace_module  # an FX leaf: kernel lengths and the stateful C~ depend on values (l_kernel, rate)
@@ -678,19 +705,11 @@ class S4ND(nn.Module):
         lengths = list(u.shape[2:])
         if len(lengths) > len(self.l_max):
             raise ValueError(f"S4ND: {len(lengths)} length axes but only {len(self.l_max)} kernels")
-        in_dtype = u.dtype
         taps = _direct_taps(self, lengths, rate, _tracing(u))
-        spectra = None if taps is not None else _kernel_spectra(self, u, lengths, rate)
-        with torch.autocast(device_type=u.device.type, enabled=False):
-            u = u.to(torch.float64 if in_dtype == torch.float64 else torch.float32)
-            if taps is not None:
-                y = direct_conv_nd(u, taps, rank=self.trank, out_channels=self.out_channels)
-            else:
-                y = fft_conv_nd(u, fft_sizes=spectra[0], spectra=spectra[1], rank=self.trank,
-                                out_channels=self.out_channels)  # (B, C, H, L..) or (B, C, I, L..)
-            if self.D is not None:
-                y = y + u[:, None] * self.D.reshape(*self.D.shape, *([1] * len(lengths))).to(u.dtype)
-            return y.flatten(1, 2).to(in_dtype)  # channel c * H + h
+        if taps is not None:
+            return ssm_convolution(self, u, taps=taps)
+        fft_sizes, spectra = _kernel_spectra(self, u, lengths, rate)
+        return ssm_convolution(self, u, fft_sizes, spectra)
 
     def forward(self, u: Tensor, rate: float = 1.0) -> Tensor:
         """u: (B, H, L1..Ld) if transposed else (B, L1..Ld, H) -> same layout, H (or out_channels * channels)
