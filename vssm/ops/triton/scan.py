@@ -22,6 +22,20 @@ a_t h_{t-1} is h_t - delta_t B_t u_t, so no division by a decay ever happens. dB
 d(delta_bias) are reduced over the chunks and stored once per program, as per-sequence partial sums. Programs of
 different sequences run side by side, so concurrent atomics rarely meet on one address.
 
+Length split: where few rows of long sequences would leave the GPU idle (``scan_plan.sequence_segments``), the chunk
+kernels cut each sequence into S segments of whole chunks, run by different programs (a third grid axis), in three
+passes. Forward: pass 1 (``_scan_fwd_ends_kernel``) scans segments 0 .. S - 2 from a zero state and writes each one's
+end state and the sum of its step sizes, so that segment s maps the state h before it to exp(A dt_sum) h + end; the
+carry pass (``_segment_carries``, on the host, S - 1 small steps) composes these maps into the state entering each
+segment; pass 3 (``_scan_fwd_kernel`` with SPLIT) runs each segment from its carried state as the unsplit kernel runs
+the sequence (outputs, saved states at their global indices, the last state from the last segment). The backward
+mirrors it from the end: pass 1 (``_scan_bwd_carries_kernel``) runs the adjoint recurrence alone over segments
+1 .. S - 1 from a zero carry, the carry pass composes the carries from the last state's adjoint back, and pass 3 runs
+each segment's full backward from its carry, with one row of dA, dD and d(delta_bias) partial sums per segment. The
+forward and the backward split independently (their chunks and program counts differ). A segment's decays multiply
+into one exp(A dt_sum), so the split runs only under the promise A <= 0 ('Overflow' below); with S = 1 no extra pass
+runs and the kernels compile as without the split.
+
 Host side, the launchers check ``paths`` (``vssm.ops.common.check_paths``, once per tensor) so that no malformed
 route reaches a kernel; an empty batch launches empty grids (no programs).
 
@@ -43,7 +57,8 @@ from torch import Tensor
 
 from ..common import (axis_order, cdiv, check_kernel_dtypes, check_paths, dense_strides, empty_in_layout,
                       triton_interpret)
-from .scan_plan import TILE_OVERRIDES, backward_plan, channels_fastest, forward_plan, overrides_key
+from .scan_plan import (TILE_OVERRIDES, backward_plan, channels_fastest, forward_plan, overrides_key,
+                        sequence_segments)
 
 __all__ = ["scan_fwd_triton", "scan_bwd_triton", "TILE_OVERRIDES"]
 
@@ -245,7 +260,7 @@ def _load_chunk(u_ptr, dt_ptr, B_ptr, C_ptr, path_ptr, bias, g_tile, t, offs_d, 
 @triton.jit
 def _scan_fwd_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, path_ptr, y_ptr, last_ptr, states_ptr,
-        K, dim, L, Lp, N, d_per_group, n_chunks, n_states,
+        K, dim, L, Lp, N, d_per_group, n_chunks, n_states, starts_ptr, seg_chunks,
         su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
         sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
         sz_b, sz_d, sz_l, sy_b, sy_k, sy_d, sy_l,
@@ -253,10 +268,12 @@ def _scan_fwd_kernel(
         HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr, MERGE_ATOMIC: tl.constexpr,
         SAVE_STATES: tl.constexpr, SAVE_EVERY: tl.constexpr, TILE_ONE_GROUP: tl.constexpr, WRITE_Y: tl.constexpr,
         STATES_MIDDLE: tl.constexpr, STEPS_IN_THREAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-        CHUNK: tl.constexpr):
+        CHUNK: tl.constexpr, SPLIT: tl.constexpr):
     """Forward by chunks of CHUNK steps; a training forward saves the state before every SAVE_EVERY steps (CHUNK is
     a multiple of SAVE_EVERY) into ``states`` (batch, K, dim, n_states, N). Tile layouts as in the backward. Without
-    WRITE_Y only the states (and the last state) are written: no output, so C, D and z are never read."""
+    WRITE_Y only the states (and the last state) are written: no output, so C, D and z are never read. SPLIT: pass 3
+    of the length split, program (., ., s) runs segment s (chunks s * seg_chunks onward) from the state carried into
+    it, ``starts`` (S, batch x K x dim, N), and only the last segment writes the last state."""
     S_AXIS: tl.constexpr = 1 if STATES_MIDDLE else 2  # the states axis of the 3-D tiles
     pid_d = tl.program_id(0)
     pid_bk = tl.program_id(1)
@@ -281,16 +298,26 @@ def _scan_fwd_kernel(
     dt_base = dt_ptr + pid_b * sdt_b + pid_k * sdt_k
     B_base = B_ptr + pid_b * sB_b + pid_k * sB_k
     C_base = C_ptr + pid_b * sC_b + pid_k * sC_k
-    h = tl.zeros_like(A2)
     seq = _ch_st((pid_b * K + pid_k) * dim + offs_d, offs_n, STATES_MIDDLE)[0]
+    if SPLIT:
+        pid_s = tl.program_id(2)
+        c_first = pid_s * seg_chunks
+        c_end = tl.minimum(c_first + seg_chunks, n_chunks)
+        t_first = c_first * CHUNK + tl.arange(0, CHUNK)
+        h = tl.load(starts_ptr + (pid_s * tl.num_programs(1) * dim + seq) * N + n2, mask=mask_dn, other=0.0)
+    else:
+        c_first = 0
+        c_end = n_chunks
+        t_first = tl.arange(0, CHUNK)
+        h = tl.zeros_like(A2)
     state_base = states_ptr + seq * (n_states * N) + n2
     SAVES: tl.constexpr = CHUNK // SAVE_EVERY
     g_tile = pid_d * BLOCK_D // d_per_group
     u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
-        u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, tl.arange(0, CHUNK), offs_d, offs_n, mask_d, mask_n,
+        u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, t_first, offs_d, offs_n, mask_d, mask_n,
         pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
         HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, STATES_MIDDLE)
-    for c in range(n_chunks):
+    for c in range(c_first, c_end):
         # issue the next chunk's loads first (all masked off after the last chunk): their latency hides behind this
         # chunk's scan and stores
         u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx = _load_chunk(
@@ -330,7 +357,75 @@ def _scan_fwd_kernel(
                          y.to(y_ptr.dtype.element_ty), mask=m_out)
         u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = (
             u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
-    tl.store(last_ptr + seq * N + n2, h, mask=mask_dn)
+    if SPLIT:  # the last segment ends the sequence
+        tl.store(last_ptr + seq * N + n2, h, mask=mask_dn & (pid_s == tl.num_programs(2) - 1))
+    else:
+        tl.store(last_ptr + seq * N + n2, h, mask=mask_dn)
+
+
+@triton.jit
+def _scan_fwd_ends_kernel(
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, bias_ptr, path_ptr, ends_ptr, dt_sums_ptr,
+        K, dim, L, Lp, N, d_per_group, n_chunks, seg_chunks,
+        su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
+        sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
+        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr,
+        TILE_ONE_GROUP: tl.constexpr, STATES_MIDDLE: tl.constexpr, STEPS_IN_THREAD: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+    """Pass 1 of a forward split into segments of seg_chunks chunks: program (channel block, sequence, s) scans
+    segment s from a zero state, in the tiles of ``_scan_fwd_kernel``, and writes its end state to ``ends`` (S - 1,
+    batch x K x dim, N) and the sum of its step sizes (delta as the scan uses it, zero past the end) to ``dt_sums``
+    (S - 1, batch x K x dim): the segment maps the state h before it to exp(A dt_sum) h + end. Segments 0 .. S - 2
+    (the last one's end carries nowhere)."""
+    pid_d = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    pid_b = pid_bk // K
+    pid_k = pid_bk % K
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < N
+    kd = pid_k * dim + offs_d
+    kd2, n2 = _ch_st(kd, offs_n, STATES_MIDDLE)
+    md2, mn2 = _ch_st(mask_d, mask_n, STATES_MIDDLE)
+    mask_dn = md2 & mn2
+    A2 = tl.load(A_ptr + kd2 * N + n2, mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    u_base = u_ptr + pid_b * su_b + pid_k * su_k
+    dt_base = dt_ptr + pid_b * sdt_b + pid_k * sdt_k
+    B_base = B_ptr + pid_b * sB_b + pid_k * sB_k
+    C_base = C_ptr + pid_b * sC_b + pid_k * sC_k
+    g_tile = pid_d * BLOCK_D // d_per_group
+    c_first = pid_s * seg_chunks
+    h = tl.zeros_like(A2)
+    dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
+    u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
+        u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, c_first * CHUNK + tl.arange(0, CHUNK), offs_d,
+        offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
+        HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, STATES_MIDDLE)
+    for c in range(c_first, c_first + seg_chunks):  # segments 0 .. S - 2 are whole
+        u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx = _load_chunk(
+            u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (c + 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
+            offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n,
+            sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, STATES_MIDDLE)
+        decay = tl.exp2(_over_states(dt, STATES_MIDDLE) * A2[None, :, :])
+        inp = _over_states(dt * u, STATES_MIDDLE) * Bt
+        if STEPS_IN_THREAD:
+            h = _at_step(_states_in_chunk(decay, inp, h), CHUNK - 1)
+        else:
+            acc_a, acc_b = tl.associative_scan((decay, inp), 0, _affine_combine)
+            h = _at_step(acc_a * h[None, :, :] + acc_b, CHUNK - 1)
+        dt_sum += tl.sum(dt, axis=0)
+        u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = (
+            u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
+    rows = tl.num_programs(1) * dim
+    seq = (pid_b * K + pid_k) * dim + offs_d
+    tl.store(ends_ptr + (pid_s * rows + _ch_st(seq, offs_n, STATES_MIDDLE)[0]) * N + n2, h, mask=mask_dn)
+    tl.store(dt_sums_ptr + pid_s * rows + seq, dt_sum, mask=mask_d)
 
 
 @triton.jit
@@ -456,7 +551,7 @@ def _scan_fwd_seq_kernel(
 def _scan_bwd_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, path_ptr, states_ptr, dy_ptr, dlast_ptr,
         du_ptr, ddt_ptr, dB_ptr, dC_ptr, dz_ptr, partial_ptr,
-        K, dim, L, Lp, N, d_per_group, n_chunks, partial_row,
+        K, dim, L, Lp, N, d_per_group, n_chunks, partial_row, seg_chunks,
         su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
         sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l,
         sz_b, sz_d, sz_l, sdz_b, sdz_k, sdz_d, sdz_l, sdy_b, sdy_k, sdy_d, sdy_l, sdB_b, sdB_k, sdB_g, sdB_n, sdB_l,
@@ -464,7 +559,7 @@ def _scan_bwd_kernel(
         HAS_PATH: tl.constexpr, PARAMS_AT_STEP: tl.constexpr,
         U_ATOMIC: tl.constexpr, DT_ATOMIC: tl.constexpr, Z_ATOMIC: tl.constexpr, TILE_ONE_GROUP: tl.constexpr,
         STATES_MIDDLE: tl.constexpr, STEPS_IN_THREAD: tl.constexpr, SPREAD_SUMS: tl.constexpr, BLOCK_D: tl.constexpr,
-        BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+        BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, SPLIT: tl.constexpr):
     """Gradients; du/ddt are written with the strides of u/delta, dz with its own (sdz_k = 0: summed over the
     directions), all fp32 buffers where atomic. dB and dC are fp32 buffers of equal strides (sdB_*) with N
     contiguous, so that the atomics of a warp cover whole rows of states. dA, dD and d(delta_bias) go to ``partial``
@@ -473,7 +568,9 @@ def _scan_bwd_kernel(
     BLOCK_N]: Triton spreads the last axis over the lanes first, and which layout needs fewer shuffles for the
     reductions over states and channels depends on the tile (``scan_plan.backward_plan``). SPREAD_SUMS: dB and dC of
     a tile in one group are reduce-scattered over the channel lanes (``scan_plan._channels_on_lanes``), else summed in
-    full."""
+    full. SPLIT: pass 3 of the length split, program (., ., s) runs segment s (chunks s * seg_chunks onward) from the
+    adjoint carried into its last step, ``dlast`` then being (S, batch x K x dim, N), and writes its partial sums to
+    row b x S + s."""
     S_AXIS: tl.constexpr = 1 if STATES_MIDDLE else 2  # the states axis of the 3-D tiles
     D_AXIS: tl.constexpr = 2 if STATES_MIDDLE else 1  # the channel axis
     pid_bk = tl.program_id(0)  # sequences vary fastest: programs running together hit different dB/dC rows
@@ -506,17 +603,26 @@ def _scan_bwd_kernel(
     dC_base = dC_ptr + pid_b * sdB_b + pid_k * sdB_k
     seq = _ch_st((pid_b * K + pid_k) * dim + offs_d, offs_n, STATES_MIDDLE)[0]
     state_base = states_ptr + seq * (n_chunks * N) + n2
-    carry = tl.load(dlast_ptr + seq * N + n2, mask=mask_dn, other=0.0).to(tl.float32)
+    if SPLIT:
+        pid_s = tl.program_id(2)
+        c_first = pid_s * seg_chunks
+        c_last = tl.minimum(c_first + seg_chunks, n_chunks) - 1
+        n_walk = c_last + 1 - c_first
+        carry = tl.load(dlast_ptr + (pid_s * tl.num_programs(0) * dim + seq) * N + n2, mask=mask_dn, other=0.0)
+    else:
+        c_last = n_chunks - 1
+        n_walk = n_chunks
+        carry = tl.load(dlast_ptr + seq * N + n2, mask=mask_dn, other=0.0).to(tl.float32)
     dA_acc = tl.zeros_like(A)
     dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     g_tile = pid_d * BLOCK_D // d_per_group
     u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
-        u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (n_chunks - 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
+        u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, c_last * CHUNK + tl.arange(0, CHUNK), offs_d,
         offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
         HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, STATES_MIDDLE)
-    for i in range(n_chunks):
-        c = n_chunks - 1 - i
+    for i in range(n_walk):
+        c = c_last - i
         # the previous chunk's loads go out first (all masked off before the first chunk)
         u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx = _load_chunk(
             u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (c - 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
@@ -620,12 +726,105 @@ def _scan_bwd_kernel(
             u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
     # per-sequence partial sums, rows of ``partial_row`` floats (the host sums them): no atomics on the few dA/dD
     # addresses
-    row = partial_ptr + pid_b * partial_row
+    if SPLIT:
+        row = partial_ptr + (pid_b * tl.num_programs(2) + pid_s) * partial_row
+    else:
+        row = partial_ptr + pid_b * partial_row
     tl.store(row + kd2 * N + n2, dA_acc, mask=mask_dn)
     if HAS_D:
         tl.store(row + K * dim * N + kd, dD_acc, mask=mask_d)
     if HAS_BIAS:
         tl.store(row + K * dim * (N + 1) + kd, dbias_acc, mask=mask_d)
+
+
+@triton.jit
+def _scan_bwd_carries_kernel(
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, bias_ptr, path_ptr, dy_ptr, carries_ptr, dt_sums_ptr,
+        K, dim, L, Lp, N, d_per_group, n_chunks, seg_chunks,
+        su_b, su_k, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l,
+        sB_b, sB_k, sB_g, sB_n, sB_l, sC_b, sC_k, sC_g, sC_n, sC_l, sz_b, sz_d, sz_l, sdy_b, sdy_k, sdy_d, sdy_l,
+        HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_PATH: tl.constexpr,
+        PARAMS_AT_STEP: tl.constexpr, TILE_ONE_GROUP: tl.constexpr, STATES_MIDDLE: tl.constexpr,
+        STEPS_IN_THREAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
+    """Pass 1 of a backward split into segments of seg_chunks chunks: program (sequence, channel block, s) runs the
+    adjoint recurrence alone over segment s + 1, in the tiles of ``_scan_bwd_kernel``, from a zero carry, and writes
+    the carry leaving its first step (decay q there) to ``carries`` (S - 1, batch x K x dim, N) and the sum of its
+    step sizes to ``dt_sums`` (S - 1, batch x K x dim): a carry c entering the segment at its last step leaves it as
+    exp(A dt_sum) c + carries[s]. Segments 1 .. S - 1 (the first one's carry leaves the sequence)."""
+    pid_bk = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    pid_b = pid_bk // K
+    pid_k = pid_bk % K
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < N
+    kd = pid_k * dim + offs_d
+    kd2, n2 = _ch_st(kd, offs_n, STATES_MIDDLE)
+    md2, mn2 = _ch_st(mask_d, mask_n, STATES_MIDDLE)
+    mask_dn = md2 & mn2
+    A2 = tl.load(A_ptr + kd2 * N + n2, mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    u_base = u_ptr + pid_b * su_b + pid_k * su_k
+    dt_base = dt_ptr + pid_b * sdt_b + pid_k * sdt_k
+    B_base = B_ptr + pid_b * sB_b + pid_k * sB_k
+    C_base = C_ptr + pid_b * sC_b + pid_k * sC_k
+    g_tile = pid_d * BLOCK_D // d_per_group
+    c_first = (pid_s + 1) * seg_chunks
+    c_last = tl.minimum(c_first + seg_chunks, n_chunks) - 1
+    carry = tl.zeros_like(A2)
+    dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
+    u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = _load_chunk(
+        u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, c_last * CHUNK + tl.arange(0, CHUNK), offs_d,
+        offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n, sC_l,
+        HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, STATES_MIDDLE)
+    for i in range(c_last + 1 - c_first):
+        c = c_last - i
+        u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx = _load_chunk(
+            u_base, dt_base, B_base, C_base, path_ptr, bias, g_tile, (c - 1) * CHUNK + tl.arange(0, CHUNK), offs_d,
+            offs_n, mask_d, mask_n, pid_k, L, Lp, d_per_group, su_d, su_l, sdt_d, sdt_l, sB_g, sB_n, sB_l, sC_g, sC_n,
+            sC_l, HAS_BIAS, SOFTPLUS, HAS_PATH, PARAMS_AT_STEP, TILE_ONE_GROUP, STATES_MIDDLE)
+        m_out = valid[:, None] & mask_d[None, :]
+        dy = tl.load(dy_ptr + pid_b * sdy_b + pid_k * sdy_k + pos[:, None] * sdy_l + offs_d[None, :] * sdy_d,
+                     mask=m_out, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zt = tl.load(z_ptr + pid_b * sz_b + pos[:, None] * sz_l + offs_d[None, :] * sz_d, mask=m_out,
+                         other=0.0).to(tl.float32)
+            dy = dy * zt * tl.sigmoid(zt)
+        decay = tl.exp2(_over_states(dt, STATES_MIDDLE) * A2[None, :, :])
+        cq = Ct * _over_states(dy, STATES_MIDDLE)
+        if STEPS_IN_THREAD:
+            _, carry = _adjoints_in_chunk(decay, cq, carry)
+        else:
+            ones = tl.full(decay.shape, 1.0, tl.float32)
+            pex, _, v = tl.associative_scan((ones, decay, cq), 0, _adjoint_combine, reverse=True)
+            carry = _at_step((v + pex * carry[None, :, :]) * decay, 0)
+        dt_sum += tl.sum(dt, axis=0)
+        u, raw, dt, Bt, Ct, pos, valid, pidx, pvalid, mask_t = (
+            u_nx, raw_nx, dt_nx, B_nx, C_nx, pos_nx, valid_nx, pidx_nx, pvalid_nx, mask_t_nx)
+    rows = tl.num_programs(0) * dim
+    seq = (pid_b * K + pid_k) * dim + offs_d
+    tl.store(carries_ptr + (pid_s * rows + _ch_st(seq, offs_n, STATES_MIDDLE)[0]) * N + n2, carry, mask=mask_dn)
+    tl.store(dt_sums_ptr + pid_s * rows + seq, dt_sum, mask=mask_d)
+
+
+def _segment_carries(ends: Tensor, dt_sums: Tensor, A: Tensor, first: Tensor, reverse: bool) -> Tensor:
+    """The carry pass of a length split over S segments: the carries (S, batch, K x dim, N) into the segments from
+    pass 1's segment maps, ends (S - 1, batch, K x dim, N) and step-size sums dt_sums (S - 1, batch, K x dim), with A
+    (K x dim, N) and the carry ``first`` (batch, K x dim, N) into the first segment (forward: zeros) or, ``reverse``,
+    into the last (backward: the adjoint of the last state). Forward: carry[s + 1] = exp(A dt_sums[s]) carry[s] +
+    ends[s]; backward, whose pass-1 row s is segment s + 1: carry[s] = exp(A dt_sums[s]) carry[s + 1] + ends[s]."""
+    segments = ends.shape[0] + 1
+    decays = torch.exp(A * dt_sums.unsqueeze(-1))
+    carries = torch.empty(segments, *first.shape, device=first.device, dtype=first.dtype)
+    carries[segments - 1 if reverse else 0] = first
+    for s in range(segments - 2, -1, -1) if reverse else range(segments - 1):
+        torch.addcmul(ends[s], decays[s], carries[s + 1 if reverse else s], out=carries[s if reverse else s + 1])
+    return carries
 
 
 def _sizes(u, A, B, paths):
@@ -700,20 +899,36 @@ def scan_fwd_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D
     states = torch.empty(batch, num_directions, dim, n_states, d_state, device=u.device,
                          dtype=torch.float32) if save_states else last
     dummy = last
-    args = (u, delta, _float32(A), B, C, dummy if D is None else _float32(D), dummy if z is None else z,
-            dummy if delta_bias is None else _float32(delta_bias), _path_arg(paths, dummy), y, last, states,
-            num_directions, dim, length, steps, d_state, d_per_group)
-    strides = (*_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
-               *(z.stride() if z is not None else (0, 0, 0)), *_k_strides(y))
-    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-                 HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step, MERGE_ATOMIC=merge_atomic,
-                 SAVE_STATES=save_states, SAVE_EVERY=save_every, TILE_ONE_GROUP=d_per_group % plan.block_d == 0,
-                 WRITE_Y=write_y, BLOCK_D=plan.block_d, BLOCK_N=plan.block_n, num_warps=plan.num_warps)
+    A32, bias32, path = _float32(A), dummy if delta_bias is None else _float32(delta_bias), _path_arg(paths, dummy)
+    sizes = (num_directions, dim, length, steps, d_state, d_per_group)
+    args = (u, delta, A32, B, C, dummy if D is None else _float32(D), dummy if z is None else z, bias32, path, y, last,
+            states, *sizes)
+    input_strides = (*_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride())
+    strides = (*input_strides, *(z.stride() if z is not None else (0, 0, 0)), *_k_strides(y))
+    scan_flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_PATH=paths is not None,
+                      PARAMS_AT_STEP=params_at_step, TILE_ONE_GROUP=d_per_group % plan.block_d == 0,
+                      BLOCK_D=plan.block_d, BLOCK_N=plan.block_n, num_warps=plan.num_warps)
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, MERGE_ATOMIC=merge_atomic, SAVE_STATES=save_states,
+                 SAVE_EVERY=save_every, WRITE_Y=write_y, **scan_flags)
     grid = (plan.d_blocks, batch * num_directions)
     if plan.step_by_step:
         _scan_fwd_seq_kernel[grid](*args, n_states, *strides, **flags)
     else:
-        _scan_fwd_kernel[grid](*args, plan.n_chunks, n_states, *strides, CHUNK=chunk, **flags, **plan.options)
+        segments = sequence_segments(plan.d_blocks * batch * num_directions, steps, chunk, a_nonpositive)
+        seg_chunks = cdiv(plan.n_chunks, segments)
+        segments = cdiv(plan.n_chunks, seg_chunks)  # no empty segment
+        starts = dummy
+        if segments > 1:  # passes 1 and 2: the states carried into the segments, (S, batch, K x dim, N)
+            kd = num_directions * dim
+            ends = last.new_empty(segments - 1, batch, kd, d_state)
+            dt_sums = last.new_empty(segments - 1, batch, kd)
+            _scan_fwd_ends_kernel[(*grid, segments - 1)](
+                u, delta, A32, B, C, bias32, path, ends, dt_sums, *sizes, plan.n_chunks, seg_chunks, *input_strides,
+                CHUNK=chunk, **scan_flags, **plan.options)
+            starts = _segment_carries(ends, dt_sums, A32.view(kd, d_state), torch.zeros_like(ends[0]), False)
+            grid = (*grid, segments)
+        _scan_fwd_kernel[grid](*args, plan.n_chunks, n_states, starts, seg_chunks, *strides, CHUNK=chunk,
+                               SPLIT=segments > 1, **flags, **plan.options)
     if not write_y:
         y = None
     elif merge:
@@ -776,9 +991,13 @@ def scan_bwd_triton(dy: Tensor, dlast: Tensor | None, u: Tensor, delta: Tensor, 
         if dB.shape != B.shape or dC.shape != C.shape or dB.stride() != dC.stride() or dB.dtype != f32:
             raise ValueError(f"triton scan backward: grad_BC_into must be float32 tensors of B's and C's shape "
                              f"{tuple(B.shape)} with equal strides, got {tuple(dB.shape)} and {tuple(dC.shape)}")
-    # per-batch-row partial sums of dA, dD and d(delta_bias) in one buffer (layout in the kernel's docstring)
+    segments = sequence_segments(batch * num_directions * plan.d_blocks, steps, plan.chunk, a_nonpositive)
+    seg_chunks = cdiv(plan.n_chunks, segments)
+    segments = cdiv(plan.n_chunks, seg_chunks)  # no empty segment
+    # per-batch-row (and segment) partial sums of dA, dD and d(delta_bias) in one buffer (layout in the kernel's
+    # docstring)
     kd = num_directions * dim
-    partial = torch.empty(batch, kd * (d_state + 2), device=u.device, dtype=f32)
+    partial = torch.empty(batch * segments, kd * (d_state + 2), device=u.device, dtype=f32)
     dy = _in_layout_of(dy, u)  # an incoming gradient often arrives transposed: read it like u
     if merge:
         dy = dy.unsqueeze(1)
@@ -788,18 +1007,31 @@ def scan_bwd_triton(dy: Tensor, dlast: Tensor | None, u: Tensor, delta: Tensor, 
     # slower backward; BENCHMARKS.md, launch-plan figures), so no gradient of the last state reads as zeros
     if dlast is None or not dlast.numel():
         dlast = torch.zeros(batch, num_directions, dim, d_state, device=u.device, dtype=f32)
-    _scan_bwd_kernel[(batch * num_directions, plan.d_blocks)](
-        u, delta, _float32(A), B, C, dummy if D is None else _float32(D), dummy if z is None else z,
-        dummy if delta_bias is None else _float32(delta_bias), _path_arg(paths, dummy), states, dy,
-        _float32(dlast), du, ddt, dB, dC, dz_into if dz_into is not None else dummy if dz is None else dz, partial,
-        num_directions, dim, length, steps, d_state, d_per_group, plan.n_chunks, partial.shape[1],
-        *_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
-        *(z.stride() if z is not None else (0, 0, 0)), *dz_strides, *dy_strides, *dB.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        HAS_PATH=paths is not None, PARAMS_AT_STEP=params_at_step,
-        U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, TILE_ONE_GROUP=d_per_group % plan.block_d == 0,
-        STATES_MIDDLE=plan.states_middle, STEPS_IN_THREAD=plan.steps_in_thread, SPREAD_SUMS=plan.spread_sums,
-        BLOCK_D=plan.block_d, BLOCK_N=plan.block_n, CHUNK=plan.chunk, num_warps=plan.num_warps)
+    dlast = _float32(dlast)
+    A32, bias32, path = _float32(A), dummy if delta_bias is None else _float32(delta_bias), _path_arg(paths, dummy)
+    strides = (*_k_strides(u), *_k_strides(delta), *B.stride(), *C.stride(),
+               *(z.stride() if z is not None else (0, 0, 0)))
+    grid = (batch * num_directions, plan.d_blocks)
+    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_PATH=paths is not None,
+                 PARAMS_AT_STEP=params_at_step, TILE_ONE_GROUP=d_per_group % plan.block_d == 0,
+                 STATES_MIDDLE=plan.states_middle, STEPS_IN_THREAD=plan.steps_in_thread, BLOCK_D=plan.block_d,
+                 BLOCK_N=plan.block_n, CHUNK=plan.chunk, num_warps=plan.num_warps)
+    if segments > 1:  # passes 1 and 2: the adjoints carried into the segments' last steps, (S, batch, K x dim, N)
+        carries = partial.new_empty(segments - 1, batch, kd, d_state)
+        dt_sums = partial.new_empty(segments - 1, batch, kd)
+        _scan_bwd_carries_kernel[(*grid, segments - 1)](
+            u, delta, A32, B, C, dummy if z is None else z, bias32, path, dy, carries, dt_sums, num_directions, dim,
+            length, steps, d_state, d_per_group, plan.n_chunks, seg_chunks, *strides, *dy_strides,
+            HAS_Z=z is not None, **flags)
+        dlast = _segment_carries(carries, dt_sums, A32.view(kd, d_state), dlast.reshape(batch, kd, d_state), True)
+        grid = (*grid, segments)
+    _scan_bwd_kernel[grid](
+        u, delta, A32, B, C, dummy if D is None else _float32(D), dummy if z is None else z, bias32, path, states, dy,
+        dlast, du, ddt, dB, dC, dz_into if dz_into is not None else dummy if dz is None else dz, partial,
+        num_directions, dim, length, steps, d_state, d_per_group, plan.n_chunks, partial.shape[1], seg_chunks,
+        *strides, *dz_strides, *dy_strides, *dB.stride(), HAS_D=D is not None, HAS_Z=z is not None,
+        U_ATOMIC=u_atomic, DT_ATOMIC=dt_atomic, Z_ATOMIC=z_atomic, SPREAD_SUMS=plan.spread_sums, SPLIT=segments > 1,
+        **flags)
     dA, dD, dbias = partial.sum(0).split([kd * d_state, kd, kd])
     grads = (du, ddt, dA.view(A.shape), None if grad_BC_into is not None else dB,
              None if grad_BC_into is not None else dC, None if D is None else dD.view(D.shape), dz,

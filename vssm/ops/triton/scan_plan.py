@@ -18,14 +18,15 @@ from torch import Tensor
 from ..common import cdiv, next_power_of_2, triton_interpret
 
 __all__ = ["TILE_OVERRIDES", "ForwardPlan", "BackwardPlan", "forward_plan", "backward_plan", "overrides_key",
-           "channels_fastest", "chunk_len", "forward_chunk_len", "chunk_count", "sequential"]
+           "channels_fastest", "chunk_len", "forward_chunk_len", "chunk_count", "sequential", "sequence_segments"]
 
 # Launch-configuration overrides for tuning runs (tools/benchmark_scan.py --sweep) and tests; empty in normal use:
 # {"sequential": bool, "chunk": steps, "fwd_chunk": steps, "fwd": (BLOCK_D, num_warps), "bwd": (BLOCK_D, num_warps),
 #  "fwd_maxnreg": registers or None, "states_middle" / "fwd_states_middle": bool (tile layouts of the backward and
 #  the chunk-parallel forward, ``backward_plan``, ``_short_dim_major``), "steps_in_thread": bool (the recurrences
 #  step by step in registers or by ``tl.associative_scan``, the latter only under the promise A <= 0,
-#  ``_steps_in_thread``); for tests under TRITON_INTERPRET=1:
+#  ``_steps_in_thread``), "segments": segments per sequence of the chunk kernels (``sequence_segments``, only under
+#  the promise); for tests under TRITON_INTERPRET=1:
 #  "gpu_plan": bool (plan as on a GPU), "min_rows": rows (from which the GPU counts as filled, SEQUENTIAL_MIN_ROWS)}.
 TILE_OVERRIDES: dict[str, object] = {}
 
@@ -35,6 +36,13 @@ TILE_OVERRIDES: dict[str, object] = {}
 # (BENCHMARKS.md, launch-plan figures).
 SEQUENTIAL_MIN_ROWS = 16384
 SEQUENTIAL_MAX_STEPS = 512
+# The chunk kernels split each sequence into segments (``sequence_segments``) where a launch has fewer programs than
+# one H100 has multiprocessors (SPLIT_MAX_PROGRAMS) over sequences of at least SPLIT_MIN_STEPS: enough segments for
+# SPLIT_TARGET_PROGRAMS programs, of at least SPLIT_MIN_SEGMENT steps. Not yet measured on a GPU.
+SPLIT_MAX_PROGRAMS = 132
+SPLIT_TARGET_PROGRAMS = 264
+SPLIT_MIN_STEPS = 8192
+SPLIT_MIN_SEGMENT = 1024
 # Fewest backward programs for which a wider backward tile pays: with fewer, its fewer programs lose more to exposed
 # latency than its cheaper reductions win (BENCHMARKS.md, launch-plan figures)
 BACKWARD_MIN_PROGRAMS = 768
@@ -118,6 +126,26 @@ def forward_chunk_len(d_state: int, rows: int, steps: int, cl: bool) -> int:
 def chunk_count(steps: int, d_state: int, rows: int, cl: bool) -> int:
     """Number of chunk states a training forward saves."""
     return cdiv(steps, chunk_len(d_state, rows, steps, cl))
+
+
+def sequence_segments(programs: int, steps: int, chunk: int, a_nonpositive: bool) -> int:
+    """Segments S >= 1 into which a chunk kernel's launch of ``programs`` programs splits each sequence of ``steps``
+    steps in chunks of ``chunk`` (the length split of ``vssm.ops.triton.scan``: S programs per sequence, a third grid
+    axis; each segment a whole number of chunks, so S <= the chunk count). On the GPU plan a launch of fewer than
+    SPLIT_MAX_PROGRAMS programs over at least SPLIT_MIN_STEPS steps takes the smallest power of two S that brings it
+    to SPLIT_TARGET_PROGRAMS, capped at steps / SPLIT_MIN_SEGMENT segments (the last segment holds the rest, maybe
+    fewer steps); these thresholds are not yet measured on a GPU. Under the interpreter S = 1 unless
+    ``TILE_OVERRIDES["segments"]`` gives it. Only under the promise A <= 0: the carry pass multiplies a whole
+    segment's decays into one, which can overflow float32 for A > 0 (as ``_steps_in_thread``)."""
+    if not a_nonpositive or programs == 0:
+        return 1
+    if "segments" in TILE_OVERRIDES:
+        segments = TILE_OVERRIDES["segments"]
+    elif _plans_as_gpu() and programs < SPLIT_MAX_PROGRAMS and steps >= SPLIT_MIN_STEPS:
+        segments = min(next_power_of_2(cdiv(SPLIT_TARGET_PROGRAMS, programs)), steps // SPLIT_MIN_SEGMENT)
+    else:
+        return 1
+    return max(1, min(segments, cdiv(steps, chunk)))
 
 
 def _launch_config(kind: str, d_state: int, dim: int, rows: int, steps: int, chunk: int,
