@@ -328,8 +328,8 @@ def print_stages(row: dict) -> None:
     step = row["step_ms"]
     parts = ", ".join(f"{label} {row[f'{name}_ms']:.1f} ms ({row[f'{name}_ms'] / step:.0%})" for name, label in (
         ("generation", "kernel generation"), ("convolution", "FFT convolution"), ("rest", "the rest")))
-    gpu = "".join(f"; {name} GPU kernels {row[f'{name}_gpu_ms']:.1f} ms" for name in ("step", "generation", "convolution")
-                  if f"{name}_gpu_ms" in row)
+    gpu = "".join(f"; {name} GPU kernels {row[f'{name}_gpu_ms']:.1f} ms"
+                  for name in ("step", "generation", "convolution") if f"{name}_gpu_ms" in row)
     print(f"{row['model']} {row['batch']}x{str(row['frames']) + 'x' if row['frames'] else ''}{row['img_size']} "
           f"training step {step:.1f} ms over {row['layers']} S4ND layers: {parts}{gpu}", flush=True)
 

@@ -177,3 +177,32 @@ def test_triton_path_matches_torch_path(monkeypatch):
     torch.testing.assert_close(out_triton, out_torch, atol=1e-5, rtol=1e-4)
     for g_triton, g_torch in zip(grads_triton, grads_torch):
         torch.testing.assert_close(g_triton, g_torch, atol=1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name, count", [("test_simba", 5), ("test_plainmamba", 3), ("test_local_vim", None)])
+def test_activation_recompute_reaches_the_scan_mixers(monkeypatch, name, count):
+    """SiMBA's, PlainMamba's and LocalVim's scan mixers: levels 0 and 1 keep the scan's chunk states, 2 and 3 ask the
+    scan to recompute them in the backward (``recompute_states`` reaches ``scan_core``)."""
+    import importlib
+
+    import timm
+
+    from vssm.layers.mamba_mixer import set_activation_recompute
+
+    flags = []
+    for module in map(importlib.import_module, ("vssm.ops.multi_scan", "vssm.ops.selective_scan")):
+        real = module.scan_core
+
+        def spy(*args, real=real, **kwargs):
+            flags.append(kwargs["recompute_states"])
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, "scan_core", spy)
+    model = timm.create_model(name)
+    size = model.pretrained_cfg["input_size"]
+    for level, expected in ((1, False), (2, True), (3, True), (0, False)):
+        mixers = set_activation_recompute(model, level)
+        assert mixers > 0 and (count is None or mixers == count)
+        flags.clear()
+        model(torch.randn(1, *size)).sum().backward()
+        assert flags and set(flags) == {expected}, level

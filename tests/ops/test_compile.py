@@ -226,6 +226,20 @@ def test_selective_scan_compiles(backend_name):
         assert_compiled_matches_eager(fn, inputs)
 
 
+def test_selective_scan_with_recomputed_states_compiles():
+    """recompute_states under torch.compile: the custom forward keeps no chunk states and the custom backward runs
+    the states-only forward; the eager gradients (Triton interpreter)."""
+    inputs = {k: v.squeeze(1) if k in ("delta", "B", "C") else v.squeeze(0) if k in ("A", "D", "delta_bias") else v
+              for k, v in _scan_inputs(length=19).items()}
+
+    def fn(u, delta, A, B, C, D, z, delta_bias):
+        return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True, a_nonpositive=True,
+                              recompute_states=True)
+
+    with backend("triton"):
+        assert_compiled_matches_eager(fn, inputs)
+
+
 @pytest.mark.parametrize("backend_name, merge", _marked([(b, m) for b in SCAN_BACKENDS for m in ("sum", "none")],
                                                         [("ref", "sum"), ("ref", "none"), ("torch", "sum"),
                                                          ("torch", "none"), ("triton", "sum")]))

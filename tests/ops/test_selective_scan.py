@@ -187,7 +187,7 @@ def test_compile_export_script_and_fx():
 
         def forward(self, x):
             # every argument positional: TorchScript does not apply the defaults of the ignored op
-            return selective_scan(x, x, self.A, x[:, :3], x[:, 1:], None, None, None, True, False, True) + 1
+            return selective_scan(x, x, self.A, x[:, :3], x[:, 1:], None, None, None, True, False, True, False) + 1
 
     net, x = Net(), torch.randn(2, 4, 11)
     expected = net(x)
@@ -229,3 +229,35 @@ def test_bad_input_names_the_argument(fn, change, exc, match):
 def test_unknown_backend_is_rejected():
     with backend("cuda-magic"), pytest.raises(ValueError, match="VSSM_SCAN_BACKEND must be one of"):
         selective_scan(**make_inputs(1, 2, 3, 2))
+
+
+@pytest.mark.parametrize("name", ["triton", "triton-gpu-plan"])
+@pytest.mark.parametrize("op", ["selective_scan", "multi_scan"])
+def test_recomputed_states_give_the_same_gradients_and_save_less(monkeypatch, name, op):
+    """recompute_states: the forward keeps no chunk states and the backward computes them again; outputs and every
+    gradient bitwise those of the forward that kept them (one direction with a gate, and two merged directions along
+    a path and its reverse)."""
+    from vssm.ops import multi_scan, scan_paths
+
+    inputs = make_inputs(2, 5, 41, 16, seed=3)
+    paths = scan_paths.build("bidirectional", (41,)).to(kernel_device())
+    fn = selective_scan if op == "selective_scan" else lambda u, **kwargs: multi_scan(u, paths=paths, **kwargs)
+    weights = torch.randn(2, 5, 41, dtype=torch.float64)
+    state_weights = torch.randn(2, 5, 16, dtype=torch.float64) if op == "selective_scan" else \
+        torch.randn(2, 2, 5, 16, dtype=torch.float64)
+    saved = []
+    real_save = torch.autograd.function.FunctionCtx.save_for_backward
+
+    def record(ctx, *tensors):
+        saved.append(sum(t.untyped_storage().nbytes() for t in tensors if t is not None and t.dim() > 0))
+        return real_save(ctx, *tensors)
+
+    monkeypatch.setattr(torch.autograd.function.FunctionCtx, "save_for_backward", record)
+    with backend(name):
+        kept = run_with_grads(fn, inputs, weights, state_weights, False, delta_softplus=True, a_nonpositive=True)
+        again = run_with_grads(fn, inputs, weights, state_weights, False, delta_softplus=True, a_nonpositive=True,
+                               recompute_states=True)
+    assert len(saved) == 2 and saved[1] < saved[0]
+    assert torch.equal(again[0], kept[0]) and torch.equal(again[1], kept[1])
+    for key, grad in kept[2].items():
+        assert torch.equal(again[2][key], grad), key

@@ -192,8 +192,9 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute activations in backward (model.set_grad_checkpointing)
     activation_recompute: Optional[int] = None  # what the Mamba mixers' fused backward recomputes instead of saving
     #   (vssm.ops.mamba_inner): 0 nothing, 1 the conv output and delta (the models' default), 2 also the scan's chunk
-    #   states (the VideoMamba fine-tuning recipes' clips per GPU), 3 also the scan's output (the least memory);
-    #   None: the models' default
+    #   states (the VideoMamba fine-tuning recipes' clips per GPU), 3 also the scan's output (the least memory); in
+    #   SiMBA, PlainMamba and LocalVim / LocalVMamba 2 and 3 recompute the scan's chunk states
+    #   (vssm.layers.mamba_mixer.set_activation_recompute); None: the models' default
     fsdp: bool = False  # multi-process: shard parameters, gradients and optimizer state (FSDP2) instead of DDP
     seed: int = 42
     deterministic: bool = False  # torch.use_deterministic_algorithms (warning about ops without a deterministic

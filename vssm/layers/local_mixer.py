@@ -138,6 +138,7 @@ class LocalMambaMixer(nn.Module):
         self.A_log, self.D = ssm_parameters((num_directions, d_inner), d_state, device)  # float32 (layers.ssm_init)
         self.attn = RouteChannelAttention(d_inner, **dd)
         self.out_proj = nn.Linear(d_inner, dim, bias=False, **dd)
+        self.recompute = 1  # >= 2: the scan keeps no chunk states; the backward recomputes them
 
     @torch.no_grad()
     def reset_parameters(self, depth: int):
@@ -181,9 +182,11 @@ class LocalMambaMixer(nn.Module):
         delta = torch.matmul(self.dt_proj_weight, dt_low)  # (B, K, d_inner, L')
         A_log = self.A_log.mean(0, keepdim=True).expand_as(self.A_log) if self.tie_route_A else self.A_log
         A = -torch.exp(A_log.float()).flatten(0, 1)  # (K * d_inner, N)
-        # every argument positional (TorchScript); the last: A <= 0 (``a_nonpositive``)
+        # every argument positional (TorchScript); then A <= 0 (``a_nonpositive``) and the chunk states recomputed
+        # in the backward or not
         y = selective_scan(u, delta.reshape(batch, channels, steps), A, B, C, self.D.float().flatten(),
-                           z.reshape(batch, channels, steps), self.dt_proj_bias.float().flatten(), True, False, True)
+                           z.reshape(batch, channels, steps), self.dt_proj_bias.float().flatten(), True, False, True,
+                           self.recompute >= 2)
         y = y.view(batch, num_directions, d_inner, steps)
         cls_y = y[..., cls_index:cls_index + 1]
         if self.middle_cls_token:

@@ -26,7 +26,10 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from ..ops import mamba_inner
+from .local_mixer import LocalMambaMixer
+from .simba_mixer import CausalMambaMixer
 from .ssm_init import init_a_log_d_, init_dt_projection_, ssm_parameters
+from .zigzag_mixer import ZigzagMamba2D
 
 __all__ = ["MambaMixer", "MambaBlock", "set_activation_recompute", "stack_official_directions"]
 
@@ -161,9 +164,11 @@ class MambaBlock(nn.Module):
 
 
 def set_activation_recompute(model: nn.Module, level: int) -> int:
-    """Set what every ``MambaMixer`` of ``model`` recomputes in its backward instead of saving: 0 nothing, 1 the conv
-    output and delta (the default), 2 also the scan's chunk states, 3 also the scan's output (``vssm.ops.mamba_inner``).
-    Returns how many mixers there are.
+    """Set what every Mamba mixer of ``model`` recomputes in its backward instead of saving. ``MambaMixer`` (Vim,
+    VideoMamba, U-Mamba; ``vssm.ops.mamba_inner``): 0 nothing, 1 the conv output and delta (the default), 2 also the
+    scan's chunk states, 3 also the scan's output. The scan mixers of SiMBA, PlainMamba and LocalVim / LocalVMamba:
+    from 2 on, the scan's chunk states (``vssm.ops.scan_core``'s ``recompute_states``); 0 and 1 keep them. Returns
+    how many mixers there are.
 
     Raises:
         ValueError: An unknown level.
@@ -172,7 +177,8 @@ def set_activation_recompute(model: nn.Module, level: int) -> int:
 
     if level not in RECOMPUTE_LEVELS:
         raise ValueError(f"activation recompute level must be one of {RECOMPUTE_LEVELS}, got {level!r}")
-    mixers = [m for m in model.modules() if isinstance(m, MambaMixer)]
+    kinds = (MambaMixer, CausalMambaMixer, ZigzagMamba2D, LocalMambaMixer)
+    mixers = [m for m in model.modules() if isinstance(m, kinds)]
     for mixer in mixers:
         mixer.recompute = level
     return len(mixers)

@@ -65,6 +65,7 @@ class CausalMambaMixer(nn.Module):
         init_dt_projection_(self.dt_proj.weight, self.dt_proj.bias)
         self.A_log, self.D = ssm_parameters((self.d_inner,), d_state, device)  # float32 (layers.ssm_init)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=bias, **dd)
+        self.recompute = 1  # >= 2: the scan keeps no chunk states; the backward recomputes them
 
     def _causal_conv(self, x: Tensor) -> Tensor:
         """Causal depthwise conv, channels-last: (B, L, E) -> (B, E, L) view of a (B, L, E) tensor."""
@@ -88,8 +89,9 @@ class CausalMambaMixer(nn.Module):
         dt, B, C = torch.split(self.x_proj(u.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, L, E); the bias goes into the scan
         A = -torch.exp(self.A_log.float())  # (E, N)
-        # every argument positional: TorchScript does not apply the defaults of the ignored op; the last: A <= 0
-        # (``a_nonpositive``)
+        # every argument positional: TorchScript does not apply the defaults of the ignored op; then A <= 0
+        # (``a_nonpositive``) and the chunk states recomputed in the backward or not
         y = selective_scan(u, dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
-                           z.transpose(1, 2), self.dt_proj.bias.float(), True, False, True)  # (B, E, L)
+                           z.transpose(1, 2), self.dt_proj.bias.float(), True, False, True,
+                           self.recompute >= 2)  # (B, E, L)
         return self.out_proj(y.transpose(1, 2))

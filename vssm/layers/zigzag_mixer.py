@@ -92,6 +92,7 @@ class ZigzagMamba2D(nn.Module):
         self.d_state = d_state
         self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
         self.reorder_params = reorder_params
+        self.recompute = 1  # >= 2: the scan keeps no chunk states; the backward recomputes them
         self.dt_bias_twice = dt_bias_twice
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=bias, **dd)
         self.conv2d = nn.Conv2d(self.d_inner, self.d_inner, conv_size, padding=conv_size // 2, groups=self.d_inner,
@@ -133,10 +134,11 @@ class ZigzagMamba2D(nn.Module):
             (B, H, W, C).
         """
         u, z, dt, B, C, paths = self._scan_inputs(x)
-        # every argument positional: TorchScript does not apply the defaults of the ignored op; the last: A <= 0
-        # (``a_nonpositive``)
+        # every argument positional: TorchScript does not apply the defaults of the ignored op; then A <= 0
+        # (``a_nonpositive``) and the chunk states recomputed in the backward or not
         y = multi_scan(u, dt, -torch.exp(self.A_log.float()), B, C, paths, self.D.float(), z,
-                       self.dt_proj.bias.float(), True, "sum", not self.reorder_params, False, True)  # (B, E, L)
+                       self.dt_proj.bias.float(), True, "sum", not self.reorder_params, False, True,
+                       self.recompute >= 2)  # (B, E, L)
         return self.out_proj(y.transpose(1, 2)).reshape(x.shape)
 
     def scan_directions(self, x: Tensor) -> Tensor:
@@ -144,4 +146,4 @@ class ZigzagMamba2D(nn.Module):
         before the silu(z) gate and the sum."""
         u, _, dt, B, C, paths = self._scan_inputs(x)
         return multi_scan(u, dt, -torch.exp(self.A_log.float()), B, C, paths, self.D.float(), None,
-                          self.dt_proj.bias.float(), True, "none", not self.reorder_params, False, True)
+                          self.dt_proj.bias.float(), True, "none", not self.reorder_params, False, True, False)

@@ -102,7 +102,7 @@ def _canonical(x, delta, A, B, C, paths, D, z, delta_bias, merge, params_at_step
 def multi_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, paths: Tensor, D: Optional[Tensor] = None,
                z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
                merge: str = "sum", params_at_step: bool = False, return_last_state: bool = False,
-               a_nonpositive: bool = False):
+               a_nonpositive: bool = False, recompute_states: bool = False):
     """Scan x along every direction of ``paths`` with per-direction parameters; fused on the GPU.
 
     Args:
@@ -118,6 +118,7 @@ def multi_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, paths:
         a_nonpositive: the caller's promise that A <= 0 (as A = -exp(A_log)), not checked: with step sizes >= 0
             every decay exp(delta A) is then <= 1 and the Triton backend may compose decays associatively (its
             small-N chunk kernels). Without it the result follows the reference for any A (``vssm.ops.scan_core``).
+        recompute_states: keep no chunk states for the backward, which computes them again (``scan_core``).
 
     Returns:
         y in x's dtype [, last_state]; a batch of 0 gives empty outputs.
@@ -128,7 +129,8 @@ def multi_scan(x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, paths:
     x, delta, A, B, C, paths, D, z, delta_bias = _canonical(x, delta, A, B, C, paths, D, z, delta_bias, merge,
                                                             params_at_step)
     y, last = scan_core(x, delta, A, B, C, D, z, delta_bias, paths, delta_softplus=delta_softplus,
-                        merge=merge == "sum", params_at_step=params_at_step, a_nonpositive=a_nonpositive)
+                        merge=merge == "sum", params_at_step=params_at_step, a_nonpositive=a_nonpositive,
+                        recompute_states=recompute_states)
     return (y, last) if return_last_state else y
 
 

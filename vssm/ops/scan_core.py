@@ -159,9 +159,16 @@ def scan_flops(u, delta, A, B, C, D, z, delta_bias, paths, *flags, out_shape=Non
 
 def _scan_bwd_impl(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states, delta_softplus, merge,
                    params_at_step, backend, a_nonpositive):
-    """Grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None."""
+    """Grads of (u, delta, A, B, C, D, z, delta_bias), None where the input is None. On Triton, a forward that kept
+    no chunk states (``scan_core``'s ``recompute_states``) has them computed again here, bitwise, by a states-only
+    forward."""
     if backend == "triton":
-        from .triton.scan import scan_bwd_triton
+        from .triton.scan import scan_bwd_triton, scan_fwd_triton
+
+        if not states.numel():
+            states = scan_fwd_triton(u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus=delta_softplus,
+                                     merge=merge, params_at_step=params_at_step, save_states=True,
+                                     a_nonpositive=a_nonpositive, write_y=False)[2]
 
         # in the layouts the fake announces
         return scan_bwd_triton(dy, dlast, u, delta, A, B, C, D, z, delta_bias, paths, states,
@@ -280,11 +287,13 @@ class _EagerScan(torch.autograd.Function):
 
 def scan_core(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
               delta_bias: Optional[Tensor], paths: Optional[Tensor], *, delta_softplus: bool, merge: bool,
-              params_at_step: bool, a_nonpositive: bool) -> tuple[Tensor, Tensor]:
+              params_at_step: bool, a_nonpositive: bool, recompute_states: bool = False) -> tuple[Tensor, Tensor]:
     """Run the canonical op (layout and the promise ``a_nonpositive`` in the module docstring) on the resolved
-    backend. Returns (y, last_state)."""
+    backend. ``recompute_states``: a Triton training forward keeps no chunk states (float32, N per channel and
+    saved-state spacing, the largest saved activation at N >= 16); the backward runs a states-only forward for them
+    instead (the same gradients, bitwise). Returns (y, last_state)."""
     backend = resolve_backend(u.device, compute_dtype(u, delta, A, B, C, D, z, delta_bias))
-    save_states = backend == "triton" and torch.is_grad_enabled() and any(
+    save_states = backend == "triton" and not recompute_states and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
     args = (u, delta, A, B, C, D, z, delta_bias, paths, delta_softplus, merge, params_at_step, save_states, backend,
             a_nonpositive)

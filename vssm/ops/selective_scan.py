@@ -22,7 +22,7 @@ __all__ = ["selective_scan"]
 @trace_quiet
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                    z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
-                   return_last_state: bool = False, a_nonpositive: bool = False):
+                   return_last_state: bool = False, a_nonpositive: bool = False, recompute_states: bool = False):
     """Selective scan with mamba_ssm's ``selective_scan_fn`` semantics, on the fastest available backend.
 
     Args:
@@ -36,6 +36,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         a_nonpositive: the caller's promise that A <= 0 (as A = -exp(A_log)), not checked: with step sizes >= 0
             every decay exp(delta A) is then <= 1 and the Triton backend may compose decays associatively (its
             small-N chunk kernels). Without it the result follows the reference for any A (``vssm.ops.scan_core``).
+        recompute_states: keep no chunk states for the backward, which computes them again (``scan_core``).
 
     Returns:
         y (batch, dim, L) in u's dtype [, last_state (batch, dim, N)]; a batch of 0 gives empty outputs.
@@ -52,6 +53,6 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                         None if D is None else D.unsqueeze(0), z,
                         None if delta_bias is None else delta_bias.unsqueeze(0),
                         paths=None, delta_softplus=delta_softplus, merge=False, params_at_step=False,
-                        a_nonpositive=a_nonpositive)
+                        a_nonpositive=a_nonpositive, recompute_states=recompute_states)
     y = y.squeeze(1)
     return (y, last.squeeze(1)) if return_last_state else y
