@@ -80,6 +80,20 @@ def run_with_grads(fn, inputs: dict, weights: torch.Tensor, state_weights: torch
     return y.detach().cpu(), last.detach().cpu(), {k: v.grad.cpu() for k, v in leaves.items() if v is not None}
 
 
+def record_saved_bytes(monkeypatch) -> list:
+    """Bytes every autograd node saves for its backward (the storages of its non-scalar tensors), one entry per
+    ``save_for_backward`` call, for as long as ``monkeypatch`` lasts."""
+    saved = []
+    real_save = torch.autograd.function.FunctionCtx.save_for_backward
+
+    def record(ctx, *tensors):
+        saved.append(sum(t.untyped_storage().nbytes() for t in tensors if t is not None and t.dim() > 0))
+        return real_save(ctx, *tensors)
+
+    monkeypatch.setattr(torch.autograd.function.FunctionCtx, "save_for_backward", record)
+    return saved
+
+
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """||actual - expected|| / ||expected|| in float64; ||actual|| where expected is exactly zero (dA of a one-step
     scan, whose fp32 value on a GPU is rounding noise where FMA contraction fuses the product into a difference)."""

@@ -7,7 +7,7 @@ import torch
 from vssm.layers.mamba_mixer import MambaMixer
 from vssm.ops import mamba_inner, mamba_inner_composed
 
-from .scan_cases import KERNEL_DEVICE, backend, rel_err
+from .scan_cases import KERNEL_DEVICE, backend, record_saved_bytes, rel_err
 
 PARAMS = ("x", "in_proj_weight", "conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias",
           "A_log", "D", "out_proj_weight")
@@ -88,14 +88,7 @@ def test_recompute_levels_save_less_and_give_the_same_gradients(monkeypatch, aut
     pytest.importorskip("triton")
     inputs = _inputs(2, 4, 3, 4, 2, 21, seed=7)
     weights = torch.randn(2, 21, 5, dtype=torch.float64, device=KERNEL_DEVICE)
-    saved = []
-    real_save = torch.autograd.function.FunctionCtx.save_for_backward
-
-    def record(ctx, *tensors):
-        saved.append(sum(t.untyped_storage().nbytes() for t in tensors if t is not None and t.dim() > 0))
-        return real_save(ctx, *tensors)
-
-    monkeypatch.setattr(torch.autograd.function.FunctionCtx, "save_for_backward", record)
+    saved = record_saved_bytes(monkeypatch)
     results = []
     for level in (0, 1, 2, 3):
         with backend("triton"), torch.autocast(KERNEL_DEVICE, dtype=torch.bfloat16, enabled=autocast):

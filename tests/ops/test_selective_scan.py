@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from vssm.ops import selective_scan, selective_scan_chunked, selective_scan_ref
 from vssm.ops.scan_reference import expand_bc
 
-from .scan_cases import backend, kernel_device, make_inputs, naive_scan_np, rel_err, run_with_grads
+from .scan_cases import (backend, kernel_device, make_inputs, naive_scan_np, record_saved_bytes, rel_err,
+                         run_with_grads)
 
 PRIMES = [2, 3, 5, 7, 31, 37, 67, 97]
 
@@ -245,14 +246,7 @@ def test_recomputed_states_give_the_same_gradients_and_save_less(monkeypatch, na
     weights = torch.randn(2, 5, 41, dtype=torch.float64)
     state_weights = torch.randn(2, 5, 16, dtype=torch.float64) if op == "selective_scan" else \
         torch.randn(2, 2, 5, 16, dtype=torch.float64)
-    saved = []
-    real_save = torch.autograd.function.FunctionCtx.save_for_backward
-
-    def record(ctx, *tensors):
-        saved.append(sum(t.untyped_storage().nbytes() for t in tensors if t is not None and t.dim() > 0))
-        return real_save(ctx, *tensors)
-
-    monkeypatch.setattr(torch.autograd.function.FunctionCtx, "save_for_backward", record)
+    saved = record_saved_bytes(monkeypatch)
     with backend(name):
         kept = run_with_grads(fn, inputs, weights, state_weights, False, delta_softplus=True, a_nonpositive=True)
         again = run_with_grads(fn, inputs, weights, state_weights, False, delta_softplus=True, a_nonpositive=True,

@@ -364,6 +364,30 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
+def _segment_tile(pid_d, pid_bk, K, dim, N, A_ptr, bias_ptr, HAS_BIAS: tl.constexpr, STATES_MIDDLE: tl.constexpr,
+                  BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The tile of a length split's pass-1 program: (batch, direction), channel and state offsets and masks, the
+    state index n2 of its [BLOCK_N, BLOCK_D] or [BLOCK_D, BLOCK_N] state tiles with their mask, A * log2(e) on that
+    tile and delta's bias (zeros without one)."""
+    pid_b = pid_bk // K
+    pid_k = pid_bk % K
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < N
+    kd = pid_k * dim + offs_d
+    kd2, n2 = _ch_st(kd, offs_n, STATES_MIDDLE)
+    md2, mn2 = _ch_st(mask_d, mask_n, STATES_MIDDLE)
+    mask_dn = md2 & mn2
+    A2 = tl.load(A_ptr + kd2 * N + n2, mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    return pid_b, pid_k, offs_d, offs_n, mask_d, mask_n, n2, mask_dn, A2, bias
+
+
+@triton.jit
 def _scan_fwd_ends_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, bias_ptr, path_ptr, ends_ptr, dt_sums_ptr,
         K, dim, L, Lp, N, d_per_group, n_chunks, seg_chunks,
@@ -380,21 +404,8 @@ def _scan_fwd_ends_kernel(
     pid_d = tl.program_id(0)
     pid_bk = tl.program_id(1)
     pid_s = tl.program_id(2)
-    pid_b = pid_bk // K
-    pid_k = pid_bk % K
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < dim
-    mask_n = offs_n < N
-    kd = pid_k * dim + offs_d
-    kd2, n2 = _ch_st(kd, offs_n, STATES_MIDDLE)
-    md2, mn2 = _ch_st(mask_d, mask_n, STATES_MIDDLE)
-    mask_dn = md2 & mn2
-    A2 = tl.load(A_ptr + kd2 * N + n2, mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    pid_b, pid_k, offs_d, offs_n, mask_d, mask_n, n2, mask_dn, A2, bias = _segment_tile(
+        pid_d, pid_bk, K, dim, N, A_ptr, bias_ptr, HAS_BIAS, STATES_MIDDLE, BLOCK_D, BLOCK_N)
     u_base = u_ptr + pid_b * su_b + pid_k * su_k
     dt_base = dt_ptr + pid_b * sdt_b + pid_k * sdt_k
     B_base = B_ptr + pid_b * sB_b + pid_k * sB_k
@@ -754,21 +765,8 @@ def _scan_bwd_carries_kernel(
     pid_bk = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_s = tl.program_id(2)
-    pid_b = pid_bk // K
-    pid_k = pid_bk % K
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < dim
-    mask_n = offs_n < N
-    kd = pid_k * dim + offs_d
-    kd2, n2 = _ch_st(kd, offs_n, STATES_MIDDLE)
-    md2, mn2 = _ch_st(mask_d, mask_n, STATES_MIDDLE)
-    mask_dn = md2 & mn2
-    A2 = tl.load(A_ptr + kd2 * N + n2, mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    pid_b, pid_k, offs_d, offs_n, mask_d, mask_n, n2, mask_dn, A2, bias = _segment_tile(
+        pid_d, pid_bk, K, dim, N, A_ptr, bias_ptr, HAS_BIAS, STATES_MIDDLE, BLOCK_D, BLOCK_N)
     u_base = u_ptr + pid_b * su_b + pid_k * su_k
     dt_base = dt_ptr + pid_b * sdt_b + pid_k * sdt_k
     B_base = B_ptr + pid_b * sB_b + pid_k * sB_k
