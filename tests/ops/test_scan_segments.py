@@ -32,7 +32,9 @@ def carry_passes(monkeypatch):
 
 
 def _triton_run(run, overrides: dict):
-    """``run()`` on the Triton backend with TILE_OVERRIDES ``overrides`` for its duration."""
+    """``run()`` on the Triton backend with TILE_OVERRIDES ``overrides`` for its duration, over the interpreter's
+    8-step chunks on any device unless ``overrides`` says otherwise (the cases' segment counts assume them)."""
+    overrides = {"chunk": 8, "fwd_chunk": 8, **overrides}
     TILE_OVERRIDES.update(overrides)
     try:
         with backend("triton"):
