@@ -148,6 +148,29 @@ def test_backends_on_chunk_boundaries_and_extreme_sizes(name, length, d_state):
     _check_backend_against_reference(name, case)
 
 
+def test_channels_last_wide_states_run_the_two_warp_backward():
+    """Channels-last N = 64 (SiMBA's maps) plans 8-step backward chunks of 4 channels in two warps with
+    [CHUNK, N, BLOCK_D] tiles, and that backward matches the reference: 6 channels (a ragged channel block), 37 steps
+    (a ragged chunk), batch 1."""
+    from vssm.ops.triton.scan_plan import backward_plan
+
+    plan = backward_plan(64, 6, 6, 37, True, False, ())
+    assert (plan.chunk, plan.block_d, plan.num_warps, plan.states_middle) == (8, 4, 2, True)
+    inputs = make_inputs(1, 6, 37, 64, seed=11)
+    for key in ("u", "delta", "z"):  # (batch, dim, L) views of (batch, L, dim) maps
+        inputs[key] = inputs[key].transpose(1, 2).contiguous().transpose(1, 2)
+    g = torch.Generator().manual_seed(12)
+    w = torch.randn(1, 6, 37, generator=g, dtype=torch.float64)
+    ws = torch.randn(1, 6, 64, generator=g, dtype=torch.float64)
+    expected = run_with_grads(selective_scan_ref, inputs, w, ws, True, delta_softplus=True)
+    with backend("triton"):
+        y, last, grads = run_with_grads(selective_scan, inputs, w, ws, False, delta_softplus=True,
+                                        a_nonpositive=True)
+    assert rel_err(y, expected[0]) < 2e-5 and rel_err(last, expected[1]) < 2e-5
+    for key, ref in expected[2].items():
+        assert rel_err(grads[key], ref) < 2e-4, key
+
+
 @pytest.mark.parametrize("name", ["torch", "triton", "triton-seq"])
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3)])
 def test_low_precision_inputs(name, dtype, tol):

@@ -74,24 +74,29 @@ def sequential(d_state: int, rows: int, steps: int, cl: bool) -> bool:
     return bool(TILE_OVERRIDES.get("sequential", default))
 
 
-def _backward_tile(d_state: int, rows: int, cl: bool) -> tuple[int, int]:
-    """(chunk steps, BLOCK_D channels) of the one-warp backward, measured best on an H100 (BENCHMARKS.md, launch-plan
+def _backward_tile(d_state: int, rows: int, cl: bool) -> tuple[int, int, int]:
+    """(chunk steps, BLOCK_D channels, warps) of the backward, measured best on an H100 (BENCHMARKS.md, launch-plan
     figures). Dim-major N = 16 takes the widest of 8-step chunks of 8 channels, 16-step chunks of 4 and of 2 that still
     launches ``BACKWARD_MIN_PROGRAMS`` programs, any length (8-step chunks save twice the states of 16-step ones, 8
     bytes per row and step, and run faster). Where 16384 rows fill the GPU: channels-last N = 1 takes 4-step chunks of
     32 channels (coalesced reads of 64 bytes per step), channels-last N = 16 8-step chunks of 8 channels; with fewer
-    rows 16-step chunks of 8 channels for N = 1, else 32 / N channels."""
+    rows 16-step chunks of 8 channels for N = 1. Channels-last N >= 64 (SiMBA) takes 8-step chunks of 4 channels in two
+    warps (with [CHUNK, N, BLOCK_D] tiles, ``backward_plan``): 3.2x and 4.8x the backward of 16-step chunks of one
+    channel on SiMBA-S's stage-1 and stage-3 maps, for twice the saved states (32 bytes per channel and step). Else one
+    warp of 32 / N channels over 16-step chunks."""
     bn = next_power_of_2(d_state)
     many = _many_rows(rows)
     if bn == 1:
-        return (4, 32) if cl and many else (16, 8)
+        return (4, 32, 1) if cl and many else (16, 8, 1)
     if bn == 16 and not cl:
         if many or rows >= 8 * BACKWARD_MIN_PROGRAMS:
-            return 8, 8
-        return (16, 4) if rows >= 4 * BACKWARD_MIN_PROGRAMS else (16, 2)
+            return 8, 8, 1
+        return (16, 4, 1) if rows >= 4 * BACKWARD_MIN_PROGRAMS else (16, 2, 1)
     if bn == 16 and many:
-        return 8, 8
-    return 16, max(1, 32 // bn)
+        return 8, 8, 1
+    if bn >= 64 and cl:
+        return 8, 4, 2
+    return 16, max(1, 32 // bn), 1
 
 
 def _plans_as_gpu() -> bool:
@@ -156,12 +161,12 @@ def _launch_config(kind: str, d_state: int, dim: int, rows: int, steps: int, chu
     from 5 to 32 (one warp of 8 channels for channels-last N = 16 over many rows), one warp of one channel for N = 64,
     and for small N 8 steps per thread, the rest of the warp splitting the chunk (more programs, more loads in
     flight). The backward runs one warp, so its reductions over channels stay inside the
-    warp (tiles in ``_backward_tile``)."""
+    warp, except channels-last N >= 64 (tiles in ``_backward_tile``)."""
     bn = next_power_of_2(d_state)
     if kind in TILE_OVERRIDES:
         block_d, warps = TILE_OVERRIDES[kind]
     elif kind == "bwd":
-        block_d, warps = _backward_tile(d_state, rows, cl)[1], 1
+        block_d, warps = _backward_tile(d_state, rows, cl)[1:]
     elif sequential(d_state, rows, steps, cl) or _short_dim_major(d_state, rows, steps, cl):
         block_d, warps = max(1, 256 // bn), 1
     elif d_state > 32:
@@ -263,13 +268,14 @@ def backward_plan(d_state: int, dim: int, rows: int, steps: int, cl: bool, inter
                   a_nonpositive: bool = False) -> BackwardPlan:
     """Launch plan of a backward; cached and promised (``a_nonpositive``) like ``forward_plan``. States middle:
     [CHUNK, N, BLOCK_D] chunk tiles (lanes over channels first) for dim-major rows that fill the GPU or have N = 16,
-    else [CHUNK, BLOCK_D, N]: on an H100 the first needs fewer shuffles in the reductions over states and in the
-    layout conversions there, and costs time with the few-row tiles of other N and along channels-last routes
-    (BENCHMARKS.md, launch-plan figures)."""
+    and channels-last N >= 64, else [CHUNK, BLOCK_D, N]: on an H100 the first needs fewer shuffles in the reductions
+    over states and in the layout conversions there, and costs time with the few-row tiles of other N and along other
+    channels-last routes (BENCHMARKS.md, launch-plan figures)."""
     chunk = chunk_len(d_state, rows, steps, cl)
     block_d, warps = _launch_config("bwd", d_state, dim, rows, steps, chunk, cl)
     block_n = next_power_of_2(d_state)
-    states_middle = bool(TILE_OVERRIDES.get("states_middle", not cl and (_many_rows(rows) or block_n == 16)))
+    default_middle = (cl and block_n >= 64) or (not cl and (_many_rows(rows) or block_n == 16))
+    states_middle = bool(TILE_OVERRIDES.get("states_middle", default_middle))
     return BackwardPlan(chunk=chunk, n_chunks=cdiv(steps, chunk), block_d=block_d, num_warps=warps, block_n=block_n,
                         d_blocks=cdiv(dim, block_d), states_middle=states_middle,
                         steps_in_thread=_steps_in_thread(block_d, block_n, warps, a_nonpositive),
