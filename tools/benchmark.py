@@ -11,7 +11,7 @@ fvcore convention), each scan by the 9 B L D N rule of the SSM papers (+ B L D f
 work and FFTs are not counted. ``--profile K`` also runs one step of each
 mode under the torch profiler and prints its GPU kernel time (against the timed step: a smaller share means the host
 sets the pace) and its K most expensive kernels; ``--s4nd-stages`` splits each S4ND model's training step into kernel
-generation, FFT convolution and the rest. A model that runs out of memory is reported as
+generation, convolution (FFT or Toeplitz) and the rest. A model that runs out of memory is reported as
 OOM. Video models take (batch, 3, frames, H, W); their attention peer is timm's VisionTransformer of the same width on
 the frames stacked along the height (joint space-time attention over the same tokens). Prints a markdown table per
 suite and writes all rows as JSON.
@@ -261,11 +261,15 @@ def _profiled(step, top: int) -> tuple[float, dict[str, float], str]:
 def s4nd_stages(case: Case, args, device: str = "cuda") -> dict:
     """Where an S4ND model's training step goes, stage by stage (``--s4nd-stages``): the whole step (forward,
     cross-entropy, backward), then, for the inputs every ``S4ND`` layer met in one forward, the kernel generation
-    alone (``vssm.layers.s4nd.generate_spectra``: per-axis kernels and their spectra, forward and backward) and the FFT
-    convolution alone (``ssm_convolution`` with those spectra: input FFT, spectral product, inverse FFT, D skip,
-    forward and backward); the rest is the difference. Milliseconds per step, and on a GPU each stage's kernel time
-    and its split by kernel class (torch profiler)."""
-    from vssm.layers.s4nd import S4ND, generate_spectra, ssm_convolution
+    alone (``vssm.layers.s4nd.generate_operators``: per-axis kernels and their spectra or Toeplitz matrices, whichever
+    path the layer runs, forward and backward) and the convolution alone (``ssm_convolution`` with those operators:
+    FFTs and spectral product, or the Toeplitz matrix products, and the D skip, forward and backward); the rest is the
+    difference. Milliseconds per step, the number of layers on the Toeplitz path, and on a GPU each stage's kernel
+    time and its split by kernel class (torch profiler)."""
+    from vssm.layers.s4nd import S4ND, generate_operators, ssm_convolution
+
+    def operator_tensors(operators: dict) -> list:
+        return operators["matrices" if "matrices" in operators else "spectra"]
 
     model = timm.create_model(case.model, **case.kwargs).to(device).train()
     x, target = _inputs(case, device)
@@ -287,9 +291,10 @@ def s4nd_stages(case: Case, args, device: str = "cuda") -> dict:
         hook.remove()
     inputs = []
     for layer, shape, dtype, rate in calls:
-        sizes, spectra = generate_spectra(layer, shape[2:], rate)
-        inputs.append((layer, torch.randn(shape, device=device, dtype=dtype, requires_grad=True), sizes,
-                       [s.detach().requires_grad_() for s in spectra]))
+        operators = generate_operators(layer, shape[2:], rate)
+        leaves = {name: value if name == "fft_sizes" else [t.detach().requires_grad_() for t in value]
+                  for name, value in operators.items()}
+        inputs.append((layer, torch.randn(shape, device=device, dtype=dtype, requires_grad=True), leaves))
 
     def step():
         with torch.autocast(**amp):
@@ -300,21 +305,24 @@ def s4nd_stages(case: Case, args, device: str = "cuda") -> dict:
     def generation():
         total = 0
         for layer, shape, _, rate in calls:
-            total = total + sum(s.real.sum() + s.imag.sum() for s in generate_spectra(layer, shape[2:], rate)[1])
+            operators = generate_operators(layer, shape[2:], rate)
+            total = total + sum((torch.view_as_real(t) if t.is_complex() else t).sum()
+                                for t in operator_tensors(operators))
         total.backward()
         model.zero_grad(set_to_none=True)
 
     def convolution():
         total = 0
-        for layer, u, sizes, spectra in inputs:
-            total = total + ssm_convolution(layer, u, sizes, spectra).float().sum()
+        for layer, u, operators in inputs:
+            total = total + ssm_convolution(layer, u, **operators).float().sum()
         total.backward()
-        for _, u, _, spectra in inputs:
+        for _, u, operators in inputs:
             u.grad = None
-            for s in spectra:
-                s.grad = None
+            for t in operator_tensors(operators):
+                t.grad = None
 
-    row = dict(model=case.model, batch=case.batch, frames=case.frames, img_size=case.img_size, layers=len(calls))
+    row = dict(model=case.model, batch=case.batch, frames=case.frames, img_size=case.img_size, layers=len(calls),
+               toeplitz_layers=sum("matrices" in operators for _, _, operators in inputs))
     for name, fn in (("step", step), ("generation", generation), ("convolution", convolution)):
         row[f"{name}_ms"] = _timed(fn, args.warmup, args.iters, device)
         if device == "cuda":
@@ -327,11 +335,12 @@ def print_stages(row: dict) -> None:
     """One line per model: the step and its stages in ms and as shares of the step."""
     step = row["step_ms"]
     parts = ", ".join(f"{label} {row[f'{name}_ms']:.1f} ms ({row[f'{name}_ms'] / step:.0%})" for name, label in (
-        ("generation", "kernel generation"), ("convolution", "FFT convolution"), ("rest", "the rest")))
+        ("generation", "kernel generation"), ("convolution", "convolution"), ("rest", "the rest")))
     gpu = "".join(f"; {name} GPU kernels {row[f'{name}_gpu_ms']:.1f} ms"
                   for name in ("step", "generation", "convolution") if f"{name}_gpu_ms" in row)
     print(f"{row['model']} {row['batch']}x{str(row['frames']) + 'x' if row['frames'] else ''}{row['img_size']} "
-          f"training step {step:.1f} ms over {row['layers']} S4ND layers: {parts}{gpu}", flush=True)
+          f"training step {step:.1f} ms over {row['layers']} S4ND layers ({row['toeplitz_layers']} Toeplitz): "
+          f"{parts}{gpu}", flush=True)
 
 
 def _fmt(value, digits=0):
@@ -370,7 +379,7 @@ def main():
                         help="profile one step per mode: GPU kernel time, its split by kernel class (FFT, GEMM, "
                              "element-wise, ...) and the K most expensive kernels")
     parser.add_argument("--s4nd-stages", action="store_true",
-                        help="also split each S4ND model's training step into kernel generation, FFT convolution "
+                        help="also split each S4ND model's training step into kernel generation, convolution "
                              "and the rest (s4nd_stages)")
     parser.add_argument("--out", default="benchmark.json")
     args = parser.parse_args()

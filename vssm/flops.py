@@ -12,7 +12,9 @@
   the others over the half spectrum), 6 per complex product and 8 per complex multiply-add in the spectral products,
   the kernel generation of every forward (the Cauchy or Vandermonde sums and the kernels' inverse FFTs: the training
   cost; in eval the layer caches its kernels) and the D skip: ``S4ND.fft_conv_flops``, broken down in
-  ``FlopCount.s4nd``. Complex GEMMs run only there and are left out of the dense count.
+  ``FlopCount.s4nd``. Complex GEMMs run only there and are left out of the dense count. S4ND layers run their FFT
+  path while counted: the count is the FFT rule's whichever path they run (the Toeplitz path's real GEMMs are the same
+  convolution, not dense work).
 
 GFLOPs = dense GMACs + scan GFLOPs + S4ND GFLOPs. Under a dispatch mode every vssm kernel call runs as its registered
 custom op, so the count is the same on the CPU and on the GPU.
@@ -70,14 +72,20 @@ def count_flops(model: nn.Module, *inputs, **kwargs) -> FlopCount:
         s4nd.update(layer.fft_conv_flops(args[0].shape, rate))
 
     # after the forward: a fresh kernel has set up its C~ length by then
-    handles = [m.register_forward_hook(add_s4nd, with_kwargs=True) for m in model.modules() if isinstance(m, S4ND)]
+    layers = [m for m in model.modules() if isinstance(m, S4ND)]
+    handles = [m.register_forward_hook(add_s4nd, with_kwargs=True) for m in layers]
+    conv_modes = [m.conv_mode for m in layers]
     model.eval()
     try:
+        for layer in layers:
+            layer.conv_mode = "fft"
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={
                 op: _real_only(formula) for op, formula in _GEMMS.items()}) as counter:
             model(*inputs, **kwargs)
     finally:
         model.train(training)
+        for layer, conv_mode in zip(layers, conv_modes):
+            layer.conv_mode = conv_mode
         for handle in handles:
             handle.remove()
     counts = counter.get_flop_counts()["Global"]

@@ -1,7 +1,8 @@
 """S4ND layer: every layer case of the official golden fixtures (float32 within the case's tolerance, float64 against
 the official float64 runs), the kernel cache, autocast, the optimizer hints, the stateful C~ and its doubling, the key
-conversion, layouts and gradients; the deterministic init and the time-kernel re-initialisation of the image -> video
-inflation; the materialised (direct-convolution) kernels of the export; the flop count by hand."""
+conversion, layouts and gradients; the two convolution paths (FFT and Toeplitz) and their choice; the deterministic
+init and the time-kernel re-initialisation of the image -> video inflation; the materialised (direct-convolution)
+kernels of the export; the flop count by hand."""
 import copy
 import json
 import math
@@ -13,8 +14,9 @@ import torch
 from torch import nn
 
 import vssm.layers.s4nd as s4nd_layer
-from vssm.layers.s4nd import (S4ND, SSMKernelDPLR, convert_official_s4nd, direct_kernels, generate_spectra,
-                              kernel_params, s4nd_from_official, ssm_convolution, ssm_init)
+from vssm.layers.s4nd import (S4ND, SSMKernelDPLR, convert_official_s4nd, direct_kernels, generate_matrices,
+                              generate_operators, generate_spectra, kernel_params, s4nd_from_official,
+                              ssm_convolution, ssm_init)
 from vssm.ops.ssm_kernel import bilinear, conj_pairs, dplr_state_matrix
 
 try:
@@ -390,15 +392,20 @@ def test_dense_stem_output_channels():
 @pytest.mark.parametrize("options", [dict(), dict(trank=2), dict(out_channels=5, init="fourier")],
                          ids=["depthwise", "trank2", "dense-stem"])
 def test_the_two_stages_compose_to_the_layer(options):
-    """generate_spectra then ssm_convolution (what the benchmark's stage split times) is the layer's SSM core, and
-    gradients reach the kernel parameters through the first stage."""
+    """generate_operators then ssm_convolution (what the benchmark's stage split times) is the layer's SSM core on
+    the path it runs (Toeplitz for the depthwise layers, FFT for the stem), and gradients reach the kernel parameters
+    through the first stage; the FFT stages (generate_spectra) give the same map."""
     torch.manual_seed(0)
     layer = S4ND(3, d_state=8, l_max=[4, 4], linear=True, **options)
     u = torch.randn(2, 3, 5, 6)
-    sizes, spectra = generate_spectra(layer, [5, 6], rate=1.0)
-    torch.testing.assert_close(ssm_convolution(layer, u, sizes, spectra), layer(u))
-    ssm_convolution(layer, u, sizes, spectra).square().sum().backward()
+    operators = generate_operators(layer, [5, 6], rate=1.0)
+    assert set(operators) == ({"fft_sizes", "spectra"} if "out_channels" in options else {"matrices"})
+    expected = layer(u)
+    torch.testing.assert_close(ssm_convolution(layer, u, **operators), expected, atol=0, rtol=0)
+    ssm_convolution(layer, u, **operators).square().sum().backward()
     assert layer.kernel[0].C.grad is not None and layer.kernel[1].C.grad.abs().sum() > 0
+    sizes, spectra = generate_spectra(layer, [5, 6], rate=1.0)
+    torch.testing.assert_close(ssm_convolution(layer, u, sizes, spectra), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_trank_two():
@@ -433,6 +440,126 @@ def test_deepcopy_keeps_numbers():
     x = torch.randn(1, 4, 6, 5)
     with torch.no_grad():
         torch.testing.assert_close(copy.deepcopy(layer)(x), layer(x))
+
+
+# --- convolution paths: FFT and Toeplitz --------------------------------------------------------------------------
+
+CONV_MODE_CASES = [  # layer kwargs, input shape, rate
+    (dict(d_model=4, l_max=[6, 5], init="fourier"), (2, 4, 6, 5), 1.0),
+    (dict(d_model=4, l_max=[6, 5], init="fourier"), (1, 4, 3, 7), 2.0),  # kernels of 3 and 2 taps: shorter than 7
+    (dict(d_model=4, l_max=7, dim=1, channels=2, transposed=False, linear=False, final_act="glu"), (2, 7, 4), 1.0),
+    (dict(d_model=3, l_max=[4, 5], trank=2, bidirectional=False), (1, 3, 5, 5), 1.0),
+    (dict(d_model=4, l_max=[5, 4], mode="s4d", init="diag-lin", bandlimit=0.5), (2, 4, 5, 4), 1.0),
+    (dict(d_model=2, l_max=[3, 4, 5], init="fourier"), (1, 2, 3, 4, 5), 1.0),
+]
+
+
+@pytest.mark.parametrize("kwargs, shape, rate", CONV_MODE_CASES)
+def test_conv_modes_agree(kwargs, shape, rate):
+    """conv_mode 'toeplitz' gives the output and the input and parameter gradients of 'fft' (float64), with the same
+    state dict."""
+    torch.manual_seed(0)
+    layers = {mode: S4ND(d_state=8, dt_min=0.1, dt_max=1.0, conv_mode=mode, **kwargs).double()
+              for mode in ("fft", "toeplitz")}
+    layers["toeplitz"].load_state_dict(layers["fft"].state_dict())
+    x = torch.randn(*shape, dtype=torch.float64)
+    results = {}
+    for mode, layer in layers.items():
+        x_mode = x.clone().requires_grad_()
+        y = layer(x_mode, rate=rate)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        results[mode] = y.detach(), x_mode.grad, {n: p.grad for n, p in layer.named_parameters()}
+    (y_fft, dx_fft, grads_fft), (y, dx, grads) = results["fft"], results["toeplitz"]
+    scale = y_fft.abs().max().item()
+    torch.testing.assert_close(y, y_fft, atol=1e-12 * scale, rtol=1e-10)
+    torch.testing.assert_close(dx, dx_fft, atol=1e-12 * dx_fft.abs().max().item(), rtol=1e-10)
+    assert grads.keys() == grads_fft.keys()
+    for name, grad in grads.items():  # (the kernel generation amplifies round-off: ~1e-8 relative for A_imag)
+        torch.testing.assert_close(grad, grads_fft[name], atol=1e-7 * grads_fft[name].abs().max().item(),
+                                   rtol=1e-7, msg=name)
+
+
+class CountPaths:
+    """Counts the calls of each convolution path (``toeplitz_conv_nd``, ``fft_conv_nd``) of ``vssm.layers.s4nd``."""
+
+    def __init__(self, monkeypatch):
+        self.calls = {"toeplitz": 0, "fft": 0}
+        for path, name in (("toeplitz", "toeplitz_conv_nd"), ("fft", "fft_conv_nd")):
+            monkeypatch.setattr(s4nd_layer, name, self._counted(path, getattr(s4nd_layer, name)))
+
+    def _counted(self, path, fn):
+        def counted(*args, **kwargs):
+            self.calls[path] += 1
+            return fn(*args, **kwargs)
+        return counted
+
+
+def test_auto_picks_toeplitz_for_short_depthwise_maps_and_fft_otherwise(monkeypatch):
+    counter = CountPaths(monkeypatch)
+    layer, stem = small_layer(), S4ND(3, d_state=8, l_max=[4, 4], out_channels=5, init="fourier")
+    assert layer.conv_mode == stem.conv_mode == "auto"
+    layer(torch.randn(1, 4, 6, 5))
+    assert counter.calls == {"toeplitz": 1, "fft": 0}
+    stem(torch.randn(1, 3, 6, 5))  # the dense stem
+    assert counter.calls == {"toeplitz": 1, "fft": 1}
+    monkeypatch.setattr(s4nd_layer, "TOEPLITZ_MAX_LENGTH", 5)
+    layer(torch.randn(1, 4, 6, 5))  # an axis longer than the limit
+    assert counter.calls == {"toeplitz": 1, "fft": 2}
+    layer(torch.randn(1, 4, 5, 5))
+    assert counter.calls == {"toeplitz": 2, "fft": 2}
+    layer.conv_mode = "fft"
+    layer(torch.randn(1, 4, 5, 5))
+    assert counter.calls == {"toeplitz": 2, "fft": 3}
+    S4ND(4, d_state=8, l_max=[5], init="fourier")(torch.randn(1, 4, 5))  # one axis (the ViT's layer): FFT
+    assert counter.calls == {"toeplitz": 2, "fft": 4}
+
+
+def test_conv_mode_is_checked_and_not_state():
+    with pytest.raises(ValueError, match="depthwise kernels only"):
+        S4ND(3, d_state=8, l_max=[4, 4], out_channels=5, conv_mode="toeplitz")
+    with pytest.raises(ValueError, match="conv_mode 'dft'"):
+        small_layer(conv_mode="dft")
+    stem = S4ND(3, d_state=8, l_max=[4, 4], out_channels=5, init="fourier")
+    with pytest.raises(ValueError, match="depthwise kernels only"):
+        generate_matrices(stem, [4, 4])
+    stem.conv_mode = "toeplitz"
+    with pytest.raises(ValueError, match="depthwise kernels only"):
+        stem(torch.randn(1, 3, 4, 4))
+    assert small_layer(conv_mode="fft").state_dict().keys() == small_layer(conv_mode="toeplitz").state_dict().keys()
+    assert "conv_mode='fft'" in repr(small_layer(conv_mode="fft"))
+
+
+def test_cache_keeps_what_the_path_uses(monkeypatch):
+    """The eval cache holds the Toeplitz matrices or the spectra, whichever the path runs; a path change is a miss."""
+    counter = CountCalls(monkeypatch)
+    layer = small_layer().eval()
+    x = torch.randn(2, 4, 6, 5)
+    with torch.no_grad():
+        y = layer(x)
+        assert counter.calls == 2 and set(layer._kernel_cache[1]) == {"matrices"}
+        layer(x)
+        assert counter.calls == 2
+        layer.conv_mode = "fft"
+        y_fft = layer(x)
+        assert counter.calls == 4 and set(layer._kernel_cache[1]) == {"fft_sizes", "spectra"}
+        torch.testing.assert_close(layer(x), y_fft, atol=0, rtol=0)
+        assert counter.calls == 4
+        layer.conv_mode = "toeplitz"
+        torch.testing.assert_close(layer(x), y, atol=0, rtol=0)
+        assert counter.calls == 6
+    torch.testing.assert_close(y_fft, y, atol=1e-5, rtol=1e-5)
+
+
+def test_toeplitz_path_under_bf16_autocast_computes_in_float32():
+    """A bf16 input under bf16 autocast: bf16 out, the float32 result of the same input rounded once."""
+    layer = small_layer().eval()
+    x = torch.randn(1, 4, 6, 5).bfloat16()
+    with torch.no_grad():
+        expected = layer(x.float()).bfloat16()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, expected, atol=0, rtol=0)
 
 
 # --- image -> video inflation: deterministic init, time-kernel re-initialisation ----------------------------------

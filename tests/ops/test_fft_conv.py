@@ -1,6 +1,7 @@
 """Separable N-D FFT convolution (vssm.ops.fft_conv) against convolution by its definition: causal and bidirectional
 kernels in 1-D, 2-D and 3-D, tensor rank, the dense (out_channels) contraction, gradients, dtypes and autocast; the
-real-valued direct form (the ONNX export's) against the FFT form; the flop count against a hand count."""
+Toeplitz-matrix form and the real-valued direct form (the ONNX export's) against the FFT form; the flop count against
+a hand count."""
 import itertools
 import math
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vssm.ops.fft_conv import (bidirectional_kernel, conv_taps, direct_conv_nd, fft_conv_nd, fft_conv_nd_flops,
-                                fft_conv_nd_ref, fft_flops, kernel_spectra)
+                                fft_conv_nd_ref, fft_flops, kernel_spectra, toeplitz_conv_nd, toeplitz_matrices)
 
 
 def rand(*shape, seed=0, dtype=torch.float64):
@@ -180,6 +181,107 @@ def test_direct_conv_equals_fft_conv(lengths, klens, bidirectional, rank, out_ch
     (fft_conv_nd(u_ref, [k.float() for k in kernels], sizes, rank=rank, out_channels=out_channels) * weight).sum(
     ).backward()
     torch.testing.assert_close(u32.grad, u_ref.grad, atol=1e-5, rtol=1e-4)
+
+
+# --- the Toeplitz form -----------------------------------------------------------------------------------------------
+
+def test_toeplitz_matrices_hold_the_circular_offsets():
+    """T[x, s] = k[(x - s) mod F]: a causal kernel of K = 2 taps over L = 4 (F = 6) is a lower band; a bidirectional
+    kernel puts its backward taps above the diagonal; a kernel padded only to F = L wraps its taps around."""
+    k = torch.tensor([[[1.0, 2.0]]], dtype=torch.float64)
+    (causal,) = toeplitz_matrices([k], [4])
+    torch.testing.assert_close(causal[0, 0], torch.tensor([[1, 0, 0, 0], [2, 1, 0, 0], [0, 2, 1, 0], [0, 0, 2, 1]],
+                                                          dtype=torch.float64))
+    (wrapped,) = toeplitz_matrices([k], [4], [4])  # offset -3 = 1 mod 4
+    torch.testing.assert_close(wrapped[0, 0], torch.tensor([[1, 0, 0, 2], [2, 1, 0, 0], [0, 2, 1, 0], [0, 0, 2, 1]],
+                                                           dtype=torch.float64))
+    raw = torch.tensor([[[1.0, 2.0]], [[3.0, 4.0]]], dtype=torch.float64)  # forward (1, 2), backward (3, 4)
+    (both,) = toeplitz_matrices([bidirectional_kernel(raw, 3)], [3], [5])  # offsets -1, -2: backward taps 0, 1
+    torch.testing.assert_close(both[0, 0], torch.tensor([[1, 3, 4], [2, 1, 3], [0, 2, 1]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="shorter than the input length"):
+        toeplitz_matrices([k], [4], [3])
+
+
+TOEPLITZ_CASES = [  # lengths, kernel lengths, bidirectional, rank, channels
+    ((7,), (3,), False, 1, 1), ((9,), (9,), True, 1, 2), ((5,), (2,), True, 2, 1),
+    ((5, 4), (2, 4), True, 1, 1), ((3, 7), (3, 2), False, 1, 2), ((5, 7), (6, 2), True, 2, 2),
+    ((3, 4, 5), (2, 3, 2), True, 1, 1), ((3, 2, 5), (3, 2, 5), False, 2, 2),
+]
+
+
+def toeplitz_case(lengths, klens, bidirectional, rank, channels, batch, seed=0):
+    """Input, kernels and the official FFT sizes (L + K: the combined bidirectional kernel's own length)."""
+    u = rand(batch, 3, *lengths, seed=seed)
+    raw = [rand(rank * channels * (2 if bidirectional else 1), 3, k, seed=seed + i + 1) for i, k in enumerate(klens)]
+    kernels = [bidirectional_kernel(k, n) for k, n in zip(raw, lengths)] if bidirectional else raw
+    return u, kernels, [n + k for n, k in zip(lengths, klens)]
+
+
+@pytest.mark.parametrize("lengths, klens, bidirectional, rank, channels", TOEPLITZ_CASES)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_toeplitz_conv_equals_fft_conv(lengths, klens, bidirectional, rank, channels, batch):
+    """Kernels shorter and longer than their axis, odd lengths, tensor rank and kernel channels, at the official FFT
+    sizes, the default ones and FFT sizes equal to the lengths (kernel taps wrapped around and truncated): float64
+    agreement with the FFT form and its reference."""
+    u, kernels, official = toeplitz_case(lengths, klens, bidirectional, rank, channels, batch)
+    for sizes in (official, None, list(lengths)):
+        expected = fft_conv_nd(u, kernels, sizes, rank=rank)
+        y = toeplitz_conv_nd(u, toeplitz_matrices(kernels, lengths, sizes), rank=rank)
+        assert y.shape == expected.shape == (batch, channels, 3, *lengths) and y.dtype == torch.float64
+        torch.testing.assert_close(y, expected, atol=1e-12, rtol=1e-12)
+    y = toeplitz_conv_nd(u, toeplitz_matrices(kernels, lengths, official), rank=rank)
+    torch.testing.assert_close(y, fft_conv_nd_ref(u, kernels, official, rank=rank), atol=1e-12, rtol=1e-12)
+
+
+def test_toeplitz_gradcheck():
+    """Gradients w.r.t. the input and the raw (bidirectional) kernels through the gather and the matrix products."""
+    u = rand(2, 2, 3, 4).requires_grad_()
+    raw = [rand(4, 2, 2, seed=1).requires_grad_(), rand(4, 2, 3, seed=2).requires_grad_()]  # rank 2, C = 1
+
+    def conv(u, a, b):
+        kernels = [bidirectional_kernel(a, 3), bidirectional_kernel(b, 4)]
+        return toeplitz_conv_nd(u, toeplitz_matrices(kernels, (3, 4), (5, 7)), rank=2)
+
+    assert torch.autograd.gradcheck(conv, (u, *raw))
+
+
+@pytest.mark.parametrize("lengths, klens, bidirectional, rank, channels", TOEPLITZ_CASES[3:])
+def test_toeplitz_gradients_equal_fft_gradients(lengths, klens, bidirectional, rank, channels):
+    u, kernels, sizes = toeplitz_case(lengths, klens, bidirectional, rank, channels, batch=2)
+    weight = rand(2, channels, 3, *lengths, seed=7)
+    grads = []
+    for conv in (lambda u, ks: fft_conv_nd(u, ks, sizes, rank=rank),
+                 lambda u, ks: toeplitz_conv_nd(u, toeplitz_matrices(ks, lengths, sizes), rank=rank)):
+        leaves = [u.detach().clone().requires_grad_()] + [k.detach().clone().requires_grad_() for k in kernels]
+        (conv(leaves[0], leaves[1:]) * weight).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for fft_grad, toeplitz_grad in zip(*grads):
+        torch.testing.assert_close(toeplitz_grad, fft_grad, atol=1e-11, rtol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_toeplitz_computes_in_float32(dtype):
+    """Any input dtype: float32 products (the result equals the float32 map of the same input, rounded once), the
+    output in the input dtype, float32 under bf16 autocast too."""
+    u = rand(2, 3, 6, 5, dtype=dtype)
+    kernels = [rand(2, 3, 3, seed=1, dtype=torch.float32), rand(2, 3, 2, seed=2, dtype=torch.float32)]
+    matrices = toeplitz_matrices(kernels, (6, 5))
+    assert all(m.dtype == torch.float32 for m in matrices)
+    expected = toeplitz_conv_nd(u.float(), matrices).to(dtype)
+    y = toeplitz_conv_nd(u, matrices)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_autocast = toeplitz_conv_nd(u, matrices)
+    assert y.dtype == y_autocast.dtype == dtype
+    torch.testing.assert_close(y, expected, atol=0, rtol=0)
+    torch.testing.assert_close(y_autocast, expected, atol=0, rtol=0)
+    reference = fft_conv_nd_ref(u.double(), [k.double() for k in kernels])
+    tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-3}[dtype]
+    torch.testing.assert_close(y.double(), reference, atol=tol * reference.abs().max().item(), rtol=tol)
+
+
+def test_toeplitz_checks_the_axes():
+    with pytest.raises(ValueError, match="1 kernels for 2 length axes"):
+        toeplitz_conv_nd(rand(1, 3, 4, 5), toeplitz_matrices([rand(1, 3, 2)], [4]))
 
 
 # --- work ------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ Multidimensional Signals Using State Spaces", NeurIPS 2022, arXiv 2210.06583).
 
 A re-implementation of the official ``S4ND`` module (github:state-spaces/s4, ``src/models/sequence/modules/s4nd.py``
 at e757cef, Apache-2.0), with its 1-D SSM kernels ``SSMKernelDPLR`` (S4, the default) and ``SSMKernelDiag`` (S4D).
-The math lives in ``vssm.ops.ssm_kernel`` (kernel generation) and ``vssm.ops.fft_conv`` (separable FFT convolution).
+The math lives in ``vssm.ops.ssm_kernel`` (kernel generation) and ``vssm.ops.fft_conv`` (separable convolution).
 
 Forward of ``S4ND`` on u (B, H, L1..Ld) (or (B, L1..Ld, H) with ``transposed=False``) at rate r:
 
@@ -13,7 +13,10 @@ Forward of ``S4ND`` on u (B, H, L1..Ld) (or (B, L1..Ld, H) with ``transposed=Fal
    sampled coarser); an input shorter than ``l_max`` gets the l_max kernel truncated;
 2. bidirectional: forward half + flipped backward half (``vssm.ops.fft_conv.bidirectional_kernel``);
 3. N-D kernel = outer product of the per-axis kernels (mean over ``trank`` terms); FFT convolution with zero padding to
-   ``L_i + L_kernel_i``; output channel ``c * H + h``;
+   ``L_i + L_kernel_i``; output channel ``c * H + h``. The depthwise layer (no ``out_channels``) computes the same map
+   as per-axis Toeplitz matrix products (``vssm.ops.fft_conv.toeplitz_conv_nd``: real float32 GEMMs, far less memory
+   traffic than the padded complex FFT grids) over 2 or 3 axes of at most ``TOEPLITZ_MAX_LENGTH`` each
+   (``conv_mode='auto'``); ``conv_mode`` forces either path;
 4. skip ``+ u * D[c, h]`` (not with ``out_channels``: the dense stem, every (out i, in h) pair its own kernel, no D);
 5. unless ``linear``: dropout(activation(y)), then ``output_linear`` (H * channels -> H, or 2H followed by a GLU when
    ``final_act='glu'``).
@@ -23,10 +26,11 @@ Only the first d kernels are used for a d-axis input (the official ViT builds ``
 with autocast disabled and is cast back to the input dtype; the output linear follows autocast.
 
 Kernel cache: the official code regenerates the kernels every forward (so do we in training). In eval, when no
-autograd graph is needed (``torch.no_grad``/``inference_mode`` or frozen kernel parameters), the kernel spectra are
-cached for a fixed (kernel parameter and buffer storage + ``_version``, input dtype, device, lengths, rate, inference
-mode); any change, an in-place parameter update or ``train()`` drops them. ``kernel_cache=False`` disables it. Never
-while tracing (torch.compile, torch.export: fake tensors have no storage).
+autograd graph is needed (``torch.no_grad``/``inference_mode`` or frozen kernel parameters), what the convolution path
+uses (the kernel spectra or the Toeplitz matrices) is cached for a fixed (kernel parameter and buffer storage +
+``_version``, input dtype, device, lengths, rate, inference mode, path); any change, an in-place parameter update or
+``train()`` drops it. ``kernel_cache=False`` disables it. Never while tracing (torch.compile, torch.export: fake
+tensors have no storage).
 
 Stateful C (official behaviour): the DPLR kernel stores ``C~ = (I - dA^L)^T C`` with ``L = l_max`` and the buffer
 ``l_kernel = L``. As the official, a fresh kernel (``l_kernel == 0``: just built, or an official model never run)
@@ -35,8 +39,8 @@ about 2 s per ViT-B layer on a CPU; trained checkpoints store C~ and skip it). A
 doubles it (``C~ <- (I + dA^l)^T C~``, l_kernel *= 2).
 
 Tracing: ``S4ND`` is an FX leaf (timm ``register_notrace_module``); under TorchScript its SSM core (``S4ND._ssm``:
-kernels, FFTs, D skip) is ``torch.jit.ignore``-d and runs as Python inside the scripted model, which is why the kernel
-helpers (``kernel_forward``, ``kernel_params``, ``setup_c_tilde``) are functions rather than methods. Under
+kernels, convolution, D skip) is ``torch.jit.ignore``-d and runs as Python inside the scripted model, which is why the
+kernel helpers (``kernel_forward``, ``kernel_params``, ``setup_c_tilde``) are functions rather than methods. Under
 torch.compile (fullgraph) the kernel length comes from the value of ``l_kernel`` last read, set up or loaded (a traced
 buffer has no value), and a fresh kernel's C~ set-up is traced into the graph. For torch.export / ONNX at a fixed input
 size, ``direct_kernels(model, example)`` (``S4ND.materialize_kernels``) computes the kernels once and runs the layer
@@ -44,7 +48,7 @@ as real-valued depthwise convolutions along each axis (``vssm.ops.fft_conv.direc
 
 Image -> video inflation: ``S4ND.reinit_time_kernel`` is the official ``_reinit`` hook (a new time kernel for a 3-axis
 layer; ``deterministic`` is the official deterministic init it uses). ``fft_conv_flops`` counts the layer's work for
-``vssm.flops``.
+``vssm.flops`` by the FFT rule, whichever path runs.
 
 Optimizer hints (official ``_optim`` attributes): with ``lr`` a float, ``inv_dt``, ``A_real``, ``A_imag``, ``B``, ``P``
 carry ``param._optim = {"lr": lr, "weight_decay": wd}`` (wd defaults to 0.0) and ``C`` carries ``{"lr": lr}`` (global
@@ -82,17 +86,24 @@ from timm.layers import register_notrace_module
 from torch import Tensor
 
 from ..ops.fft_conv import (bidirectional_kernel, conv_taps, direct_conv_nd, fft_conv_nd, fft_conv_nd_flops,
-                            kernel_spectra)
+                            kernel_spectra, toeplitz_conv_nd, toeplitz_matrices)
 from ..ops.ssm_kernel import (bandlimit_mask, diag_kernel, diag_kernel_flops, dplr_kernel, dplr_kernel_flops,
                               dplr_tilde_c)
 
-__all__ = ["S4ND", "SSMKernelDPLR", "SSMKernelDiag", "convert_official_s4nd", "direct_kernels", "generate_spectra",
-           "kernel_forward", "kernel_params", "s4nd_from_official", "setup_c_tilde", "ssm_convolution", "ssm_init"]
+__all__ = ["CONV_MODES", "S4ND", "SSMKernelDPLR", "SSMKernelDiag", "TOEPLITZ_MAX_LENGTH", "convert_official_s4nd",
+           "direct_kernels", "generate_matrices", "generate_operators", "generate_spectra", "kernel_forward",
+           "kernel_params", "s4nd_from_official", "setup_c_tilde", "ssm_convolution", "ssm_init"]
 
 _DPLR_MODES = ("dplr", "s4", "nplr")
 _DIAG_MODES = ("s4d", "diag")
 _INIT_COMBINATIONS = {"hippo": ["legs", "fourier"], "diag": ["diag-inv", "diag-lin"],
                       "all": ["legs", "fourier", "diag-inv", "diag-lin"]}
+CONV_MODES = ("auto", "fft", "toeplitz")
+# the longest input axis for which ``conv_mode='auto'`` applies the kernels of a 2-D or 3-D layer as Toeplitz
+# matrices: their products cost 2 L flops per element and axis, the FFT path O(log L) flops but many more passes over
+# its grids, zero-padded to twice the length along every axis (H100 figures in BENCHMARKS.md: the Toeplitz products
+# win up to 256 x 256, the largest measured; the 1-D layer of S4ND-ViT-B, 196 long, trains faster by FFT)
+TOEPLITZ_MAX_LENGTH = 256
 
 
 # --- initialisation (HiPPO and S4D inits, official kernels/dplr.py + hippo/hippo.py semantics) ----------------------
@@ -391,9 +402,9 @@ def _tracing(t: Tensor) -> bool:
     return torch.compiler.is_compiling() or type(t) not in (Tensor, nn.Parameter)
 
 
-def _cache_key(kernels, u: Tensor, lengths, rate: float):
+def _cache_key(kernels, u: Tensor, lengths, rate: float, conv_mode: str):
     state = tuple((t.data_ptr(), t._version, t.dtype) for k in kernels for t in _kernel_tensors(k))
-    return state, u.dtype, u.device, tuple(lengths), float(rate), torch.is_inference_mode_enabled()
+    return state, u.dtype, u.device, tuple(lengths), float(rate), torch.is_inference_mode_enabled(), conv_mode
 
 
 def _remember_l_kernel(kernel: nn.Module, value: int) -> None:
@@ -484,50 +495,96 @@ def _direct_taps(layer: nn.Module, lengths: Sequence[int], rate: float,
     return [(getattr(layer, f"direct_taps_{axis}"), before) for axis, before in enumerate(direct[2])]
 
 
-def _kernel_spectra(layer: nn.Module, u: Tensor, lengths, rate: float):
-    """Per-axis kernel spectra and FFT sizes of an ``S4ND`` for input lengths ``lengths`` at ``rate`` (cached in eval
-    when no graph is needed, never while tracing)."""
+def _check_conv_mode(conv_mode: str, out_channels: Optional[int]) -> None:
+    if conv_mode not in CONV_MODES:
+        raise ValueError(f"S4ND: conv_mode {conv_mode!r} (supported: {CONV_MODES})")
+    if conv_mode == "toeplitz" and out_channels is not None:
+        raise ValueError("S4ND: conv_mode='toeplitz' applies depthwise kernels only; the dense stem "
+                         "(out_channels) runs the FFT path ('fft' or 'auto')")
+
+
+def _conv_path(layer: nn.Module, lengths: Sequence[int]) -> str:
+    """The convolution path of an ``S4ND`` for inputs of ``lengths``: ``'toeplitz'`` or ``'fft'`` (``conv_mode``;
+    ``'auto'``: Toeplitz for the depthwise layer over 2 or 3 axes with every length at most ``TOEPLITZ_MAX_LENGTH``)."""
+    _check_conv_mode(layer.conv_mode, layer.out_channels)
+    if layer.conv_mode != "auto":
+        return layer.conv_mode
+    short = len(lengths) >= 2 and all(int(length) <= TOEPLITZ_MAX_LENGTH for length in lengths)
+    return "toeplitz" if layer.out_channels is None and short else "fft"
+
+
+def _kernel_operators(layer: nn.Module, u: Tensor, lengths, rate: float) -> dict:
+    """``generate_operators`` for an ``S4ND``'s input u, cached in eval when no graph is needed (never while
+    tracing)."""
     kernels = [getattr(layer.kernel, str(i)) for i in range(len(lengths))]
     needs_graph = torch.is_grad_enabled() and any(t.requires_grad for k in kernels for t in _kernel_tensors(k))
     use_cache = layer.kernel_cache and not layer.training and not needs_graph and not _tracing(u)
+    path = _conv_path(layer, lengths)
     if use_cache:
         cache = layer.__dict__.get("_kernel_cache")
-        if cache is not None and cache[0] == _cache_key(kernels, u, lengths, rate):
-            return cache[1], cache[2]
+        if cache is not None and cache[0] == _cache_key(kernels, u, lengths, rate, path):
+            return cache[1]
     if not _tracing(u):
         layer.__dict__["_kernel_cache"] = None
-    fft_sizes, spectra = generate_spectra(layer, lengths, rate)
+    operators = generate_operators(layer, lengths, rate)
     if use_cache:  # key again: a first forward may have set up C~ in place
-        layer.__dict__["_kernel_cache"] = (_cache_key(kernels, u, lengths, rate), fft_sizes, spectra)
-    return fft_sizes, spectra
+        layer.__dict__["_kernel_cache"] = (_cache_key(kernels, u, lengths, rate, path), operators)
+    return operators
 
 
 def generate_spectra(layer: nn.Module, lengths: Sequence[int], rate: float = 1.0) -> Tuple[List[int], List[Tensor]]:
-    """The first stage of an ``S4ND``'s SSM core: its per-axis kernels for input ``lengths`` at ``rate`` (bidirectional
-    halves combined) and their spectra, in float32 (float64 for float64 parameters) with their graph, never cached.
-    Returns (FFT sizes, spectra) as ``ssm_convolution`` takes them."""
+    """The first stage of an ``S4ND``'s SSM core on the FFT path: its per-axis kernels for input ``lengths`` at
+    ``rate`` (bidirectional halves combined) and their spectra, in float32 (float64 for float64 parameters) with their
+    graph, never cached. Returns (FFT sizes, spectra) as ``ssm_convolution`` takes them."""
     kernel_device = getattr(layer.kernel, "0").inv_dt.device.type
     with torch.autocast(device_type=kernel_device, enabled=False):
         ks, fft_sizes = _combined_kernels(layer, [int(l) for l in lengths], rate)
         return fft_sizes, kernel_spectra(ks, fft_sizes)
 
 
+def generate_matrices(layer: nn.Module, lengths: Sequence[int], rate: float = 1.0) -> List[Tensor]:
+    """The first stage on the Toeplitz path (depthwise layers): the per-axis kernels as ``generate_spectra`` makes
+    them, as Toeplitz matrices r(trank * channels, H, L_i, L_i) (``vssm.ops.fft_conv.toeplitz_matrices``), with their
+    graph, never cached."""
+    _check_conv_mode("toeplitz", layer.out_channels)
+    lengths = [int(l) for l in lengths]
+    kernel_device = getattr(layer.kernel, "0").inv_dt.device.type
+    with torch.autocast(device_type=kernel_device, enabled=False):
+        ks, fft_sizes = _combined_kernels(layer, lengths, rate)
+        return toeplitz_matrices(ks, lengths, fft_sizes)
+
+
+def generate_operators(layer: nn.Module, lengths: Sequence[int], rate: float = 1.0) -> dict:
+    """The first stage for the path the layer runs on inputs of ``lengths`` (its ``conv_mode``): the keyword
+    arguments of ``ssm_convolution``, ``{'fft_sizes', 'spectra'}`` (``generate_spectra``) or ``{'matrices'}``
+    (``generate_matrices``); never cached."""
+    if _conv_path(layer, lengths) == "toeplitz":
+        return dict(matrices=generate_matrices(layer, lengths, rate))
+    fft_sizes, spectra = generate_spectra(layer, lengths, rate)
+    return dict(fft_sizes=fft_sizes, spectra=spectra)
+
+
 def ssm_convolution(layer: nn.Module, u: Tensor, fft_sizes: Optional[Sequence[int]] = None,
                     spectra: Optional[Sequence[Tensor]] = None,
-                    taps: Optional[List[Tuple[Tensor, int]]] = None) -> Tensor:
-    """The second stage: u (B, H, L1..Ld) convolved with ``generate_spectra``'s kernels by FFT (or with
-    ``materialize_kernels``' taps by direct convolutions), plus the D skip, in float32 (float64 stays float64) with
-    autocast off -> (B, channels * H (or I * channels), L1..Ld) in u's dtype, channel c * H + h."""
+                    taps: Optional[List[Tuple[Tensor, int]]] = None,
+                    matrices: Optional[Sequence[Tensor]] = None) -> Tensor:
+    """The second stage: u (B, H, L1..Ld) convolved with ``generate_spectra``'s kernels by FFT, with
+    ``generate_matrices``' Toeplitz matrices, or with ``materialize_kernels``' taps by direct convolutions, plus the
+    D skip, in float32 (float64 stays float64) with autocast off -> (B, channels * H (or I * channels), L1..Ld) in u's
+    dtype, channel c * H + h."""
     in_dtype = u.dtype
     with torch.autocast(device_type=u.device.type, enabled=False):
         u = u.to(torch.float64 if in_dtype == torch.float64 else torch.float32)
         if taps is not None:
             y = direct_conv_nd(u, taps, rank=layer.trank, out_channels=layer.out_channels)
+        elif matrices is not None:
+            y = toeplitz_conv_nd(u, matrices, rank=layer.trank)  # (B, C, H, L..), batch innermost in memory
         else:
             y = fft_conv_nd(u, fft_sizes=fft_sizes, spectra=spectra, rank=layer.trank,
                             out_channels=layer.out_channels)  # (B, C, H, L..) or (B, C, I, L..)
         if layer.D is not None:
-            y = y + u[:, None] * layer.D.reshape(*layer.D.shape, *([1] * (u.dim() - 2))).to(u.dtype)
+            # NOTE: the contiguous skip term first: the sum takes the layout of its first operand
+            y = u[:, None] * layer.D.reshape(*layer.D.shape, *([1] * (u.dim() - 2))).to(u.dtype) + y
         return y.flatten(1, 2).to(in_dtype)
 
 
@@ -554,7 +611,10 @@ class S4ND(nn.Module):
         init, rank, n_ssm, dt_min, dt_max, lr, wd, bandlimit, deterministic: SSM kernel options
             (``SSMKernelDPLR``).
         disc: S4D discretisation (``'zoh'`` or ``'bilinear'``).
-        kernel_cache: cache the kernel spectra in eval (see the module docstring).
+        kernel_cache: cache the kernel spectra or Toeplitz matrices in eval (see the module docstring).
+        conv_mode: how the kernels are applied: ``'fft'``, ``'toeplitz'`` (per-axis Toeplitz matrix products; depthwise
+            layers only) or ``'auto'`` (Toeplitz for the depthwise layer over 2 or 3 axes when every input length is at
+            most ``TOEPLITZ_MAX_LENGTH``, else FFT). Not state: a benchmark may set the attribute.
     """
     __jit_ignored_attributes__ = ["_direct_kernels", "_kernel_kwargs"]  # Python-side (the SSM core is not scripted)
 
@@ -585,6 +645,7 @@ class S4ND(nn.Module):
             disc: str = "zoh",
             deterministic: bool = False,
             kernel_cache: bool = True,
+            conv_mode: str = "auto",
             device=None,
             dtype=None,
     ):
@@ -601,6 +662,8 @@ class S4ND(nn.Module):
         self.kernel_cache = kernel_cache
         if out_channels is not None and not linear:
             raise ValueError("S4ND: out_channels (the dense stem) requires linear=True (official)")
+        _check_conv_mode(conv_mode, out_channels)
+        self.conv_mode = conv_mode
         if l_max is None:
             self.l_max = [None] * dim
         elif isinstance(l_max, int):
@@ -701,15 +764,14 @@ class S4ND(nn.Module):
 
     @torch.jit.ignore  # TorchScript: runs as Python (complex math, value-dependent lengths, the stateful C~)
     def _ssm(self, u: Tensor, rate: float) -> Tensor:
-        """u (B, H, L1..Ld) -> kernels, FFT convolution and D skip -> (B, channels * H (or I), L1..Ld), u's dtype."""
+        """u (B, H, L1..Ld) -> kernels, convolution and D skip -> (B, channels * H (or I), L1..Ld), u's dtype."""
         lengths = list(u.shape[2:])
         if len(lengths) > len(self.l_max):
             raise ValueError(f"S4ND: {len(lengths)} length axes but only {len(self.l_max)} kernels")
         taps = _direct_taps(self, lengths, rate, _tracing(u))
         if taps is not None:
             return ssm_convolution(self, u, taps=taps)
-        fft_sizes, spectra = _kernel_spectra(self, u, lengths, rate)
-        return ssm_convolution(self, u, fft_sizes, spectra)
+        return ssm_convolution(self, u, **_kernel_operators(self, u, lengths, rate))
 
     def forward(self, u: Tensor, rate: float = 1.0) -> Tensor:
         """u: (B, H, L1..Ld) if transposed else (B, L1..Ld, H) -> same layout, H (or out_channels * channels)
@@ -730,9 +792,9 @@ class S4ND(nn.Module):
     def fft_conv_flops(self, input_shape: Sequence[int], rate: float = 1.0) -> Dict[str, int]:
         """Real flops of the SSM core of one forward on an input of ``input_shape`` (in the forward's layout) at
         ``rate``: ``kernel``, the generation of every axis' kernel (``dplr_kernel_flops`` / ``diag_kernel_flops``,
-        with the ``l_kernel`` the forward runs with); the FFT convolution's parts (``fft_conv_nd_flops``); ``skip``,
-        the D term (a multiply and an add per output element). The output linear is a GEMM, counted as such by
-        ``vssm.flops``."""
+        with the ``l_kernel`` the forward runs with); the FFT convolution's parts (``fft_conv_nd_flops``, also for
+        the Toeplitz path); ``skip``, the D term (a multiply and an add per output element). The output linear is a
+        GEMM, counted as such by ``vssm.flops``."""
         shape = [int(n) for n in input_shape]
         batch, features = shape[0], shape[1] if self.transposed else shape[-1]
         lengths = shape[2:] if self.transposed else shape[1:-1]
@@ -754,7 +816,7 @@ class S4ND(nn.Module):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, l_max={self.l_max}, channels={self.channels}, "
                 f"out_channels={self.out_channels}, bidirectional={self.bidirectional}, mode={self.mode!r}, "
-                f"transposed={self.transposed}, linear={self.linear}")
+                f"transposed={self.transposed}, linear={self.linear}, conv_mode={self.conv_mode!r}")
 
 
 @contextmanager

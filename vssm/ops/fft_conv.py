@@ -1,7 +1,9 @@
-"""N-D FFT convolution with separable (per-axis) kernels, as S4ND applies its SSM kernels.
+"""Separable N-D convolution as S4ND applies its SSM kernels: by FFT, by per-axis Toeplitz matrix products, or by
+real-valued direct convolutions.
 
 The N-D kernel is the outer product of one 1-D kernel per length axis (per kernel channel and feature), so the
-convolution never materialises it in space: each 1-D kernel is transformed once and the spectra are multiplied.
+convolution never materialises it in space: each 1-D kernel is transformed once and the spectra are multiplied, or it
+is applied along its axis alone.
 
 Shapes (letter codes): B batch, H features, C kernel channels, I dense output channels, L1..Ld input lengths,
 K1..Kd kernel lengths, F1..Fd FFT sizes. ``r(...)`` real.
@@ -13,6 +15,11 @@ K1..Kd kernel lengths, F1..Fd FFT sizes. ``r(...)`` real.
   official zero padding ``F_i = L_i + K_i`` (so causal kernels never wrap around); optional tensor rank (mean of
   ``rank`` separable terms, the official ``trank``) and a dense contraction over H (the official ``out_channels``
   stem). ``fft_conv_nd_ref`` is the same map written as a direct (circular) convolution sum, for tests.
+* ``toeplitz_conv_nd`` is the same depthwise map as matrix products: along axis i, output x takes input s with the
+  weight ``k_i[(x - s) mod F_i]`` (the circular wrap of the FFT form included), an L_i x L_i Toeplitz matrix per
+  kernel channel and feature (``toeplitz_matrices``), applied along each axis in turn as batched float32 GEMMs. No
+  padding to F, no complex numbers: 2 L_i flops per element and axis, and a few passes over the real tensor instead of
+  the FFT form's many over the padded complex grids, so S4ND uses it for short axes (``S4ND``'s ``conv_mode``).
 * ``direct_conv_nd`` is the same map again as real-valued convolutions, one depthwise 1-D convolution along each axis
   (the kernel is separable), with the taps of ``conv_taps``: what an ONNX graph of a fixed input size runs (no complex
   numbers, no DFT), exact to rounding. Its weights grow with the input length (up to 2 L - 1 taps per axis), not its
@@ -20,8 +27,8 @@ K1..Kd kernel lengths, F1..Fd FFT sizes. ``r(...)`` real.
 * ``fft_flops`` / ``fft_conv_nd_flops``: the work of ``fft_conv_nd`` in real flops, 5 N log2 N per 1-D transform of
   length N (``vssm.flops``).
 
-The FFTs run in float32 whatever the input dtype (float64 stays float64) with autocast disabled inside; the result is
-cast back to the input dtype.
+Every form runs in float32 whatever the input dtype (float64 stays float64) with autocast disabled inside; the result
+is cast back to the input dtype.
 """
 import itertools
 import math
@@ -32,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["bidirectional_kernel", "conv_taps", "direct_conv_nd", "fft_conv_nd", "fft_conv_nd_flops",
-           "fft_conv_nd_ref", "fft_flops", "kernel_spectra"]
+           "fft_conv_nd_ref", "fft_flops", "kernel_spectra", "toeplitz_conv_nd", "toeplitz_matrices"]
 
 
 def bidirectional_kernel(k: Tensor, length: int) -> Tensor:
@@ -140,6 +147,89 @@ def fft_conv_nd_ref(u: Tensor, kernels: Sequence[Tensor], fft_sizes: Optional[Se
             tap = tap.reshape(out_channels, -1, tap.shape[-1])  # (I, C', H)
             y = y + torch.einsum("bh...,ich->bci...", shifted, tap)
     y = y[(Ellipsis, *[slice(0, l) for l in lengths])]
+    return y.to(u.dtype)
+
+
+# --- the same map as Toeplitz matrix products ----------------------------------------------------------------------
+
+def toeplitz_matrices(kernels: Sequence[Tensor], lengths: Sequence[int],
+                      fft_sizes: Optional[Sequence[int]] = None) -> List[Tensor]:
+    """Per-axis Toeplitz matrices of ``fft_conv_nd``'s depthwise map, for ``toeplitz_conv_nd``.
+
+    Along axis i, output x takes input s through the entry ``(x - s) mod F_i`` of the kernel zero-padded (or cut) to
+    F_i, the FFT form's circular wrap included (for F_i < 2 L_i - 1 the offsets d and d - F_i share an entry). One
+    gather per axis, differentiable back to the kernels; float32 (float64 stays float64).
+
+    Args:
+        kernels: d tensors r(rank * C, H, K_i), as ``fft_conv_nd`` takes them.
+        lengths: L_i, the input lengths.
+        fft_sizes: F_i >= L_i; default ``L_i + K_i`` (as ``fft_conv_nd``).
+
+    Returns: d tensors r(rank * C, H, L_i, L_i), ``T[.., x, s] = k_i[(x - s) mod F_i]``.
+    """
+    if fft_sizes is None:
+        fft_sizes = [l + k.shape[-1] for l, k in zip(lengths, kernels)]
+    matrices = []
+    for k, length, size in zip(kernels, lengths, fft_sizes):
+        length, size = int(length), int(size)
+        if size < length:
+            raise ValueError(f"toeplitz_matrices: FFT size {size} is shorter than the input length {length}")
+        padded = F.pad(k.to(_compute_dtype(k)), (0, max(0, size - k.shape[-1])))[..., :size]  # (rC, H, F)
+        positions = torch.arange(length, device=k.device)
+        matrices.append(padded[..., (positions[:, None] - positions[None, :]) % size])
+    return matrices
+
+
+class _ToeplitzProduct(torch.autograd.Function):
+    """``y = T @ x^T`` per group: T r(G, L, L), x r(G, M, L) (L innermost) -> r(G, L, M), so that the output's
+    innermost axis is x's second-innermost one. The backward gives x's gradient in x's own layout (``grad^T @ T``);
+    autograd's bmm formula would give it transposed, and the reshape before the next product would copy it."""
+
+    @staticmethod
+    def forward(ctx, matrices: Tensor, x: Tensor) -> Tensor:
+        ctx.save_for_backward(matrices, x)
+        return torch.bmm(matrices, x.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        matrices, x = ctx.saved_tensors
+        grad_matrices = torch.bmm(grad, x) if ctx.needs_input_grad[0] else None
+        grad_x = torch.bmm(grad.transpose(1, 2), matrices) if ctx.needs_input_grad[1] else None
+        return grad_matrices, grad_x
+
+
+def toeplitz_conv_nd(u: Tensor, matrices: Sequence[Tensor], rank: int = 1) -> Tensor:
+    """``fft_conv_nd``'s depthwise map (``out_channels=None``) as Toeplitz matrix products along each axis.
+
+    u is copied once into the layout (G, B, L1, .., Ld), G = rank * C * H groups (the cast to float32 in the same
+    copy); then, from the last axis to the first, one batched GEMM per axis multiplies the innermost axis by its
+    matrices and writes it outermost (``T @ x^T``), which leaves the next axis innermost, no copy in between (nor in
+    the backward, ``_ToeplitzProduct``). The result, stored (C, H, L1, .., Ld, B), is returned as a permuted view.
+
+    Args:
+        u: r(B, H, L1, .., Ld).
+        matrices: d tensors r(rank * C, H, L_i, L_i) (``toeplitz_matrices``), channel axis as ``fft_conv_nd``'s
+            kernels (rank outermost).
+        rank: number of separable terms averaged (official ``trank``).
+
+    Returns: r(B, C, H, L1, .., Ld) in u's dtype (computed in float32, or float64 for float64 input; batch innermost
+    in memory).
+    """
+    batch, features, *lengths = u.shape
+    if len(matrices) != len(lengths):
+        raise ValueError(f"toeplitz_conv_nd: {len(matrices)} kernels for {len(lengths)} length axes")
+    channels = matrices[0].shape[0]  # rank * C
+    groups = channels * features
+    dtype = _compute_dtype(u)
+    with torch.autocast(device_type=u.device.type, enabled=False):
+        x = u.transpose(0, 1)[None].expand(channels, features, batch, *lengths)
+        x = x.to(dtype, copy=True, memory_format=torch.contiguous_format)  # (rC, H, B, L1, .., Ld)
+        for matrix, length in zip(reversed(matrices), reversed(lengths)):
+            x = x.view(groups, -1, length)  # (G, M, L_i): the axis innermost
+            x = _ToeplitzProduct.apply(matrix.to(dtype).reshape(groups, length, length), x)  # (G, L_i, M)
+        y = x.view(rank, channels // rank, features, *lengths, batch)
+        y = y.mean(0) if rank > 1 else y.squeeze(0)  # (C, H, L1, .., Ld, B)
+        y = y.permute(-1, *range(y.dim() - 1))  # (B, C, H, L1, .., Ld)
     return y.to(u.dtype)
 
 
