@@ -206,3 +206,35 @@ def test_activation_recompute_reaches_the_scan_mixers(monkeypatch, name, count):
         flags.clear()
         model(torch.randn(1, *size)).sum().backward()
         assert flags and set(flags) == {expected}, level
+
+
+@pytest.mark.parametrize("kind", ["simba", "plainmamba"])
+def test_level_two_recomputes_the_conv_of_the_scan_mixers(kind):
+    """From level 2 SiMBA's and PlainMamba's mixers keep neither their conv's channels-last input copy nor its output
+    (recomputed in the backward from in_proj's output): at least those bytes fewer saved, the same gradients."""
+    from vssm.layers.mamba_mixer import set_activation_recompute
+    from vssm.layers.simba_mixer import CausalMambaMixer
+    from vssm.layers.zigzag_mixer import ZigzagMamba2D
+
+    torch.manual_seed(0)
+    if kind == "simba":  # 35 tokens, E = 32; the conv's output is 3 steps longer (the causal padding)
+        mixer, x, conv_bytes = CausalMambaMixer(16, d_state=8), torch.randn(2, 35, 16), 2 * 32 * (35 + 38) * 4
+    else:  # a 5 x 7 map, E = 32
+        mixer, x, conv_bytes = ZigzagMamba2D(16, d_state=4), torch.randn(2, 5, 7, 16), 2 * 2 * 32 * 35 * 4
+    results = []
+    for level in (1, 2):
+        set_activation_recompute(mixer, level)
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = mixer(x)
+        mixer.zero_grad()
+        y.square().sum().backward()
+        results.append((sum(storages.values()), y.detach(), [p.grad.clone() for p in mixer.parameters()]))
+    (kept, y1, grads1), (kept2, y2, grads2) = results
+    assert kept - kept2 >= conv_bytes
+    assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(grads1, grads2))

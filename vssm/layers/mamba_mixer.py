@@ -167,8 +167,9 @@ def set_activation_recompute(model: nn.Module, level: int) -> int:
     """Set what every Mamba mixer of ``model`` recomputes in its backward instead of saving. ``MambaMixer`` (Vim,
     VideoMamba, U-Mamba; ``vssm.ops.mamba_inner``): 0 nothing, 1 the conv output and delta (the default), 2 also the
     scan's chunk states, 3 also the scan's output. The scan mixers of SiMBA, PlainMamba and LocalVim / LocalVMamba:
-    from 2 on, the scan's chunk states (``vssm.ops.scan_core``'s ``recompute_states``); 0 and 1 keep them. Returns
-    how many mixers there are.
+    from 2 on, the scan's chunk states (``vssm.ops.scan_core``'s ``recompute_states``), and in SiMBA and PlainMamba
+    also the depthwise conv's input copy and output (``torch.utils.checkpoint``; LocalVim's fused conv keeps only its
+    input); 0 and 1 keep them. Returns how many mixers there are.
 
     Raises:
         ValueError: An unknown level.

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ..ops import selective_scan
 from .ssm_init import init_dt_projection_, ssm_parameters
@@ -65,7 +66,7 @@ class CausalMambaMixer(nn.Module):
         init_dt_projection_(self.dt_proj.weight, self.dt_proj.bias)
         self.A_log, self.D = ssm_parameters((self.d_inner,), d_state, device)  # float32 (layers.ssm_init)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=bias, **dd)
-        self.recompute = 1  # >= 2: the scan keeps no chunk states; the backward recomputes them
+        self.recompute = 1  # >= 2: no chunk states and no conv output kept; the backward recomputes them
 
     def _causal_conv(self, x: Tensor) -> Tensor:
         """Causal depthwise conv, channels-last: (B, L, E) -> (B, E, L) view of a (B, L, E) tensor."""
@@ -74,6 +75,10 @@ class CausalMambaMixer(nn.Module):
         x = F.conv2d(x, self.conv1d.weight.unsqueeze(2), self.conv1d.bias, 1, (0, self.d_conv - 1), 1,
                      self.d_inner)  # (B, E, 1, L + d_conv - 1), left part is causal
         return x[:, :, 0, :length]
+
+    def _conv_silu(self, u: Tensor) -> Tensor:
+        """silu(causal depthwise conv) of u (B, L, E) -> (B, E, L), channels-last."""
+        return F.silu(self._causal_conv(u))
 
     def forward(self, x: Tensor) -> Tensor:
         """Mix tokens causally.
@@ -85,7 +90,12 @@ class CausalMambaMixer(nn.Module):
             (B, L, C).
         """
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
-        u = F.silu(self._causal_conv(u))  # (B, E, L), channels-last
+        if self.recompute >= 2 and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            # the conv's channels-last input copy and its output are recomputed in the backward from u, a view of
+            # in_proj's output, which z keeps alive anyway
+            u = checkpoint(self._conv_silu, u, use_reentrant=False)
+        else:
+            u = self._conv_silu(u)
         dt, B, C = torch.split(self.x_proj(u.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, L, E); the bias goes into the scan
         A = -torch.exp(self.A_log.float())  # (E, N)

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ..ops import multi_scan, scan_paths
 from .ssm_init import init_dt_projection_, ssm_parameters
@@ -92,7 +93,7 @@ class ZigzagMamba2D(nn.Module):
         self.d_state = d_state
         self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else int(dt_rank)
         self.reorder_params = reorder_params
-        self.recompute = 1  # >= 2: the scan keeps no chunk states; the backward recomputes them
+        self.recompute = 1  # >= 2: no chunk states and no conv output kept; the backward recomputes them
         self.dt_bias_twice = dt_bias_twice
         self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=bias, **dd)
         self.conv2d = nn.Conv2d(self.d_inner, self.d_inner, conv_size, padding=conv_size // 2, groups=self.d_inner,
@@ -105,6 +106,11 @@ class ZigzagMamba2D(nn.Module):
         nn.init.trunc_normal_(self.direction_tokens, std=0.02)
         self.out_proj = nn.Linear(self.d_inner, dim, bias=bias, **dd)
 
+    def _conv_silu(self, u: Tensor) -> Tensor:
+        """silu(depthwise conv) of u (B, H, W, E) -> (B, E, L), channels-last."""
+        u = self.conv2d(u.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))  # (B, E, H, W)
+        return F.silu(u).flatten(2)
+
     def _scan_inputs(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Scan inputs of a (B, H, W, C) map, each a channels-last view in raster order.
 
@@ -113,8 +119,12 @@ class ZigzagMamba2D(nn.Module):
         """
         _, height, width, _ = x.shape
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, H, W, E) each
-        u = self.conv2d(u.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))  # (B, E, H, W)
-        u = F.silu(u).flatten(2)  # (B, E, L), channels-last
+        if self.recompute >= 2 and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            # the conv's channels-last input copy and its output are recomputed in the backward from u, a view of
+            # in_proj's output, which z keeps alive anyway
+            u = checkpoint(self._conv_silu, u, use_reentrant=False)
+        else:
+            u = self._conv_silu(u)
         dt, B, C = torch.split(self.x_proj(u.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = self.dt_proj(dt) if self.dt_bias_twice else F.linear(dt, self.dt_proj.weight)  # (B, L, E)
         paths, moves = zigzag_routes(height, width, x.device)
