@@ -1,6 +1,7 @@
 """Benchmark the selective scan and the fused multi-direction scan on a CUDA GPU.
 
     python tools/benchmark_scan.py [--out results.json] [--sweep] [--skip-slow]
+    python tools/benchmark_scan.py --sweep-only --sweep-layout channels_last --sweep-shapes 128,128,3136,64
 
 First checks the Triton kernels against the float64 PyTorch path on fresh random inputs (forward and every gradient),
 then times the issue's cases (bf16 u/delta/B/C, fp32 A/D/delta_bias, softplus, B/C as (batch, 1, N, L)):
@@ -12,7 +13,8 @@ inputs in the same run when it is importable, or built from a mamba-ssm source t
 (its ``csrc/selective_scan`` compiled for this GPU with torch's C++ extension loader, cached in ``--mamba-build``;
 about two minutes on an H100 host the first time) and checked against our output first. Then the fused
 4-direction cross-scan (``multi_scan``) against gather + scan + scatter in PyTorch. Prints markdown tables; writes
-everything as JSON.
+everything as JSON. ``--sweep`` / ``--sweep-only`` time the launch configurations of ``sweep_configs`` (forward and
+backward tiles, chunk lengths, tile layouts, the length split) against the default plan on given shapes and layouts.
 """
 import argparse
 import json
@@ -44,16 +46,24 @@ MAMBA_NVCC_FLAGS = ["-O3", "-std=c++17", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CU
 CROSS_CASES = [(64, 192, 56, 56, 1), (64, 192, 56, 56, 16)]
 
 
-def scan_inputs(batch, dim, length, d_state, dtype=torch.bfloat16, device="cuda", requires_grad=False):
+def scan_inputs(batch, dim, length, d_state, dtype=torch.bfloat16, device="cuda", requires_grad=False,
+                channels_last=False):
+    """selective_scan's inputs: u, delta (batch, dim, L) and B, C (batch, 1, N, L), each sequence contiguous; with
+    ``channels_last`` u, delta as (batch, dim, L) views of (batch, L, dim) maps and B, C as (batch, N, L) views of one
+    (batch, L, 2N) tensor (the 2-D models' and SiMBA's layout)."""
     g = torch.Generator(device=device).manual_seed(batch * 131 + length)
 
     def rnd(*shape, dt=dtype, scale=1.0):
         return (torch.randn(*shape, device=device, generator=g) * scale).to(dt).requires_grad_(requires_grad)
 
     A = (-(torch.rand(dim, d_state, device=device, generator=g) * 4 + 0.5)).requires_grad_(requires_grad)
-    return dict(u=rnd(batch, dim, length), delta=rnd(batch, dim, length, scale=0.5), A=A,
-                B=rnd(batch, 1, d_state, length), C=rnd(batch, 1, d_state, length),
-                D=rnd(dim, dt=torch.float32), delta_bias=rnd(dim, dt=torch.float32, scale=0.5))
+    params = dict(A=A, D=rnd(dim, dt=torch.float32), delta_bias=rnd(dim, dt=torch.float32, scale=0.5))
+    if channels_last:
+        bc = rnd(batch, length, 2 * d_state)
+        return dict(u=rnd(batch, length, dim).transpose(1, 2), delta=rnd(batch, length, dim, scale=0.5).transpose(1, 2),
+                    B=bc[..., :d_state].transpose(1, 2), C=bc[..., d_state:].transpose(1, 2), **params)
+    return dict(u=rnd(batch, dim, length), delta=rnd(batch, dim, length, scale=0.5),
+                B=rnd(batch, 1, d_state, length), C=rnd(batch, 1, d_state, length), **params)
 
 
 def with_backend(name, fn):
@@ -301,23 +311,30 @@ def bench_cross(batch, dim, height, width, d_state):
 
 
 def sweep_configs(d_state):
-    """Launch configurations to compare: the forward kernel kind, the chunk length and the (BLOCK_D, warps) tiles."""
+    """Launch configurations to compare (``scan_plan.TILE_OVERRIDES``): the forward kernel kind, chunk length and
+    (BLOCK_D, warps) tile; the backward's chunk length (4, 8 or 16 steps), tile (32, 64 or 128 state elements per lane
+    over 1, 2 or 4 warps) and chunk-tile layout (``states_middle``); and the length split (``segments``)."""
     bn = triton.next_power_of_2(d_state)
     tiles = [(max(1, 32 * w // bn), w) for w in (1, 2, 4)]
     fwd = [dict(sequential=False, fwd_chunk=c, fwd=t) for c in (16, 32) for t in tiles[:2]]
     if d_state > 4:
         fwd += [dict(sequential=True, chunk=16, fwd=(bd, 1)) for bd in (8, 16, 32)]
-    bwd = [dict(chunk=16, bwd=t) for t in tiles] + [dict(chunk=8, bwd=tiles[0])]
-    return fwd + bwd
+    bwd_tiles = sorted({(max(1, per_lane * w // bn), w) for w in (1, 2, 4) for per_lane in (32, 64, 128)},
+                       key=lambda t: (t[1], t[0]))
+    bwd = [dict(chunk=c, bwd=t, states_middle=middle) for c in (4, 8, 16) for t in bwd_tiles
+           for middle in (False, True)]
+    split = [dict(segments=n) for n in (1, 2, 4, 8, 16)]
+    return fwd + bwd + split
 
 
-def sweep(cases):
-    """Time forward and fwd+bwd for each launch configuration of ``sweep_configs``; returns rows."""
+def sweep(cases, channels_last=False):
+    """Time forward and fwd+bwd for each launch configuration of ``sweep_configs`` (and the default plan first);
+    returns rows."""
     rows = []
     for case in cases:
-        x = scan_inputs(*case, requires_grad=True)
+        x = scan_inputs(*case, requires_grad=True, channels_last=channels_last)
         fwd = lambda: selective_scan(**x, delta_softplus=True, a_nonpositive=True)  # noqa: E731
-        for config in sweep_configs(case[3]):
+        for config in [{}] + sweep_configs(case[3]):
             scan_plan.TILE_OVERRIDES.clear()
             scan_plan.TILE_OVERRIDES.update(config)
             try:
@@ -326,11 +343,19 @@ def sweep(cases):
                 fb = do_bench(with_backend("triton", fwd_bwd(fwd, x)), warmup=10, rep=50, return_mode="median")
             except Exception as exc:  # out of resources for a tile: record and go on
                 f = fb = float("nan")
-                print(f"sweep {case} {config}: {type(exc).__name__}", flush=True)
-            rows.append(dict(case=case, config=config, fwd_ms=f, fwdbwd_ms=fb))
-            print(f"sweep {case} {config}: fwd {f:.3f} ms fwd+bwd {fb:.3f} ms", flush=True)
+                print(f"sweep {case} {config or 'default plan'}: {type(exc).__name__}", flush=True)
+            rows.append(dict(case=case, channels_last=channels_last, config=config, fwd_ms=f, fwdbwd_ms=fb))
+            print(f"sweep {case} {config or 'default plan'}: fwd {f:.3f} ms fwd+bwd {fb:.3f} ms", flush=True)
         scan_plan.TILE_OVERRIDES.clear()
     return rows
+
+
+def parse_shape(text: str) -> tuple:
+    """'batch,dim,L,N' -> (batch, dim, L, N)."""
+    shape = tuple(int(v) for v in text.split(","))
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"a scan shape is 4 positive integers batch,dim,L,N; got {text!r}")
+    return shape
 
 
 def main():
@@ -339,6 +364,10 @@ def main():
     parser.add_argument("--sweep", action="store_true", help="also sweep kernel kinds, tile sizes and warps")
     parser.add_argument("--sweep-only", action="store_true", help="sweep, then stop")
     parser.add_argument("--sweep-cases", default="2,1,3", help="indices into CASES to sweep (default: %(default)s)")
+    parser.add_argument("--sweep-shapes", nargs="+", type=parse_shape, default=None, metavar="B,D,L,N",
+                        help="sweep these scan shapes instead of --sweep-cases")
+    parser.add_argument("--sweep-layout", choices=["dim_major", "channels_last"], default="dim_major",
+                        help="the swept inputs' layout (scan_inputs)")
     parser.add_argument("--skip-slow", action="store_true", help="skip the PyTorch and reference baselines")
     parser.add_argument("--mamba-src", default=None,
                         help="mamba-ssm source tree or sdist (.tar.gz) to build selective_scan_cuda from when it is "
@@ -359,8 +388,11 @@ def main():
     bad = [c for c in checks if not c[1] < 2e-2]
     if bad:
         sys.exit(f"correctness check failed: {bad}")
-    sweep_rows = sweep([CASES[int(i)] for i in args.sweep_cases.split(',')]) if args.sweep or args.sweep_only else []
+    sweep_cases = args.sweep_shapes or [CASES[int(i)] for i in args.sweep_cases.split(",")]
+    sweep_rows = (sweep(sweep_cases, args.sweep_layout == "channels_last") if args.sweep or args.sweep_only
+                  else [])
     if args.sweep_only:
+        Path(args.out).write_text(json.dumps(dict(meta=meta, checks=checks, sweep=sweep_rows), indent=1, default=str))
         return
     mamba = mamba_scan_module(args.mamba_src, args.mamba_build)
     meta["mamba_ssm_scan"] = "measured in this run" if mamba is not None else "not available"
