@@ -96,17 +96,17 @@ def test_vit_layer_uses_only_the_first_kernel():
 # --- kernel cache --------------------------------------------------------------------------------------------------
 
 class CountCalls:
-    """Counts the 1-D kernel generations (``vssm.layers.s4nd.kernel_forward``)."""
+    """Counts the 1-D kernels generated (``vssm.layers.s4nd.kernels_forward``: one per axis)."""
 
     def __init__(self, monkeypatch):
         self.calls = 0
-        forward = s4nd_layer.kernel_forward
+        forward = s4nd_layer.kernels_forward
 
-        def counted(*args, **kwargs):
-            self.calls += 1
-            return forward(*args, **kwargs)
+        def counted(kernels, *args, **kwargs):
+            self.calls += len(kernels)
+            return forward(kernels, *args, **kwargs)
 
-        monkeypatch.setattr(s4nd_layer, "kernel_forward", counted)
+        monkeypatch.setattr(s4nd_layer, "kernels_forward", counted)
 
 
 def small_layer(**kwargs):
@@ -296,6 +296,40 @@ def test_fresh_kernel_sets_up_c_tilde_and_doubles():
     k = kernel(L=12)
     assert kernel.l_kernel.item() == 12
     torch.testing.assert_close(k, impulse_response(kernel, c_raw, 12), atol=1e-9, rtol=1e-7)
+
+
+def test_kernels_of_like_axes_are_generated_together():
+    """``kernels_forward``: DPLR kernels of equal taps, roots of unity and shapes share one ``dplr_kernel`` call (a
+    square map's two axes; a 3-D layer's height and width but not its time axis); an S4D kernel and a differently
+    shaped DPLR kernel run alone. Each kernel equals its own ``kernel_forward``, values and gradients."""
+    torch.manual_seed(0)
+    layer = S4ND(4, d_state=8, l_max=[6, 5, 5], channels=2, init="fourier").double()
+    kernels = [getattr(layer.kernel, str(i)) for i in range(3)]
+    mixed = kernels + [SSMKernelDPLR(4, channels=2, l_max=5, d_state=4, init="legs").double(),
+                       s4nd_layer.SSMKernelDiag(4, channels=2, l_max=5, d_state=8, init="diag-lin").double()]
+    lengths = [6, 5, 5, 5, 5]
+    calls = []
+    real = s4nd_layer.dplr_kernel
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[0])  # the features of one call
+        return real(*args, **kwargs)
+
+    s4nd_layer.dplr_kernel = counted
+    try:
+        together = s4nd_layer.kernels_forward(mixed, lengths, 0.5)
+    finally:
+        s4nd_layer.dplr_kernel = real
+    assert sorted(calls) == [4, 4, 8]  # the time axis, the small-state kernel, height and width together
+    alone = [s4nd_layer.kernel_forward(k, n, 0.5) for k, n in zip(mixed, lengths)]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b, atol=1e-13, rtol=1e-12)
+    grads = []
+    for ks in (together, alone):
+        params = [p for k in mixed for p in k.parameters()]
+        grads.append(torch.autograd.grad(sum(k.square().sum() for k in ks), params))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
 def test_l_kernel_changes_are_seen():

@@ -10,7 +10,8 @@ Forward of ``S4ND`` on u (B, H, L1..Ld) (or (B, L1..Ld, H) with ``transposed=Fal
 1. per axis i a 1-D kernel of ``L_kernel_i = L_i`` (no ``l_max``) or ``min(L_i, round(l_max_i / r))`` taps from its own
    SSM (``kernel.i``), shape (C', H, L_kernel_i), C' = channels x (out_channels or 1) x trank x (2 if bidirectional);
    at rate r the SSM step is dt * r and ``round(l_kernel / r)`` frequency nodes are used (the same continuous kernel,
-   sampled coarser); an input shorter than ``l_max`` gets the l_max kernel truncated;
+   sampled coarser); an input shorter than ``l_max`` gets the l_max kernel truncated; axes whose DPLR kernels agree in
+   taps, nodes and shapes are generated in one call (``kernels_forward``);
 2. bidirectional: forward half + flipped backward half (``vssm.ops.fft_conv.bidirectional_kernel``);
 3. N-D kernel = outer product of the per-axis kernels (mean over ``trank`` terms); FFT convolution with zero padding to
    ``L_i + L_kernel_i``; output channel ``c * H + h``. The depthwise layer (no ``out_channels``) computes the same map
@@ -92,7 +93,7 @@ from ..ops.ssm_kernel import (bandlimit_mask, diag_kernel, diag_kernel_flops, dp
 
 __all__ = ["CONV_MODES", "S4ND", "SSMKernelDPLR", "SSMKernelDiag", "TOEPLITZ_MAX_LENGTH", "convert_official_s4nd",
            "direct_kernels", "generate_matrices", "generate_operators", "generate_spectra", "kernel_forward",
-           "kernel_params", "s4nd_from_official", "setup_c_tilde", "ssm_convolution", "ssm_init"]
+           "kernel_params", "kernels_forward", "s4nd_from_official", "setup_c_tilde", "ssm_convolution", "ssm_init"]
 
 _DPLR_MODES = ("dplr", "s4", "nplr")
 _DIAG_MODES = ("s4d", "diag")
@@ -455,13 +456,45 @@ def kernel_forward(kernel: nn.Module, L: int, rate: float = 1.0) -> Tensor:
     if not hasattr(kernel, "P"):
         dt, A, B, C = kernel_params(kernel, rate)
         return diag_kernel(A, B, C, dt, L, kernel.disc)
+    fft_length = _prepare_dplr(kernel, L, rate)
+    dt, A, B, C, P = kernel_params(kernel, rate)
+    return dplr_kernel(A, B, C, P, dt, L, fft_length)
+
+
+def _prepare_dplr(kernel: nn.Module, L: int, rate: float) -> int:
+    """A DPLR kernel's C~ set up (first use) or doubled for ``L`` taps at ``rate`` (``kernel_forward``); returns the
+    number of roots of unity, ``round(l_kernel / rate)``."""
     if _l_kernel(kernel) == 0 and kernel.l_max:
         setup_c_tilde(kernel, kernel.l_max)
     while round(rate * L) > _l_kernel(kernel):  # a longer kernel than C~ was made for
         setup_c_tilde(kernel, round(rate * L))
-    fft_length = round(_l_kernel(kernel) / rate)  # roots of unity at this rate
-    dt, A, B, C, P = kernel_params(kernel, rate)
-    return dplr_kernel(A, B, C, P, dt, L, fft_length)
+    return round(_l_kernel(kernel) / rate)
+
+
+def kernels_forward(kernels: Sequence[nn.Module], lengths: Sequence[int], rate: float = 1.0) -> List[Tensor]:
+    """``kernel_forward`` of several kernel modules (an ``S4ND``'s axes) with ``lengths`` taps each: the DPLR kernels of
+    equal taps, roots of unity and parameter shapes are generated together, their features side by side in one
+    ``dplr_kernel`` call (its math is per feature: the same kernels, half the dispatched ops for a square map)."""
+    out: List[Optional[Tensor]] = [None] * len(kernels)
+    groups: Dict[tuple, List[int]] = {}
+    for i, (kernel, L) in enumerate(zip(kernels, lengths)):
+        if not hasattr(kernel, "P") or _scripted(kernel):
+            out[i] = kernel_forward(kernel, L, rate)
+            continue
+        fft_length = _prepare_dplr(kernel, L, rate)
+        key = (int(L), fft_length, kernel.C.shape, kernel.P.shape, kernel.inv_dt.dtype, kernel.inv_dt.device)
+        groups.setdefault(key, []).append(i)
+    for (L, fft_length, *_), members in groups.items():
+        params = [kernel_params(kernels[i], rate) for i in members]
+        if len(members) == 1:
+            dt, A, B, C, P = params[0]
+            out[members[0]] = dplr_kernel(A, B, C, P, dt, L, fft_length)
+            continue
+        dt, A, B = (torch.cat([p[j] for p in params]) for j in range(3))  # (n H, ...)
+        C, P = (torch.cat([p[j] for p in params], dim=1) for j in (3, 4))  # (C', n H, N), (R, n H, N)
+        for i, k in zip(members, dplr_kernel(A, B, C, P, dt, L, fft_length).chunk(len(members), dim=1)):
+            out[i] = k  # (C', H, L)
+    return out
 
 
 def _kernel_lengths(layer: nn.Module, lengths: Sequence[int], rate: float) -> List[int]:
@@ -475,7 +508,7 @@ def _combined_kernels(layer: nn.Module, lengths: Sequence[int], rate: float) -> 
     sizes."""
     kernels = [getattr(layer.kernel, str(i)) for i in range(len(lengths))]  # (also on a TorchScript module)
     kernel_lengths = _kernel_lengths(layer, lengths, rate)
-    ks = [kernel_forward(kernel, lk, rate) for kernel, lk in zip(kernels, kernel_lengths)]  # (C', H, lk)
+    ks = kernels_forward(kernels, kernel_lengths, rate)  # (C', H, lk) each
     if layer.bidirectional:
         ks = [bidirectional_kernel(k, l) for k, l in zip(ks, lengths)]  # (C'/2, H, lk + l)
     return ks, [l + lk for l, lk in zip(lengths, kernel_lengths)]
